@@ -1,0 +1,3 @@
+//! The Bank of Albania source: what a fixing is, how the page is read, fetched and imported.
+
+pub mod model;
