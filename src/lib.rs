@@ -2,10 +2,21 @@
 //! QuickBooks Online company.
 //!
 //! # Layout
+//! - [`config`]: the TOML config, env overrides, secrets, validation.
+//! - [`store`]: the sled store, record encoding, encrypted tokens.
+//! - [`crypto`]: the age identity that encrypts secrets at rest.
 //! - [`currency`]: the currency-code type.
 //! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::await_holding_lock, clippy::dbg_macro)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::await_holding_lock,
+    clippy::dbg_macro
+)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod boa;
+pub mod config;
+pub mod crypto;
 pub mod currency;
+pub mod store;
