@@ -7,6 +7,8 @@
 //! - [`crypto`]: the age identity that encrypts secrets at rest.
 //! - [`currency`]: the currency-code type.
 //! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
+//! - [`app`]: wiring and shutdown; [`http`]: the API; [`control`]: the Unix socket; [`ops`]: operations both share.
+//! - [`cli`]: the command line; [`logging`], [`notify`] (sd_notify), [`shutdown`] (signals).
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,8 +17,17 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app;
 pub mod boa;
+pub mod cli;
+pub mod cli_render;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod currency;
+pub mod http;
+pub mod logging;
+pub mod notify;
+pub mod ops;
+pub mod shutdown;
 pub mod store;

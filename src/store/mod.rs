@@ -134,6 +134,22 @@ impl std::fmt::Debug for Store {
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_RECIPIENT: &[u8] = b"vault_recipient";
 
+/// Creates the data folder (mode 0700) when it does not exist yet.
+///
+/// # Errors
+/// [`Error::DataDir`] when it cannot be created.
+pub fn prepare_data_dir(data_dir: &Path) -> Result<()> {
+    let dd = |e: std::io::Error| Error::DataDir {
+        path: data_dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    if !data_dir.exists() {
+        std::fs::create_dir_all(data_dir).map_err(dd)?;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dd)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` with the identity at `identity_file`.
     ///
