@@ -9,6 +9,8 @@
 //! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
 //! - [`app`]: wiring and shutdown; [`http`]: the API; [`control`]: the Unix socket; [`ops`]: operations both share.
 //! - [`cli`]: the command line; [`logging`], [`notify`] (sd_notify), [`shutdown`] (signals).
+//! - [`sync`]: rates in force and per-company rates; later the sync engine.
+//! - [`scheduler`]: next run, business days, catch-up dates, the injectable clock.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -29,5 +31,7 @@ pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod ops;
+pub mod scheduler;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
