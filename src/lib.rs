@@ -35,3 +35,9 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod qbo;
+
+/// Installs rustls' ring crypto provider once (reqwest is built without a default provider).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
