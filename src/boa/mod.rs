@@ -1,3 +1,10 @@
 //! The Bank of Albania source: what a fixing is, how the page is read, fetched and imported.
+//!
+//! - [`model`]: the fixing as data.
+//! - [`parse`]: page HTML → [`ParsedPage`], and [`validate`] before storing.
 
 pub mod model;
+pub mod parse;
+
+pub use model::{FixingSource, FixingTable, ParsedPage, PublishedRate, TableKind};
+pub use parse::{parse_page, validate, ParseError, RateProblem, ValidationError};
