@@ -2,9 +2,12 @@
 //!
 //! - [`model`]: the fixing as data.
 //! - [`parse`]: page HTML → [`ParsedPage`], and [`validate`] before storing.
+//! - [`fetch`]: [`BoaClient`], the HTTP side (retries, timeouts, page hash).
 
+pub mod fetch;
 pub mod model;
 pub mod parse;
 
+pub use fetch::{BoaClient, BoaClientConfig, FetchError, FetchedFile, FetchedPage};
 pub use model::{FixingSource, FixingTable, ParsedPage, PublishedRate, TableKind};
 pub use parse::{parse_page, validate, ParseError, RateProblem, ValidationError};
