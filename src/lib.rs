@@ -4,7 +4,12 @@
 //! # Layout
 //! - [`currency`]: the currency-code type.
 //! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::await_holding_lock, clippy::dbg_macro)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::await_holding_lock,
+    clippy::dbg_macro
+)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod boa;
