@@ -271,7 +271,13 @@ pub fn validate(
             if old <= Decimal::ZERO {
                 continue;
             }
-            let moved = (rate.published - old).abs() / old * Decimal::ONE_HUNDRED;
+            // Checked: a tiny previous figure must not overflow (and panic) the arithmetic;
+            // an overflowing move is simply too large.
+            let moved = (rate.published - old)
+                .abs()
+                .checked_div(old)
+                .and_then(|r| r.checked_mul(Decimal::ONE_HUNDRED))
+                .unwrap_or(Decimal::MAX);
             if moved > max_jump_percent {
                 return Err(ValidationError::Jump {
                     code: rate.code,
@@ -1126,6 +1132,12 @@ mod tests {
         assert!(matches!(
             validate(&page, date(2026, 5, 22), &huf, dec!(20)),
             Err(ValidationError::Jump { code, .. }) if code.as_str() == "HUF"
+        ));
+        // A tiny previous figure cannot overflow the arithmetic.
+        let tiny = |c: Currency| (c.as_str() == "XAU").then_some(Decimal::new(1, 28));
+        assert!(matches!(
+            validate(&page, date(2026, 5, 22), &tiny, dec!(20)),
+            Err(ValidationError::Jump { code, .. }) if code.as_str() == "XAU"
         ));
         // A nonsensical previous figure is ignored.
         let zero = |_: Currency| Some(Decimal::ZERO);
