@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Longest request line accepted.
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// One request line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
