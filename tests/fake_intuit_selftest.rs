@@ -1315,3 +1315,24 @@ async fn tokens_are_not_issued_for_unregistered_flow() {
     assert_eq!(resp.status(), 500);
     assert_eq!(fake.take_failures().len(), 1);
 }
+
+#[tokio::test]
+async fn overlapping_refreshes_are_counted_and_can_break_the_chain() {
+    let fake = FakeIntuit::start(FakeIntuitConfig {
+        latency: Duration::from_millis(150),
+        concurrent_refresh_revokes: true,
+        ..FakeIntuitConfig::default()
+    })
+    .await;
+    let (_, rt) = fake.add_connected_company(CompanySpec::new(REALM, "A"));
+    let c = client();
+    let (status, _) = refresh(&fake, &c, &rt).await;
+    assert_eq!(status, 200);
+    assert_eq!(fake.concurrent_refreshes(), 0);
+    let results = futures_join((0..2).map(|_| refresh(&fake, &c, &rt))).await;
+    assert_eq!(fake.concurrent_refreshes(), 1);
+    assert!(fake.is_grant_revoked(REALM));
+    for (status, body) in results {
+        assert_invalid_grant(status, &body);
+    }
+}

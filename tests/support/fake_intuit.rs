@@ -157,6 +157,12 @@ pub struct FakeIntuitConfig {
     pub latency: Duration,
     /// Keep a log of every request (headers and body included). Turn off for benchmarks.
     pub record_requests: bool,
+    /// A third party reports (unverified, doc §2) that concurrent refreshes can invalidate
+    /// the token chain. The fake always counts overlapping refreshes of one grant
+    /// ([`FakeIntuit::concurrent_refreshes`]); with this on, an overlap also revokes the grant.
+    /// Overlaps are only observable while a refresh is in flight, so give the fake some
+    /// `latency` in tests that rely on this.
+    pub concurrent_refresh_revokes: bool,
 }
 
 impl Default for FakeIntuitConfig {
@@ -182,6 +188,7 @@ impl Default for FakeIntuitConfig {
             rate_limits: Vec::new(),
             latency: Duration::ZERO,
             record_requests: true,
+            concurrent_refresh_revokes: false,
         }
     }
 }
@@ -455,6 +462,9 @@ struct State {
     idempotency: HashMap<(String, String), CachedResponse>,
     replays: u64,
     requestid_conflicts: Vec<(String, String)>,
+    /// Refresh calls in flight per grant, and how often two overlapped.
+    refreshing: HashMap<usize, usize>,
+    concurrent_refreshes: u64,
     requests: Vec<RecordedRequest>,
     /// Handler panics and fake misuse; re-raised on drop.
     failures: Vec<String>,
@@ -626,6 +636,8 @@ impl FakeIntuit {
             idempotency: HashMap::new(),
             replays: 0,
             requestid_conflicts: Vec::new(),
+            refreshing: HashMap::new(),
+            concurrent_refreshes: 0,
             requests: Vec::new(),
             failures: Vec::new(),
         };
@@ -864,6 +876,12 @@ impl FakeIntuit {
     /// Token-endpoint calls received (all, including failed ones).
     pub fn token_calls(&self) -> u64 {
         self.state().token_calls
+    }
+
+    /// How many refresh calls arrived while another refresh of the same grant was still in
+    /// flight (the daemon is meant to refresh one realm at a time).
+    pub fn concurrent_refreshes(&self) -> u64 {
+        self.state().concurrent_refreshes
     }
 
     /// Revoke-endpoint calls received.
@@ -1268,10 +1286,19 @@ async fn handle(shared: Arc<Shared>, req: Req) -> Resp {
     if let Some((realm, rest)) = api_path(&path) {
         return api(shared, &req, realm, rest).await;
     }
-    let latency = shared.lock().config.latency;
+    let (latency, _refreshing) = {
+        let mut st = shared.lock();
+        let refreshing = if path == "/oauth2/v1/tokens/bearer" {
+            Refreshing::enter(&mut st, &shared, &req)
+        } else {
+            None
+        };
+        (st.config.latency, refreshing)
+    };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    // Declared after `_refreshing`, so dropped first: its Drop takes the lock too.
     let mut st = shared.lock();
     match (req.method.clone(), path.as_str()) {
         (
@@ -1292,6 +1319,46 @@ async fn handle(shared: Arc<Shared>, req: Req) -> Resp {
 // ---------------------------------------------------------------------------------------------
 // OAuth
 // ---------------------------------------------------------------------------------------------
+
+/// Marks a refresh of one grant as in flight from arrival (before latency) until answered,
+/// so overlapping refreshes of the same grant can be seen.
+struct Refreshing {
+    shared: Arc<Shared>,
+    grant: usize,
+}
+
+impl Refreshing {
+    fn enter(st: &mut State, shared: &Arc<Shared>, req: &Req) -> Option<Refreshing> {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+            return None;
+        }
+        let grant = *st.refresh_index.get(form.get("refresh_token")?)?;
+        let in_flight = st.refreshing.entry(grant).or_default();
+        *in_flight += 1;
+        if *in_flight > 1 {
+            st.concurrent_refreshes += 1;
+            if st.config.concurrent_refresh_revokes {
+                st.grants[grant].revoked = true;
+            }
+        }
+        Some(Refreshing {
+            shared: shared.clone(),
+            grant,
+        })
+    }
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if let Some(n) = st.refreshing.get_mut(&self.grant) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
 
 fn discovery(_st: &State, req: &Req) -> Resp {
     let base = match req.header("host") {
