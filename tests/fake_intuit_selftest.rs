@@ -437,6 +437,9 @@ async fn refresh_keeps_the_token_inside_the_rotation_interval_and_rotates_after(
     assert_eq!(status, 200);
     assert_ne!(body["refresh_token"], rt1.as_str());
     assert_eq!(fake.issued_refresh_tokens().len(), 3);
+    assert_eq!(fake.refreshes(REALM), 4);
+    // Every refresh above came once the access token had expired.
+    assert_eq!(fake.early_refreshes(), 0);
 }
 
 #[tokio::test]
@@ -450,6 +453,8 @@ async fn rotate_now_forces_a_new_refresh_token() {
     assert_ne!(rt1, rt0);
     let (_, body) = refresh(&fake, &c, &rt1).await;
     assert_eq!(body["refresh_token"], rt1.as_str(), "forcing is one-shot");
+    // Both refreshes came with a fresh access token in hand.
+    assert_eq!(fake.early_refreshes(), 2);
 }
 
 #[tokio::test]

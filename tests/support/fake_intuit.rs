@@ -14,9 +14,51 @@
 //! the fake's own clock (`now()`): wall time plus whatever `advance` added, so tokens and codes
 //! expire without sleeping.
 //!
-//! Where Intuit's behaviour is UNCERTAIN in the doc, the choice made here is written next to
-//! the code and, where it matters, is a switch in [`FakeIntuitConfig`]. The fake must not grow
-//! behaviour that the doc contradicts just because our client would like it.
+//! The fake must not grow behaviour that the doc contradicts just because our client would
+//! like it. Where Intuit's behaviour is UNCERTAIN in the doc, this is what the fake does
+//! (switches in [`FakeIntuitConfig`] / knobs on [`FakeIntuit`] where either answer is
+//! plausible):
+//!
+//! - Denied consent: `redirect_uri?error=access_denied&state=...` (no realmId, no description).
+//! - Codes live `code_lifetime` (300 s). A reused code is `invalid_grant`; tokens already issued
+//!   from it stay valid. A wrong `redirect_uri` at exchange does not burn the code.
+//! - Bad client credentials: 401 `{"error":"invalid_client"}` with `WWW-Authenticate: Basic`.
+//! - PKCE parameters are ignored, not rejected.
+//! - A refresh with the previous token (inside its grace) answers the *current* refresh token.
+//!   The rolling window restarts on every successful refresh, capped by the hard expiry
+//!   (default 5 × 365 + 1 days from the code exchange).
+//! - Concurrent refreshes of one grant are counted; they break the chain only with
+//!   `concurrent_refresh_revokes`.
+//! - Revoke with an unknown token: 200 (RFC 7009). Revoke needs a JSON body. A new code exchange
+//!   for an already connected realm adds a grant; the old one keeps working.
+//! - `x_refresh_token_hard_expires_in` is sent whenever the opt-in header is (never omitted).
+//! - `minorversion` is accepted with any value, or none.
+//! - An access token of another realm gets 401 (not 403).
+//! - 401 bodies: lower-case gateway JSON (`xml_401` for the XML flavour). 429 bodies: Intuit's
+//!   XML ThrottleExceeded (`xml_429 = false` for JSON); no `Retry-After` unless `retry_after`.
+//! - `GET exchangerate` for a date without a row: nearest earlier row (`missing_rate`), or
+//!   400 Fault 610. Without `asofdate`, "today" is the fake clock's UTC date.
+//! - Queries: no matches → `"QueryResponse":{}`; `maxResults` = entities returned; `totalCount`
+//!   = the same page count (never the overall total); MAXRESULTS over 1000 → 400 Fault 4001;
+//!   parse errors → 4000; unknown fields → 4001. Field projections are not implemented (the
+//!   test fails loudly). CompanyCurrency never lists the home currency; inactive ones are listed
+//!   with `Active:false`. A company without multicurrency lists no currencies and no rates.
+//! - ExchangeRate POST: inactive or unknown currency → 400 ValidationFault **610**; source =
+//!   home, target ≠ home, rate ≤ 0, multicurrency off → 400 ValidationFault **6000**; stale
+//!   SyncToken → 5010; no row and no SyncToken → 2020 (`require_sync_token = false` creates);
+//!   any SyncToken on a date without a row creates it with "0". `Rate` must be a JSON number
+//!   and `SyncToken` a JSON string, unknown fields and a non-JSON Content-Type get 2010 (the fake
+//!   is strict where the doc states the type). Rates are stored exactly as sent, optionally
+//!   rounded to `rate_scale`.
+//! - `requestid`: 1–50 characters or 400 Fault 2010. Only answers the write handler produced
+//!   (200 and 400 Faults) are cached; gateway answers (401, 429, injected 5xx) are not, so a
+//!   retry after them runs. Reusing an id with a different body replays the first answer and is
+//!   reported by `requestid_conflicts()`.
+//! - Without `Accept: application/json` QuickBooks answers XML; the fake answers an XML
+//!   placeholder (it does not render entities as XML).
+//! - Batch and every entity not listed above: 400 Fault 500 "Unsupported Operation".
+//!
+//! Test-only route: `GET /__fake/panic` panics inside a handler (to test the panic plumbing).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -51,6 +93,9 @@ const KNOWN_SCOPES: &[&str] = &[
     "phone",
     "address",
 ];
+
+/// A refresh while the grant's newest access token has more than this left is "early".
+const EARLY_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// Longest `requestid` Intuit accepts (doc §3).
 const MAX_REQUEST_ID_LEN: usize = 50;
@@ -335,6 +380,8 @@ struct Grant {
     revoked: bool,
     /// Set by `rotate_now`: the next refresh mints a new refresh token whatever its age.
     force_rotate: bool,
+    /// Successful refreshes of this grant.
+    refreshes: u64,
 }
 
 struct AccessToken {
@@ -465,6 +512,7 @@ struct State {
     /// Refresh calls in flight per grant, and how often two overlapped.
     refreshing: HashMap<usize, usize>,
     concurrent_refreshes: u64,
+    early_refreshes: u64,
     requests: Vec<RecordedRequest>,
     /// Handler panics and fake misuse; re-raised on drop.
     failures: Vec<String>,
@@ -519,6 +567,7 @@ impl State {
             refresh_tokens: Vec::new(),
             revoked: false,
             force_rotate: false,
+            refreshes: 0,
         });
         let rt = self.mint_refresh_token(id);
         self.grants[id].current_rt = rt;
@@ -638,6 +687,7 @@ impl FakeIntuit {
             requestid_conflicts: Vec::new(),
             refreshing: HashMap::new(),
             concurrent_refreshes: 0,
+            early_refreshes: 0,
             requests: Vec::new(),
             failures: Vec::new(),
         };
@@ -882,6 +932,20 @@ impl FakeIntuit {
     /// flight (the daemon is meant to refresh one realm at a time).
     pub fn concurrent_refreshes(&self) -> u64 {
         self.state().concurrent_refreshes
+    }
+
+    /// Successful refreshes of the realm's grants.
+    pub fn refreshes(&self, realm: &str) -> u64 {
+        let st = self.state();
+        st.realm_grants
+            .get(realm)
+            .map_or(0, |ids| ids.iter().map(|&g| st.grants[g].refreshes).sum())
+    }
+
+    /// Successful refreshes made while the grant's newest access token still had more than
+    /// five minutes left (Intuit asks apps not to refresh before they need to).
+    pub fn early_refreshes(&self) -> u64 {
+        self.state().early_refreshes
     }
 
     /// Revoke-endpoint calls received.
@@ -1663,8 +1727,18 @@ fn refresh(st: &mut State, rt: &str, now: DateTime<Utc>) -> Result<usize, &'stat
         g.current_rt_issued_at = now;
         g.force_rotate = false;
     }
+    // Intuit requires refreshing only when the access token is expired or about to expire.
+    let latest_at_expiry = st.grants[id]
+        .access_tokens
+        .last()
+        .and_then(|at| st.access_index.get(at))
+        .map(|a| a.expires_at);
+    if latest_at_expiry.is_some_and(|exp| now + td(EARLY_REFRESH_MARGIN) < exp) {
+        st.early_refreshes += 1;
+    }
     let g = &mut st.grants[id];
     g.rolling_expires_at = (now + lifetime).min(g.hard_expires_at);
+    g.refreshes += 1;
     Ok(id)
 }
 
