@@ -1129,7 +1129,7 @@ async fn concurrency_cap_and_latency() {
     let fake = started().await;
     let (at, _) = fake.add_connected_company(connected().0);
     fake.set_concurrency_cap(Some(2));
-    fake.set_latency(Duration::from_millis(200));
+    fake.set_latency(Duration::from_millis(500));
     let c = client();
     let started_at = Instant::now();
     let calls = (0..3).map(|_| api_get(&fake, &c, REALM, &at, "preferences"));
@@ -1140,7 +1140,7 @@ async fn concurrency_cap_and_latency() {
         .collect();
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 200, 429]);
-    assert!(started_at.elapsed() >= Duration::from_millis(200));
+    assert!(started_at.elapsed() >= Duration::from_millis(500));
     assert_eq!(fake.peak_in_flight(REALM), 3);
     assert_eq!(fake.peak_in_flight_total(), 3);
 }
@@ -1324,7 +1324,7 @@ async fn tokens_are_not_issued_for_unregistered_flow() {
 #[tokio::test]
 async fn overlapping_refreshes_are_counted_and_can_break_the_chain() {
     let fake = FakeIntuit::start(FakeIntuitConfig {
-        latency: Duration::from_millis(150),
+        latency: Duration::from_millis(400),
         concurrent_refresh_revokes: true,
         ..FakeIntuitConfig::default()
     })

@@ -2421,7 +2421,7 @@ fn write_exchange_rate(st: &mut State, realm: &str, req: &Req, now: DateTime<Utc
     if !company.spec.multicurrency {
         return multicurrency_off(now);
     }
-    if let Some(target) = body.get("TargetCurrencyCode") {
+    if let Some(target) = body.get("TargetCurrencyCode").filter(|t| !t.is_null()) {
         if target.as_str() != Some(home.as_str()) {
             return business_fault(
                 now,
