@@ -13,11 +13,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::fixings::FetchGate;
+use crate::logging::LogHandle;
 use crate::qbo::oauth::OAuthClient;
 use crate::qbo::tokens::TokenManager;
 use crate::qbo::QboClient;
 use crate::scheduler::clock::{Clock, SystemClock};
-use crate::logging::LogHandle;
 use crate::shutdown::{Event, Signals};
 use crate::store::Store;
 use crate::{control, http, notify};
@@ -50,6 +50,8 @@ pub struct AppState {
     pub hmac_key: Vec<u8>,
     /// Per-IP request limiter.
     pub limiter: crate::http::limit::RateLimiter,
+    /// The sync engine's shared state.
+    pub sync: crate::sync::SyncEngine,
 }
 
 impl AppState {
@@ -57,9 +59,18 @@ impl AppState {
     ///
     /// # Errors
     /// The HTTP client cannot be built, or the generated HMAC key cannot be stored.
-    pub async fn new(config: Config, store: Arc<Store>, http_addr: SocketAddr, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AppState>> {
-        let http_client = crate::qbo::http_client(Duration::from_secs(config.quickbooks.timeout_secs))?;
-        let tokens = TokenManager::new(store.clone(), OAuthClient::new(http_client.clone(), &config.quickbooks));
+    pub async fn new(
+        config: Config,
+        store: Arc<Store>,
+        http_addr: SocketAddr,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<AppState>> {
+        let http_client =
+            crate::qbo::http_client(Duration::from_secs(config.quickbooks.timeout_secs))?;
+        let tokens = TokenManager::new(
+            store.clone(),
+            OAuthClient::new(http_client.clone(), &config.quickbooks),
+        );
         let hmac_key = match &config.secret_key {
             Some(k) => k.expose().as_bytes().to_vec(),
             None => match store.meta_secret("secret_key")? {
@@ -84,6 +95,7 @@ impl AppState {
             tokens,
             hmac_key,
             limiter: crate::http::limit::RateLimiter::default(),
+            sync: crate::sync::SyncEngine::default(),
         }))
     }
 
@@ -114,7 +126,9 @@ impl AppState {
 
     /// Today's date in the configured zone (Europe/Tirane).
     pub fn today(&self) -> NaiveDate {
-        self.now().with_timezone(&self.config().schedule.timezone).date_naive()
+        self.now()
+            .with_timezone(&self.config().schedule.timezone)
+            .date_naive()
     }
 }
 
@@ -130,7 +144,12 @@ pub struct Listeners {
 ///
 /// # Errors
 /// Start-up failures (store, identity); a clean shutdown returns `Ok`.
-pub async fn run(config: Config, listeners: Listeners, signals: Signals, log: LogHandle) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    signals: Signals,
+    log: LogHandle,
+) -> anyhow::Result<()> {
     run_with_clock(config, listeners, signals, log, Arc::new(SystemClock)).await
 }
 
@@ -204,7 +223,9 @@ fn reload(state: &AppState, log: &LogHandle) {
                 );
             }
             log.set_level(&new.log_level);
-            state.tokens.set_oauth(OAuthClient::new(state.http_client.clone(), &new.quickbooks));
+            state
+                .tokens
+                .set_oauth(OAuthClient::new(state.http_client.clone(), &new.quickbooks));
             state.set_config(new);
             tracing::info!("configuration reloaded");
         }

@@ -93,7 +93,10 @@ pub struct FetchReport {
 impl FetchReport {
     /// The main table's date.
     pub fn main_date(&self) -> Option<NaiveDate> {
-        self.tables.iter().find(|t| t.0 == TableKind::Main).map(|t| t.1)
+        self.tables
+            .iter()
+            .find(|t| t.0 == TableKind::Main)
+            .map(|t| t.1)
     }
 
     /// JSON for answers.
@@ -192,12 +195,20 @@ async fn fetch_uncached(state: &AppState) -> Result<FetchReport, FixingError> {
                 .collect::<Vec<_>>()
                 .join(", "),
         },
-        Err(e) => ScrapeRecord { at: now, url: url.clone(), success: false, fixing_dates: vec![], outcome: e.to_string() },
+        Err(e) => ScrapeRecord {
+            at: now,
+            url: url.clone(),
+            success: false,
+            fixing_dates: vec![],
+            outcome: e.to_string(),
+        },
     };
     state.store.append_scrape(&record)?;
     state.store.flush().await?;
     match &outcome {
-        Ok(r) => tracing::info!(fixing_date = ?r.main_date(), url = %r.url, "BoA fixing fetched ({})", record.outcome),
+        Ok(r) => {
+            tracing::info!(fixing_date = ?r.main_date(), url = %r.url, "BoA fixing fetched ({})", record.outcome)
+        }
         Err(e) => tracing::warn!(url = %url, error = %e, "BoA scrape failed"),
     }
     outcome
@@ -262,7 +273,10 @@ impl Resolved {
 
 /// Business days known to have had no fixing.
 pub fn holidays(state: &AppState) -> Result<BTreeSet<NaiveDate>, store::Error> {
-    Ok(state.store.meta_get::<BTreeSet<NaiveDate>>(META_HOLIDAYS)?.unwrap_or_default())
+    Ok(state
+        .store
+        .meta_get::<BTreeSet<NaiveDate>>(META_HOLIDAYS)?
+        .unwrap_or_default())
 }
 
 fn add_holidays(state: &AppState, days: &[NaiveDate]) -> Result<(), store::Error> {
@@ -286,18 +300,34 @@ pub fn mark_holiday(state: &AppState, day: NaiveDate) -> Result<(), store::Error
 ///
 /// # Errors
 /// `Err(Ok(NoFixing))` when none is; `Err(Err(store))` when the store fails.
-pub fn resolve(state: &AppState, date: NaiveDate) -> Result<Resolved, Result<NoFixing, store::Error>> {
+pub fn resolve(
+    state: &AppState,
+    date: NaiveDate,
+) -> Result<Resolved, Result<NoFixing, store::Error>> {
     let today = state.today();
-    let main_le = |d| state.store.table_on_or_before(TableKind::Main, d).map_err(Err);
+    let main_le = |d| {
+        state
+            .store
+            .table_on_or_before(TableKind::Main, d)
+            .map_err(Err)
+    };
     if date > today {
         let nearest = main_le(today)?.map(|t| t.table.date);
         return Err(Ok(NoFixing::Future { nearest }));
     }
     let Some(main) = main_le(date)? else {
-        return Err(Ok(match state.store.table_after(TableKind::Main, date).map_err(Err)? {
-            Some(t) => NoFixing::BeforeHistory { oldest: t.table.date },
-            None => NoFixing::Empty,
-        }));
+        return Err(Ok(
+            match state
+                .store
+                .table_after(TableKind::Main, date)
+                .map_err(Err)?
+            {
+                Some(t) => NoFixing::BeforeHistory {
+                    oldest: t.table.date,
+                },
+                None => NoFixing::Empty,
+            },
+        ));
     };
     if main.table.date != date {
         let holidays = holidays(state).map_err(Err)?;
@@ -309,18 +339,33 @@ pub fn resolve(state: &AppState, date: NaiveDate) -> Result<Resolved, Result<NoF
                 continue;
             }
             if (date - main.table.date).num_days() > MAX_GAP_DAYS {
-                return Err(Ok(NoFixing::Missing { day: d, nearest: main.table.date }));
+                return Err(Ok(NoFixing::Missing {
+                    day: d,
+                    nearest: main.table.date,
+                }));
             }
             if d == today {
-                if polling_deadline_passed(state.now(), config.schedule.give_up_at, config.schedule.timezone) {
+                if polling_deadline_passed(
+                    state.now(),
+                    config.schedule.give_up_at,
+                    config.schedule.timezone,
+                ) {
                     continue; // no fixing by give_up_at: a holiday
                 }
-                return Err(Ok(NoFixing::NotYetPublished { nearest: main.table.date }));
+                return Err(Ok(NoFixing::NotYetPublished {
+                    nearest: main.table.date,
+                }));
             }
-            return Err(Ok(NoFixing::Missing { day: d, nearest: main.table.date }));
+            return Err(Ok(NoFixing::Missing {
+                day: d,
+                nearest: main.table.date,
+            }));
         }
     }
-    let minor = state.store.table_on_or_before(TableKind::Minor, date).map_err(Err)?;
+    let minor = state
+        .store
+        .table_on_or_before(TableKind::Minor, date)
+        .map_err(Err)?;
     Ok(Resolved { date, main, minor })
 }
 
@@ -331,9 +376,15 @@ pub fn resolve(state: &AppState, date: NaiveDate) -> Result<Resolved, Result<NoF
 /// Store failure.
 pub fn latest(state: &AppState) -> Result<Option<Resolved>, store::Error> {
     let today = state.today();
-    let Some(main) = state.store.table_on_or_before(TableKind::Main, today)? else { return Ok(None) };
+    let Some(main) = state.store.table_on_or_before(TableKind::Main, today)? else {
+        return Ok(None);
+    };
     let minor = state.store.table_on_or_before(TableKind::Minor, today)?;
-    Ok(Some(Resolved { date: today, main, minor }))
+    Ok(Some(Resolved {
+        date: today,
+        main,
+        minor,
+    }))
 }
 
 /// Parses a `YYYY-MM-DD` parameter (400 otherwise).
@@ -344,7 +395,12 @@ pub fn parse_date(name: &str, s: &str) -> Result<NaiveDate, ApiError> {
     NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .ok()
         .filter(|_| s.trim().len() == 10)
-        .ok_or_else(|| ApiError::bad_request("bad_date", format!("{name}: {s:?} is not a date (expected YYYY-MM-DD)")))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_date",
+                format!("{name}: {s:?} is not a date (expected YYYY-MM-DD)"),
+            )
+        })
 }
 
 // ------------------------------------------------------------------------------ answers
@@ -357,7 +413,10 @@ fn table_json(state: &AppState, t: &StoredTable) -> Value {
             .and_time(time)
             .and_local_timezone(tz)
             .earliest()
-            .map(|dt| dt.fixed_offset().to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .map(|dt| {
+                dt.fixed_offset()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
     });
     json!({
         "table": t.table.kind.as_str(),
@@ -377,7 +436,9 @@ fn table_json(state: &AppState, t: &StoredTable) -> Value {
 fn source_json(s: &FixingSource) -> (Value, Value) {
     match s {
         FixingSource::Page { url, sha256, .. } => (json!(url), json!(sha256)),
-        FixingSource::Workbook { file, sha256 } => (json!(format!("workbook:{file}")), json!(sha256)),
+        FixingSource::Workbook { file, sha256 } => {
+            (json!(format!("workbook:{file}")), json!(sha256))
+        }
     }
 }
 
@@ -416,17 +477,34 @@ pub fn rates_answer(state: &AppState, date: Option<&str>) -> Result<Value, ApiEr
 ///
 /// # Errors
 /// Store failure.
-pub async fn import_tables(state: &AppState, file: &str, sha256: &str, tables: &[FixingTable]) -> Result<Value, ApiError> {
-    let source = FixingSource::Workbook { file: file.to_string(), sha256: sha256.to_string() };
+pub async fn import_tables(
+    state: &AppState,
+    file: &str,
+    sha256: &str,
+    tables: &[FixingTable],
+) -> Result<Value, ApiError> {
+    let source = FixingSource::Workbook {
+        file: file.to_string(),
+        sha256: sha256.to_string(),
+    };
     let now = Utc::now();
     let (mut imported, mut skipped) = (0, 0);
     let mut dates: BTreeSet<NaiveDate> = BTreeSet::new();
     for t in tables {
-        if t.rates.iter().any(|r| r.published <= Decimal::ZERO || r.units == 0) {
-            return Err(ApiError::bad_request("bad_workbook", format!("{file}: a non-positive rate on {}", t.date)));
+        if t.rates
+            .iter()
+            .any(|r| r.published <= Decimal::ZERO || r.units == 0)
+        {
+            return Err(ApiError::bad_request(
+                "bad_workbook",
+                format!("{file}: a non-positive rate on {}", t.date),
+            ));
         }
         if t.date > state.today() {
-            return Err(ApiError::bad_request("bad_workbook", format!("{file}: {} is in the future", t.date)));
+            return Err(ApiError::bad_request(
+                "bad_workbook",
+                format!("{file}: {} is in the future", t.date),
+            ));
         }
     }
     for t in tables {
@@ -440,7 +518,10 @@ pub async fn import_tables(state: &AppState, file: &str, sha256: &str, tables: &
     if let (Some(first), Some(last)) = (dates.first().copied(), dates.last().copied()) {
         let mut d = first;
         while d < last {
-            if is_business_day(d) && !dates.contains(&d) && state.store.table(TableKind::Main, d)?.is_none() {
+            if is_business_day(d)
+                && !dates.contains(&d)
+                && state.store.table(TableKind::Main, d)?.is_none()
+            {
                 gaps.push(d);
             }
             d = d.succ_opt().unwrap_or(last);

@@ -32,11 +32,11 @@ pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod ops;
+pub mod qbo;
 pub mod scheduler;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
-pub mod qbo;
 
 /// Installs rustls' ring crypto provider once (reqwest is built without a default provider).
 pub fn install_crypto_provider() {

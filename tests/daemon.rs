@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 use support::daemon::{TestDaemon, BIN};
 
 fn get_json(url: &str) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let r = reqwest::Client::new().get(url).send().await.unwrap();
@@ -60,7 +63,10 @@ fn bad_control_lines_get_errors_and_the_connection_goes_on() {
     ]);
     for a in &answers[..4] {
         assert_eq!(a["ok"], false, "{a}");
-        assert!(a["error"]["code"].is_string() && a["error"]["message"].is_string(), "{a}");
+        assert!(
+            a["error"]["code"].is_string() && a["error"]["message"].is_string(),
+            "{a}"
+        );
     }
     assert_eq!(answers[1]["error"]["code"], "unknown_command");
     assert_eq!(answers[4]["ok"], true, "the same connection still works");
@@ -80,7 +86,10 @@ fn sigterm_stops_cleanly_with_stopping_notification() {
     let st = d.wait_exit(Duration::from_secs(20));
     assert!(st.success(), "exit status {st}: {}", d.stderr());
     assert!(t.elapsed() < Duration::from_secs(20));
-    assert!(!d.socket().exists(), "the control socket is removed on exit");
+    assert!(
+        !d.socket().exists(),
+        "the control socket is removed on exit"
+    );
     // The CLI now says the daemon is unreachable, with exit code 3.
     let (code, _, err) = d.cli(&["status"]);
     assert_eq!(code, 3);
@@ -92,10 +101,17 @@ fn kill_9_then_restart_on_the_same_data() {
     let mut d = TestDaemon::start("");
     let identity = std::fs::read(d.data_dir().join("identity.txt")).unwrap();
     d.kill9();
-    assert!(d.socket().exists(), "a killed daemon leaves a stale socket behind");
+    assert!(
+        d.socket().exists(),
+        "a killed daemon leaves a stale socket behind"
+    );
     d.spawn_and_wait_ready();
     assert_eq!(d.control("status", json!({}))["ok"], true);
-    assert_eq!(std::fs::read(d.data_dir().join("identity.txt")).unwrap(), identity, "same identity kept");
+    assert_eq!(
+        std::fs::read(d.data_dir().join("identity.txt")).unwrap(),
+        identity,
+        "same identity kept"
+    );
 }
 
 #[test]
@@ -110,21 +126,36 @@ fn second_daemon_on_the_same_socket_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("in use") || err.contains("another boa-exchange"), "{err}");
-    assert_eq!(d.control("status", json!({}))["ok"], true, "the first daemon is unharmed");
+    assert!(
+        err.contains("in use") || err.contains("another boa-exchange"),
+        "{err}"
+    );
+    assert_eq!(
+        d.control("status", json!({}))["ok"],
+        true,
+        "the first daemon is unharmed"
+    );
 }
 
 #[test]
 fn sighup_keeps_old_config_when_new_one_is_bad() {
     let d = TestDaemon::start("");
     let good = std::fs::read_to_string(d.config_path()).unwrap();
-    std::fs::write(d.config_path(), format!("{good}\n[schedule]\ntime = \"25:99\"\n")).unwrap();
+    std::fs::write(
+        d.config_path(),
+        format!("{good}\n[schedule]\ntime = \"25:99\"\n"),
+    )
+    .unwrap();
     d.signal(libc::SIGHUP);
     assert!(d.notifications_until(|m| m.contains("READY=1"), Duration::from_secs(10)));
     assert_eq!(d.control("status", json!({}))["ok"], true);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d.stderr().contains("reload refused") {
-        assert!(Instant::now() < deadline, "no refusal logged: {}", d.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            d.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(d.stderr().contains("schedule.time"), "{}", d.stderr());
@@ -162,7 +193,10 @@ fn check_config_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("schedule.time"));
     // Usage errors exit 2.
-    let out = std::process::Command::new(BIN).arg("frobnicate").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -174,9 +208,21 @@ fn wrong_identity_is_a_clear_startup_error() {
     // Pretend tokens exist by recording them under the current identity, then swap the file.
     let id = d.data_dir().join("identity.txt");
     std::fs::remove_file(&id).unwrap();
-    let out = d.command().arg("serve").arg("--config").arg(d.config_path()).output().unwrap();
+    let out = d
+        .command()
+        .arg("serve")
+        .arg("--config")
+        .arg(d.config_path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("identity file") && err.contains("missing"), "{err}");
-    assert!(!id.exists(), "a new identity is never made up while encrypted data exists");
+    assert!(
+        err.contains("identity file") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        !id.exists(),
+        "a new identity is never made up while encrypted data exists"
+    );
 }

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Request, Response, MAX_LINE};
 use crate::app::AppState;
-use crate::ops;
+use crate::boa::model::FixingTable;
+use crate::ops::{self, ApiError};
+use serde_json::Value;
 
 /// Binds the control socket at `path`: creates the folder, removes a stale socket (one no
 /// daemon answers on), refuses when another daemon is listening, sets mode 0660.
@@ -138,11 +140,72 @@ async fn send(
     framed.send(line).await
 }
 
+fn arg_str<'a>(args: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("missing_argument", format!("argument {name:?} is required"))
+        })
+}
+
+fn arg_opt<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
+    args.get(name).and_then(Value::as_str)
+}
+
 /// Runs one request.
-pub async fn dispatch(state: &AppState, req: Request) -> Response {
-    let result = match req.cmd.as_str() {
+pub async fn dispatch(state: &Arc<AppState>, req: Request) -> Response {
+    let a = &req.args;
+    let result: ops::OpResult = match req.cmd.as_str() {
         "status" => ops::status(state),
-        other => Err(ops::ApiError::bad_request(
+        "companies" => ops::companies::list(
+            state,
+            !a.get("all").and_then(Value::as_bool).unwrap_or(false),
+        ),
+        "company" => match arg_str(a, "realm") {
+            Ok(r) => ops::companies::sync_status(state, r),
+            Err(e) => Err(e),
+        },
+        "sync" => match arg_str(a, "realm") {
+            Ok(r) => crate::sync::sync_one_op(state, r, arg_opt(a, "date")).await,
+            Err(e) => Err(e),
+        },
+        "sync_all" => crate::sync::sync_all_op(state, arg_opt(a, "date")).await,
+        "set" => match arg_str(a, "realm") {
+            Ok(r) => {
+                let settings = a.get("settings").cloned().unwrap_or(Value::Null);
+                let res = ops::companies::update_settings(state, r, &settings).await;
+                if res.as_ref().is_ok_and(|v| v["sync_reenabled"] == true) {
+                    crate::sync::on_connected(state, r);
+                }
+                res
+            }
+            Err(e) => Err(e),
+        },
+        "disconnect" => match arg_str(a, "realm") {
+            Ok(r) => ops::oauth::disconnect(state, r).await,
+            Err(e) => Err(e),
+        },
+        "rates" => crate::fixings::rates_answer(state, arg_opt(a, "date")),
+        "fetch" => crate::fixings::fetch(state, true)
+            .await
+            .map(|r| r.to_json())
+            .map_err(ApiError::from),
+        "scrapes" => crate::fixings::scrapes_json(
+            state,
+            a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
+        ),
+        "connect_url" => ops::oauth::connect_url(state).await,
+        "logs" => match arg_str(a, "realm") {
+            Ok(r) => ops::companies::logs(
+                state,
+                r,
+                a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
+            ),
+            Err(e) => Err(e),
+        },
+        "import_tables" => import(state, a).await,
+        other => Err(ApiError::bad_request(
             "unknown_command",
             format!("unknown command {other:?}"),
         )),
@@ -151,4 +214,13 @@ pub async fn dispatch(state: &AppState, req: Request) -> Response {
         Ok(data) => Response::ok(data),
         Err(e) => Response::err(e.code, e.message),
     }
+}
+
+async fn import(state: &AppState, a: &Value) -> ops::OpResult {
+    let file = arg_str(a, "file")?;
+    let sha = arg_opt(a, "sha256").unwrap_or("");
+    let tables: Vec<FixingTable> =
+        serde_json::from_value(a.get("tables").cloned().unwrap_or(Value::Null))
+            .map_err(|e| ApiError::bad_request("bad_tables", format!("tables: {e}")))?;
+    crate::fixings::import_tables(state, file, sha, &tables).await
 }

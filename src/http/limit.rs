@@ -55,7 +55,13 @@ mod tests {
         }
         let wait = l.check_at(a, 3, t0 + Duration::from_secs(10)).unwrap_err();
         assert_eq!(wait, 50);
-        assert!(l.check_at(b, 3, t0).is_ok(), "another IP has its own window");
-        assert!(l.check_at(a, 3, t0 + Duration::from_secs(61)).is_ok(), "a new window");
+        assert!(
+            l.check_at(b, 3, t0).is_ok(),
+            "another IP has its own window"
+        );
+        assert!(
+            l.check_at(a, 3, t0 + Duration::from_secs(61)).is_ok(),
+            "a new window"
+        );
     }
 }

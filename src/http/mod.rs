@@ -2,6 +2,7 @@
 //! timeout, graceful drain on shutdown. Routing lives in [`routes`].
 
 pub mod limit;
+pub mod pages;
 pub mod routes;
 
 use std::convert::Infallible;

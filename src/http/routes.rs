@@ -2,14 +2,18 @@
 //! sockets. Errors become SPEC §6 JSON with the right status; 4xx are not logged.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
 
+use super::pages;
 use crate::app::AppState;
 use crate::ops::{self, ApiError};
 
@@ -45,7 +49,7 @@ impl Req {
 
 /// Reads the body (bounded) and routes.
 pub async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -89,20 +93,244 @@ pub async fn handle(
 }
 
 /// Dispatches a request to its operation.
-pub async fn route(state: &AppState, req: Req) -> Response<Full<Bytes>> {
+pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    match (&req.method, segs.as_slice()) {
-        (&Method::GET, ["health"]) => {
+    let limited = !matches!(segs.as_slice(), ["health"] | ["metrics"]);
+    if limited {
+        let per_minute = state.config().server.rate_limit_per_minute;
+        if let Err(wait) = state.limiter.check(req.peer.ip(), per_minute) {
+            let mut e = ApiError::new(
+                429,
+                "rate_limited",
+                format!(
+                    "more than {per_minute} requests a minute from this address; retry in {wait} s"
+                ),
+            );
+            e.retry_after = Some(wait);
+            return error(&e);
+        }
+    }
+    let m = &req.method;
+    match segs.as_slice() {
+        ["health"] if m == Method::GET => {
             let (status, body) = ops::health(state);
             json(status, &body)
         }
-        (&Method::GET, [""]) => html(200, &index_page(state)),
-        (_, ["health"]) | (_, [""]) => error(&method_not_allowed()),
+        [""] if m == Method::GET => html(200, &pages::index(state)),
+        ["api", "v1", "rates"] if m == Method::GET => {
+            answer(crate::fixings::rates_answer(state, req.query("date")))
+        }
+        ["api", "v1", "oauth", "connect"] if m == Method::GET => {
+            match ops::oauth::connect(state, req.query("invite")).await {
+                Ok(start) => {
+                    let mut r = Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = StatusCode::FOUND;
+                    if let (Ok(loc), Ok(cookie)) = (
+                        HeaderValue::from_str(&start.redirect),
+                        HeaderValue::from_str(&start.cookie),
+                    ) {
+                        r.headers_mut().insert(LOCATION, loc);
+                        r.headers_mut().insert(SET_COOKIE, cookie);
+                    }
+                    r
+                }
+                Err(e) => page_or_json(&req, &e, "Cannot connect to QuickBooks"),
+            }
+        }
+        ["api", "v1", "oauth", "callback"] if m == Method::GET => {
+            let p = ops::oauth::CallbackParams {
+                code: req.query("code"),
+                state: req.query("state"),
+                realm_id: req.query("realmId"),
+                error: req.query("error"),
+            };
+            let cookie = req.headers.get(COOKIE).and_then(|v| v.to_str().ok());
+            match ops::oauth::callback(state, &p, cookie).await {
+                Ok(c) => {
+                    crate::sync::on_connected(state, &c.realm_id);
+                    if wants_json(&req) {
+                        json(
+                            200,
+                            &serde_json::json!({"success": true, "company_id": c.realm_id, "company_name": c.company_name, "home_currency": c.home_currency, "is_active": true}),
+                        )
+                    } else {
+                        html(200, &pages::connected(&c))
+                    }
+                }
+                Err(e) => page_or_json(&req, &e, "QuickBooks connection failed"),
+            }
+        }
+        ["api", "v1", "oauth", "disconnect", id] if m == Method::GET => {
+            if let Err(e) = admin(state, &req) {
+                return error(&e);
+            }
+            match ops::oauth::disconnect(state, id).await {
+                Ok(v) if !wants_json(&req) && accepts_html(&req) => html(
+                    200,
+                    &pages::message("Disconnected", v["message"].as_str().unwrap_or("")),
+                ),
+                other => answer(other),
+            }
+        }
+        ["api", "v1", "oauth", "status", id] if m == Method::GET => {
+            guarded(state, &req, |st| ops::oauth::status(st, id))
+        }
+        ["api", "v1", "companies", ..] => companies(state, &req, &segs[3..]).await,
+        ["health"] | [""] | ["api", "v1", "rates"] | ["api", "v1", "oauth", ..] => {
+            error(&method_not_allowed())
+        }
         _ => error(&ApiError::new(
             404,
             "not_found",
             format!("no endpoint {} {}", req.method, req.path),
         )),
+    }
+}
+
+async fn companies(state: &Arc<AppState>, req: &Req, rest: &[&str]) -> Response<Full<Bytes>> {
+    if let Err(e) = admin(state, req) {
+        return error(&e);
+    }
+    let m = &req.method;
+    match rest {
+        ["list"] if m == Method::GET => {
+            let active_only = match req.query("active_only") {
+                None => Ok(true),
+                Some(v) => parse_bool("active_only", v),
+            };
+            match active_only {
+                Ok(a) => answer(ops::companies::list(state, a)),
+                Err(e) => error(&e),
+            }
+        }
+        ["sync-all"] if m == Method::POST => {
+            answer(crate::sync::sync_all_op(state, req.query("target_date")).await)
+        }
+        [id, "sync"] if m == Method::POST => {
+            answer(crate::sync::sync_one_op(state, id, req.query("target_date")).await)
+        }
+        [id, "sync", "status"] if m == Method::GET => {
+            answer(ops::companies::sync_status(state, id))
+        }
+        [id, "settings"] if m == Method::PUT => {
+            let body: Result<serde_json::Value, _> = serde_json::from_slice(&req.body);
+            match body {
+                Ok(v) => {
+                    let res = ops::companies::update_settings(state, id, &v).await;
+                    if res.as_ref().is_ok_and(|v| v["sync_reenabled"] == true) {
+                        crate::sync::on_connected(state, id);
+                    }
+                    answer(res)
+                }
+                Err(e) => error(&ApiError::bad_request(
+                    "bad_json",
+                    format!("the body is not valid JSON: {e}"),
+                )),
+            }
+        }
+        ["list"] | ["sync-all"] | [_, "sync"] | [_, "sync", "status"] | [_, "settings"] => {
+            error(&method_not_allowed())
+        }
+        _ => error(&ApiError::new(
+            404,
+            "not_found",
+            format!("no endpoint {} {}", req.method, req.path),
+        )),
+    }
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ApiError::bad_request(
+            "bad_parameter",
+            format!("{name}: {v:?} is not true or false"),
+        )),
+    }
+}
+
+/// Checks the admin key: `Authorization: Bearer <key>` or `X-API-Key: <key>`, constant time.
+fn admin(state: &AppState, req: &Req) -> Result<(), ApiError> {
+    let config = state.config();
+    let key = config.server.admin_api_key.expose();
+    if key.is_empty() {
+        return Err(ApiError::new(
+            401,
+            "unauthorized",
+            "the admin API is disabled (no admin_api_key configured); use the control socket",
+        ));
+    }
+    let given = req
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| req.headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let Some(given) = given else {
+        return Err(ApiError::new(
+            401,
+            "unauthorized",
+            "an admin API key is required (Authorization: Bearer <key> or X-API-Key)",
+        ));
+    };
+    // Compare digests so neither the content nor the length leaks through timing.
+    let a = <sha2::Sha256 as sha2::Digest>::digest(given.trim().as_bytes());
+    let b = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes());
+    if bool::from(subtle::ConstantTimeEq::ct_eq(a.as_slice(), b.as_slice())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(401, "unauthorized", "invalid admin API key"))
+    }
+}
+
+fn guarded(
+    state: &AppState,
+    req: &Req,
+    f: impl FnOnce(&AppState) -> ops::OpResult,
+) -> Response<Full<Bytes>> {
+    match admin(state, req) {
+        Ok(()) => answer(f(state)),
+        Err(e) => error(&e),
+    }
+}
+
+fn answer(r: ops::OpResult) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json(200, &v),
+        Err(e) => error(&e),
+    }
+}
+
+fn wants_json(req: &Req) -> bool {
+    req.headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+fn accepts_html(req: &Req) -> bool {
+    req.headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// An error as a page for browsers, JSON for clients that ask for it.
+fn page_or_json(req: &Req, e: &ApiError, title: &str) -> Response<Full<Bytes>> {
+    if wants_json(req) {
+        error(e)
+    } else {
+        let mut r = html(e.status, &pages::message(title, &e.message));
+        if let Some(secs) = e.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        r
     }
 }
 
@@ -112,12 +340,6 @@ fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
-}
-
-fn index_page(_state: &AppState) -> String {
-    "<!doctype html><html><head><meta charset=\"utf-8\"><title>boa-exchange</title></head>\
-     <body><h1>boa-exchange</h1><p>Bank of Albania official exchange rates for QuickBooks Online.</p></body></html>"
-        .to_string()
 }
 
 /// A JSON answer.

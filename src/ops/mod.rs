@@ -1,6 +1,7 @@
 //! Operations shared by the HTTP API and the control socket. Each returns JSON data or an
 //! [`ApiError`]; the front ends only translate requests and answers.
 
+pub mod companies;
 mod error;
 pub mod oauth;
 pub use error::ApiError;

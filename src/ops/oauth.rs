@@ -27,14 +27,20 @@ fn random_token() -> String {
 }
 
 fn sign(key: &[u8], msg: &str) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
     mac.update(msg.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
 fn verify(key: &[u8], msg: &str, sig_hex: &str) -> bool {
-    let Ok(sig) = hex::decode(sig_hex) else { return false };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return false };
+    let Ok(sig) = hex::decode(sig_hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return false;
+    };
     mac.update(msg.as_bytes());
     mac.verify_slice(&sig).is_ok()
 }
@@ -55,27 +61,52 @@ pub struct ConnectStart {
 pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectStart, ApiError> {
     let config = state.config();
     if config.quickbooks.client_id.is_empty() {
-        return Err(ApiError::new(503, "not_configured", "QuickBooks is not configured (quickbooks.client_id is empty)"));
+        return Err(ApiError::new(
+            503,
+            "not_configured",
+            "QuickBooks is not configured (quickbooks.client_id is empty)",
+        ));
     }
     let now = Utc::now();
     if config.server.enrollment == Enrollment::Invite {
         let Some(code) = invite else {
-            return Err(ApiError::new(403, "invite_required", "connections are by invitation only; ask your administrator for a link"));
+            return Err(ApiError::new(
+                403,
+                "invite_required",
+                "connections are by invitation only; ask your administrator for a link",
+            ));
         };
         match state.store.take_pending(&format!("invite:{code}"))? {
             Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
-            _ => return Err(ApiError::new(403, "invalid_invite", "this invitation link is unknown, used or expired; ask for a new one")),
+            _ => {
+                return Err(ApiError::new(
+                    403,
+                    "invalid_invite",
+                    "this invitation link is unknown, used or expired; ask for a new one",
+                ))
+            }
         }
     }
     let st = random_token();
     let nonce = random_token();
     state
         .store
-        .put_pending(&format!("state:{st}"), &PendingAuth::State { created_at: now, expires_at: now + STATE_TTL, browser_nonce: nonce.clone() })
+        .put_pending(
+            &format!("state:{st}"),
+            &PendingAuth::State {
+                created_at: now,
+                expires_at: now + STATE_TTL,
+                browser_nonce: nonce.clone(),
+            },
+        )
         .await?;
     let value = format!("{st}.{nonce}");
     let sig = sign(&state.hmac_key, &value);
-    let secure = if config.server.public_url.scheme() == "https" { "; Secure" } else { "" };
+    let secure = if config.server.public_url.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
         "{STATE_COOKIE}={value}.{sig}; Path=/api/v1/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         STATE_TTL.num_seconds()
@@ -92,20 +123,31 @@ pub async fn connect_url(state: &AppState) -> OpResult {
     let now = Utc::now();
     let code = random_token();
     let expires_at = now + INVITE_TTL;
-    state.store.put_pending(&format!("invite:{code}"), &PendingAuth::Invite { created_at: now, expires_at }).await?;
+    state
+        .store
+        .put_pending(
+            &format!("invite:{code}"),
+            &PendingAuth::Invite {
+                created_at: now,
+                expires_at,
+            },
+        )
+        .await?;
     let base = state.config().server.public_url.clone();
     let mut url = base
         .join("api/v1/oauth/connect")
         .map_err(ApiError::internal)?;
     url.query_pairs_mut().append_pair("invite", &code);
-    Ok(json!({"success": true, "url": url.to_string(), "expires_at": ts(expires_at), "single_use": true}))
+    Ok(
+        json!({"success": true, "url": url.to_string(), "expires_at": ts(expires_at), "single_use": true}),
+    )
 }
 
-fn cookie_value<'a>(cookie_header: Option<&'a str>) -> Option<&'a str> {
-    cookie_header?
-        .split(';')
-        .map(str::trim)
-        .find_map(|c| c.strip_prefix(STATE_COOKIE).and_then(|r| r.strip_prefix('=')))
+fn cookie_value(cookie_header: Option<&str>) -> Option<&str> {
+    cookie_header?.split(';').map(str::trim).find_map(|c| {
+        c.strip_prefix(STATE_COOKIE)
+            .and_then(|r| r.strip_prefix('='))
+    })
 }
 
 /// The callback's query parameters.
@@ -132,10 +174,17 @@ fn refuse(code: &'static str, msg: &str) -> ApiError {
 /// # Errors
 /// 400 for a bad/missing/reused/expired/foreign state, a denial or a refused code; 502 when
 /// Intuit fails.
-pub async fn callback(state: &AppState, p: &CallbackParams<'_>, cookie_header: Option<&str>) -> Result<Company, ApiError> {
+pub async fn callback(
+    state: &AppState,
+    p: &CallbackParams<'_>,
+    cookie_header: Option<&str>,
+) -> Result<Company, ApiError> {
     let now = Utc::now();
     let Some(st) = p.state.filter(|s| !s.is_empty()) else {
-        return Err(refuse("missing_state", "the authorization answer has no state; start again from the Connect button"));
+        return Err(refuse(
+            "missing_state",
+            "the authorization answer has no state; start again from the Connect button",
+        ));
     };
     if let Some(err) = p.error {
         // Consume the state so it cannot be replayed.
@@ -149,55 +198,109 @@ pub async fn callback(state: &AppState, p: &CallbackParams<'_>, cookie_header: O
     }
     // The cookie proves this browser started this flow.
     let bound = cookie_value(cookie_header).and_then(|v| {
-        let mut parts = v.rsplitn(2, '.');
-        let sig = parts.next()?;
-        let value = parts.next()?;
+        let (value, sig) = v.rsplit_once('.')?;
         verify(&state.hmac_key, value, sig).then_some(value)
     });
     let Some(bound) = bound else {
         return Err(refuse("invalid_state", "this authorization was not started from this browser (missing or invalid state cookie); start again"));
     };
     let Some((cookie_state, nonce)) = bound.split_once('.') else {
-        return Err(refuse("invalid_state", "malformed state cookie; start again"));
+        return Err(refuse(
+            "invalid_state",
+            "malformed state cookie; start again",
+        ));
     };
     if cookie_state != st {
-        return Err(refuse("invalid_state", "the state does not match this browser's; start again"));
+        return Err(refuse(
+            "invalid_state",
+            "the state does not match this browser's; start again",
+        ));
     }
     match state.store.take_pending(&format!("state:{st}"))? {
-        Some(PendingAuth::State { expires_at, browser_nonce, .. }) => {
+        Some(PendingAuth::State {
+            expires_at,
+            browser_nonce,
+            ..
+        }) => {
             if browser_nonce != nonce {
-                return Err(refuse("invalid_state", "the state does not match this browser's; start again"));
+                return Err(refuse(
+                    "invalid_state",
+                    "the state does not match this browser's; start again",
+                ));
             }
             if expires_at < now {
-                return Err(refuse("expired_state", "the authorization took longer than 10 minutes; start again"));
+                return Err(refuse(
+                    "expired_state",
+                    "the authorization took longer than 10 minutes; start again",
+                ));
             }
         }
-        _ => return Err(refuse("invalid_state", "unknown or already used state; start again")),
+        _ => {
+            return Err(refuse(
+                "invalid_state",
+                "unknown or already used state; start again",
+            ))
+        }
     }
-    let (Some(code), Some(realm)) = (p.code.filter(|c| !c.is_empty()), p.realm_id.filter(|r| !r.is_empty())) else {
-        return Err(refuse("missing_code", "the authorization answer has no code or realmId"));
+    let (Some(code), Some(realm)) = (
+        p.code.filter(|c| !c.is_empty()),
+        p.realm_id.filter(|r| !r.is_empty()),
+    ) else {
+        return Err(refuse(
+            "missing_code",
+            "the authorization answer has no code or realmId",
+        ));
     };
     if !realm.chars().all(|c| c.is_ascii_alphanumeric()) || realm.len() > 64 {
-        return Err(refuse("bad_realm", "realmId is not a QuickBooks company id"));
+        return Err(refuse(
+            "bad_realm",
+            "realmId is not a QuickBooks company id",
+        ));
     }
-    let (tokens, tid) = state.tokens.oauth().exchange_code(code, now).await.map_err(|e| {
-        if e.is_invalid_grant() {
-            refuse("invalid_code", "the authorization code was refused (already used or expired); start again")
-        } else {
-            ApiError::upstream(e.code(), format!("exchanging the authorization code: {e}"))
-        }
-    })?;
+    let (tokens, tid) = state
+        .tokens
+        .oauth()
+        .exchange_code(code, now)
+        .await
+        .map_err(|e| {
+            if e.is_invalid_grant() {
+                refuse(
+                    "invalid_code",
+                    "the authorization code was refused (already used or expired); start again",
+                )
+            } else {
+                ApiError::upstream(e.code(), format!("exchanging the authorization code: {e}"))
+            }
+        })?;
     let qbo = state.qbo();
     let at = tokens.access_token.as_str();
     let up = |what: &str| {
         let what = what.to_string();
-        move |e: crate::qbo::Error| ApiError::upstream(e.code(), format!("reading {what} from QuickBooks: {e}"))
+        move |e: crate::qbo::Error| {
+            ApiError::upstream(e.code(), format!("reading {what} from QuickBooks: {e}"))
+        }
     };
-    let name = qbo.company_name(realm, at).await.map_err(up("CompanyInfo"))?.value;
-    let prefs = qbo.preferences(realm, at).await.map_err(up("Preferences"))?.value;
-    let currencies = qbo.company_currencies(realm, at).await.map_err(up("currencies"))?.value;
+    let name = qbo
+        .company_name(realm, at)
+        .await
+        .map_err(up("CompanyInfo"))?
+        .value;
+    let prefs = qbo
+        .preferences(realm, at)
+        .await
+        .map_err(up("Preferences"))?
+        .value;
+    let currencies = qbo
+        .company_currencies(realm, at)
+        .await
+        .map_err(up("currencies"))?
+        .value;
     let home = prefs.home.unwrap_or(Currency::ALL);
-    let active: Vec<Currency> = currencies.iter().filter(|c| c.active && c.code != home).map(|c| c.code).collect();
+    let active: Vec<Currency> = currencies
+        .iter()
+        .filter(|c| c.active && c.code != home)
+        .map(|c| c.code)
+        .collect();
 
     let config = state.config();
     let existing = state.store.company(realm)?;
@@ -236,14 +339,26 @@ pub async fn callback(state: &AppState, p: &CallbackParams<'_>, cookie_header: O
             kind: LogKind::Connection,
             success: true,
             date: None,
-            message: if reconnect { "reconnected to QuickBooks".into() } else { "connected to QuickBooks".into() },
+            message: if reconnect {
+                "reconnected to QuickBooks".into()
+            } else {
+                "connected to QuickBooks".into()
+            },
             rates_written: 0,
             rates_unchanged: 0,
             intuit_tids: tid.into_iter().collect(),
         },
     )?;
-    state.store.save_company_and_tokens(&company, &tokens).await?;
-    tracing::info!(realm_id = realm, reconnect, "Company {realm}: connected ({})", company.company_name);
+    state
+        .store
+        .save_company_and_tokens(&company, &tokens)
+        .await?;
+    tracing::info!(
+        realm_id = realm,
+        reconnect,
+        "Company {realm}: connected ({})",
+        company.company_name
+    );
     Ok(company)
 }
 
@@ -263,12 +378,17 @@ fn connection_status(c: &Company) -> &'static str {
 /// # Errors
 /// 404 unknown company.
 pub fn status(state: &AppState, realm: &str) -> OpResult {
-    let c = state.store.company(realm)?.ok_or_else(|| ApiError::unknown_company(realm))?;
+    let c = state
+        .store
+        .company(realm)?
+        .ok_or_else(|| ApiError::unknown_company(realm))?;
     let now = Utc::now();
     let t = c.tokens.as_ref();
     let hard: Option<DateTime<Utc>> = t.and_then(|t| t.hard_expires_at);
     let reason = match &c.connection {
-        Connection::ReconnectNeeded { reason, since } => json!({"since": ts(*since), "reason": reason}),
+        Connection::ReconnectNeeded { reason, since } => {
+            json!({"since": ts(*since), "reason": reason})
+        }
         _ => Value::Null,
     };
     Ok(json!({
@@ -295,14 +415,22 @@ pub fn status(state: &AppState, realm: &str) -> OpResult {
 /// # Errors
 /// 404 unknown company; 502 when Intuit cannot be reached (nothing changed then).
 pub async fn disconnect(state: &AppState, realm: &str) -> OpResult {
-    let mut c = state.store.company(realm)?.ok_or_else(|| ApiError::unknown_company(realm))?;
+    let mut c = state
+        .store
+        .company(realm)?
+        .ok_or_else(|| ApiError::unknown_company(realm))?;
     if let Some(tokens) = state.store.tokens(realm)? {
         state
             .tokens
             .oauth()
             .revoke(&tokens.refresh_token)
             .await
-            .map_err(|e| ApiError::upstream(e.code(), format!("revoking the grant at Intuit: {e}; nothing was changed, try again")))?;
+            .map_err(|e| {
+                ApiError::upstream(
+                    e.code(),
+                    format!("revoking the grant at Intuit: {e}; nothing was changed, try again"),
+                )
+            })?;
     }
     let now = Utc::now();
     c.is_active = false;

@@ -13,8 +13,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use url::Url;
 
-pub use error::Error;
 use error::from_reqwest;
+pub use error::Error;
 use model::{CompanyCurrency, CurrencyPrefs, QboRate, RawRate};
 
 use crate::config::QuickbooksConfig;
@@ -54,7 +54,11 @@ pub struct QboClient {
 impl QboClient {
     /// A client for `api_base` (config).
     pub fn new(http: reqwest::Client, q: &QuickbooksConfig) -> Self {
-        QboClient { http, base: q.api_base.clone(), minor_version: q.minor_version }
+        QboClient {
+            http,
+            base: q.api_base.clone(),
+            minor_version: q.minor_version,
+        }
     }
 
     fn url(&self, realm: &str, path: &str) -> Result<Url, Error> {
@@ -62,7 +66,8 @@ impl QboClient {
             .base
             .join(&format!("v3/company/{realm}/{path}"))
             .map_err(|e| Error::Decode(format!("bad api url: {e}")))?;
-        u.query_pairs_mut().append_pair("minorversion", &self.minor_version.to_string());
+        u.query_pairs_mut()
+            .append_pair("minorversion", &self.minor_version.to_string());
         Ok(u)
     }
 
@@ -79,7 +84,9 @@ impl QboClient {
         match status {
             StatusCode::UNAUTHORIZED => return Err(Error::Unauthorized),
             StatusCode::TOO_MANY_REQUESTS => {
-                return Err(Error::RateLimited { retry_after: retry_after.unwrap_or(60) })
+                return Err(Error::RateLimited {
+                    retry_after: retry_after.unwrap_or(60),
+                })
             }
             s if s.is_server_error() => return Err(Error::Server { status: s.as_u16() }),
             _ => {}
@@ -103,7 +110,13 @@ impl QboClient {
 
     async fn get(&self, realm: &str, token: &str, url: Url) -> Result<Traced<Value>, Error> {
         let _ = realm;
-        self.send(self.http.get(url).bearer_auth(token).header("Accept", "application/json")).await
+        self.send(
+            self.http
+                .get(url)
+                .bearer_auth(token)
+                .header("Accept", "application/json"),
+        )
+        .await
     }
 
     /// `CompanyInfo.CompanyName`.
@@ -117,22 +130,34 @@ impl QboClient {
             .as_str()
             .ok_or_else(|| Error::Decode("CompanyInfo without CompanyName".into()))?
             .to_string();
-        Ok(Traced { value: name, tid: t.tid })
+        Ok(Traced {
+            value: name,
+            tid: t.tid,
+        })
     }
 
     /// Multicurrency flag and home currency.
     ///
     /// # Errors
     /// Any [`Error`].
-    pub async fn preferences(&self, realm: &str, token: &str) -> Result<Traced<CurrencyPrefs>, Error> {
+    pub async fn preferences(
+        &self,
+        realm: &str,
+        token: &str,
+    ) -> Result<Traced<CurrencyPrefs>, Error> {
         let url = self.url(realm, "preferences")?;
         let t = self.get(realm, token, url).await?;
         let cp = &t.value["Preferences"]["CurrencyPrefs"];
         let prefs = CurrencyPrefs {
             multicurrency: cp["MultiCurrencyEnabled"].as_bool().unwrap_or(false),
-            home: cp["HomeCurrency"]["value"].as_str().and_then(|s| Currency::new(s).ok()),
+            home: cp["HomeCurrency"]["value"]
+                .as_str()
+                .and_then(|s| Currency::new(s).ok()),
         };
-        Ok(Traced { value: prefs, tid: t.tid })
+        Ok(Traced {
+            value: prefs,
+            tid: t.tid,
+        })
     }
 
     async fn query(&self, realm: &str, token: &str, q: &str) -> Result<Traced<Value>, Error> {
@@ -145,20 +170,36 @@ impl QboClient {
     ///
     /// # Errors
     /// Any [`Error`].
-    pub async fn company_currencies(&self, realm: &str, token: &str) -> Result<Traced<Vec<CompanyCurrency>>, Error> {
-        let t = self.query(realm, token, "select * from companycurrency maxresults 1000").await?;
+    pub async fn company_currencies(
+        &self,
+        realm: &str,
+        token: &str,
+    ) -> Result<Traced<Vec<CompanyCurrency>>, Error> {
+        let t = self
+            .query(
+                realm,
+                token,
+                "select * from companycurrency maxresults 1000",
+            )
+            .await?;
         let list = t.value["QueryResponse"]["CompanyCurrency"]
             .as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(|c| {
                         let code = Currency::new(c["Code"].as_str()?).ok()?;
-                        Some(CompanyCurrency { code, active: c["Active"].as_bool().unwrap_or(true) })
+                        Some(CompanyCurrency {
+                            code,
+                            active: c["Active"].as_bool().unwrap_or(true),
+                        })
                     })
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Traced { value: list, tid: t.tid })
+        Ok(Traced {
+            value: list,
+            tid: t.tid,
+        })
     }
 
     /// Every exchange rate QuickBooks holds for `date` (one metered query; up to 1000 rows,
@@ -166,7 +207,12 @@ impl QboClient {
     ///
     /// # Errors
     /// Any [`Error`].
-    pub async fn rates_on(&self, realm: &str, token: &str, date: NaiveDate) -> Result<Traced<Vec<QboRate>>, Error> {
+    pub async fn rates_on(
+        &self,
+        realm: &str,
+        token: &str,
+        date: NaiveDate,
+    ) -> Result<Traced<Vec<QboRate>>, Error> {
         let q = format!(
             "select * from exchangerate where asofdate = '{}' startposition 1 maxresults 1000",
             date.format("%Y-%m-%d")
@@ -184,14 +230,23 @@ impl QboClient {
                 }
             }
         }
-        Ok(Traced { value: out, tid: t.tid })
+        Ok(Traced {
+            value: out,
+            tid: t.tid,
+        })
     }
 
     /// Creates or updates one rate (`POST exchangerate?requestid=`).
     ///
     /// # Errors
     /// Any [`Error`]; a stale SyncToken is a Fault 5010 ([`Error::is_stale`]).
-    pub async fn write_rate(&self, realm: &str, token: &str, body: String, request_id: &str) -> Result<Traced<QboRate>, Error> {
+    pub async fn write_rate(
+        &self,
+        realm: &str,
+        token: &str,
+        body: String,
+        request_id: &str,
+    ) -> Result<Traced<QboRate>, Error> {
         let mut url = self.url(realm, "exchangerate")?;
         url.query_pairs_mut().append_pair("requestid", request_id);
         let t = self
@@ -206,7 +261,10 @@ impl QboClient {
             .await?;
         let raw: RawRate = serde_json::from_value(t.value["ExchangeRate"].clone())
             .map_err(|e| Error::Decode(format!("ExchangeRate: {e}")))?;
-        Ok(Traced { value: raw.parse().map_err(Error::Decode)?, tid: t.tid })
+        Ok(Traced {
+            value: raw.parse().map_err(Error::Decode)?,
+            tid: t.tid,
+        })
     }
 }
 
@@ -223,5 +281,9 @@ fn parse_fault(f: &Value) -> Error {
         .flatten()
         .collect::<Vec<_>>()
         .join(": ");
-    Error::Fault { fault_type, code, message }
+    Error::Fault {
+        fault_type,
+        code,
+        message,
+    }
 }

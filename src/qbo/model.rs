@@ -67,7 +67,13 @@ impl RawRate {
 }
 
 /// The POST body for one rate, with `Rate` as an exact JSON number (never through a float).
-pub fn rate_body(currency: Currency, target: Currency, rate: Decimal, date: NaiveDate, sync_token: &str) -> String {
+pub fn rate_body(
+    currency: Currency,
+    target: Currency,
+    rate: Decimal,
+    date: NaiveDate,
+    sync_token: &str,
+) -> String {
     let token = serde_json::to_string(sync_token).unwrap_or_else(|_| "\"0\"".into());
     format!(
         "{{\"SourceCurrencyCode\":\"{currency}\",\"TargetCurrencyCode\":\"{target}\",\"Rate\":{},\"AsOfDate\":\"{}\",\"SyncToken\":{token}}}",

@@ -48,7 +48,9 @@ pub struct OAuthClient {
 
 impl std::fmt::Debug for OAuthClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OAuthClient").field("client_id", &self.client_id).finish_non_exhaustive()
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +84,11 @@ impl OAuthClient {
     ///
     /// # Errors
     /// `InvalidGrant` for a reused/expired code, `InvalidClient`, network/5xx.
-    pub async fn exchange_code(&self, code: &str, now: DateTime<Utc>) -> Result<(TokenSet, Option<String>), Error> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(TokenSet, Option<String>), Error> {
         let form = [
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -102,7 +108,10 @@ impl OAuthClient {
         previous_hard: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<(TokenSet, Option<String>), Error> {
-        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
         self.token_call(&form, previous_hard, now).await
     }
 
@@ -140,7 +149,8 @@ impl OAuthClient {
                 expiry: TokenExpiry {
                     access_expires_at: now + secs(t.expires_in),
                     // Intuit always sends it; 100 days is its documented rolling window.
-                    refresh_expires_at: now + secs(t.x_refresh_token_expires_in.unwrap_or(8_640_000)),
+                    refresh_expires_at: now
+                        + secs(t.x_refresh_token_expires_in.unwrap_or(8_640_000)),
                     hard_expires_at: hard,
                     refreshed_at: now,
                 },
@@ -149,16 +159,24 @@ impl OAuthClient {
         }
         let err: Option<OAuthErrorBody> = serde_json::from_slice(&body).ok();
         Err(match (status, err) {
-            (_, Some(e)) if e.error == "invalid_grant" => Error::InvalidGrant(if e.error_description.is_empty() {
-                "invalid_grant".into()
-            } else {
-                e.error_description
-            }),
+            (_, Some(e)) if e.error == "invalid_grant" => {
+                Error::InvalidGrant(if e.error_description.is_empty() {
+                    "invalid_grant".into()
+                } else {
+                    e.error_description
+                })
+            }
             (_, Some(e)) if e.error == "invalid_client" => Error::InvalidClient,
             (401, _) => Error::InvalidClient,
             (s, _) if s >= 500 => Error::Server { status: s },
-            (s, Some(e)) => Error::Http { status: s, message: e.error },
-            (s, None) => Error::Http { status: s, message: "token endpoint refused the request".into() },
+            (s, Some(e)) => Error::Http {
+                status: s,
+                message: e.error,
+            },
+            (s, None) => Error::Http {
+                status: s,
+                message: "token endpoint refused the request".into(),
+            },
         })
     }
 
@@ -185,12 +203,17 @@ impl OAuthClient {
                 Ok(())
             }
             s if s >= 500 => Err(Error::Server { status: s }),
-            s => Err(Error::Http { status: s, message: "revoke refused".into() }),
+            s => Err(Error::Http {
+                status: s,
+                message: "revoke refused".into(),
+            }),
         }
     }
 }
 
 /// The `intuit_tid` response header, for logs.
 pub fn intuit_tid(h: &reqwest::header::HeaderMap) -> Option<String> {
-    h.get("intuit_tid").and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get("intuit_tid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }

@@ -109,7 +109,11 @@ impl TokenManager {
     ///
     /// # Errors
     /// [`TokenError`].
-    pub async fn after_unauthorized(&self, realm: &str, rejected: &str) -> Result<String, TokenError> {
+    pub async fn after_unauthorized(
+        &self,
+        realm: &str,
+        rejected: &str,
+    ) -> Result<String, TokenError> {
         self.token(realm, Some(rejected), false).await
     }
 
@@ -121,7 +125,12 @@ impl TokenManager {
         self.token(realm, None, true).await.map(|_| ())
     }
 
-    async fn token(&self, realm: &str, rejected: Option<&str>, force: bool) -> Result<String, TokenError> {
+    async fn token(
+        &self,
+        realm: &str,
+        rejected: Option<&str>,
+        force: bool,
+    ) -> Result<String, TokenError> {
         // Held across the refresh so only one refresh per company runs; waiters then read
         // the fresh token from the store.
         let lock = self.lock_for(realm);
@@ -142,12 +151,20 @@ impl TokenManager {
         self.refresh_locked(realm, &tokens, now).await
     }
 
-    async fn refresh_locked(&self, realm: &str, tokens: &TokenSet, now: DateTime<Utc>) -> Result<String, TokenError> {
+    async fn refresh_locked(
+        &self,
+        realm: &str,
+        tokens: &TokenSet,
+        now: DateTime<Utc>,
+    ) -> Result<String, TokenError> {
         use std::sync::atomic::Ordering::Relaxed;
         let oauth = self.oauth();
         let mut attempt = 0u32;
         let result = loop {
-            match oauth.refresh(&tokens.refresh_token, tokens.expiry.hard_expires_at, now).await {
+            match oauth
+                .refresh(&tokens.refresh_token, tokens.expiry.hard_expires_at, now)
+                .await
+            {
                 Err(e) if e.is_retryable() && attempt < 2 => {
                     attempt += 1;
                     tokio::time::sleep(self.retry_base * 2u32.pow(attempt - 1)).await;
@@ -164,14 +181,22 @@ impl TokenManager {
                 self.store.save_company_and_tokens(&company, &new).await?;
                 self.stats.ok.fetch_add(1, Relaxed);
                 let rotated = new.refresh_token != tokens.refresh_token;
-                tracing::info!(realm_id = realm, rotated, intuit_tid = tid.as_deref().unwrap_or(""), "Company {realm}: token refreshed");
+                tracing::info!(
+                    realm_id = realm,
+                    rotated,
+                    intuit_tid = tid.as_deref().unwrap_or(""),
+                    "Company {realm}: token refreshed"
+                );
                 Ok(new.access_token)
             }
             Err(e) if e.is_invalid_grant() => {
                 self.stats.invalid_grant.fetch_add(1, Relaxed);
                 tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
                 if let Some(mut company) = self.store.company(realm)? {
-                    company.connection = Connection::ReconnectNeeded { since: Utc::now(), reason: e.to_string() };
+                    company.connection = Connection::ReconnectNeeded {
+                        since: Utc::now(),
+                        reason: e.to_string(),
+                    };
                     company.updated_at = Utc::now();
                     self.store.append_log(
                         realm,
@@ -208,10 +233,10 @@ impl TokenManager {
         let now = Utc::now();
         let mut n = 0;
         for c in self.store.companies()? {
-            let due = c
-                .tokens
-                .as_ref()
-                .is_some_and(|t| now - t.refreshed_at > KEEP_ALIVE_AFTER || t.refresh_expires_at - now < chrono::Duration::days(30));
+            let due = c.tokens.as_ref().is_some_and(|t| {
+                now - t.refreshed_at > KEEP_ALIVE_AFTER
+                    || t.refresh_expires_at - now < chrono::Duration::days(30)
+            });
             if c.is_connected() && due && self.force_refresh(&c.realm_id).await.is_ok() {
                 n += 1;
             }

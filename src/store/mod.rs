@@ -791,4 +791,4 @@ fn migrate(_store: &Store, from: u32) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -34,7 +34,9 @@ impl TestDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
         let mut d = TestDaemon {
             stderr_path: dir.path().join("stderr.log"),
             dir,
@@ -43,7 +45,10 @@ impl TestDaemon {
             notify_path,
             http: String::new(),
             extra_config: extra.to_string(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.write_config();
         d.spawn_and_wait_ready();
@@ -79,9 +84,23 @@ impl TestDaemon {
     pub fn command(&self) -> Command {
         let mut c = Command::new(BIN);
         for v in [
-            "API_HOST", "API_PORT", "ADMIN_API_KEY", "QB_CLIENT_ID", "QB_CLIENT_SECRET", "QB_REDIRECT_URI",
-            "QB_SANDBOX", "SECRET_KEY", "SCHEDULE_TIME", "TIMEZONE", "STATE_DIRECTORY", "RUNTIME_DIRECTORY",
-            "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "RUST_LOG",
+            "API_HOST",
+            "API_PORT",
+            "ADMIN_API_KEY",
+            "QB_CLIENT_ID",
+            "QB_CLIENT_SECRET",
+            "QB_REDIRECT_URI",
+            "QB_SANDBOX",
+            "SECRET_KEY",
+            "SCHEDULE_TIME",
+            "TIMEZONE",
+            "STATE_DIRECTORY",
+            "RUNTIME_DIRECTORY",
+            "CREDENTIALS_DIRECTORY",
+            "JOURNAL_STREAM",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "RUST_LOG",
         ] {
             c.env_remove(v);
         }
@@ -116,14 +135,25 @@ impl TestDaemon {
             if self.notifications_until(|m| m.contains("READY=1"), Duration::from_millis(200)) {
                 break;
             }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("daemon exited before READY ({st}): {}", self.stderr());
             }
-            assert!(Instant::now() < deadline, "no READY=1 within 20 s: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "no READY=1 within 20 s: {}",
+                self.stderr()
+            );
         }
         let st = self.control("status", json!({}));
         assert_eq!(st["ok"], true, "{st}");
-        self.http = format!("http://{}", st["data"]["http_listen"].as_str().expect("http_listen"));
+        self.http = format!(
+            "http://{}",
+            st["data"]["http_listen"].as_str().expect("http_listen")
+        );
     }
 
     fn drain_notify(&self) {
@@ -172,7 +202,10 @@ impl TestDaemon {
                 self.child = None;
                 return st;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -2,3 +2,4 @@
 pub mod daemon;
 pub mod fake_boa;
 pub mod fake_intuit;
+pub mod world;

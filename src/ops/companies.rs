@@ -1,0 +1,217 @@
+//! Company management: list, sync status, settings, logs. Each company's answers hold only
+//! its own data (every read is keyed by its realm id).
+
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+
+use super::{ts, ApiError, OpResult};
+use crate::app::AppState;
+use crate::currency::Currency;
+use crate::store::records::{Company, Connection, LogKind};
+
+/// ISO 4217 codes accepted as a home currency.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL";
+
+/// Whether a code is an ISO 4217 currency.
+pub fn is_iso_currency(c: Currency) -> bool {
+    ISO_4217.split(' ').any(|x| x == c.as_str())
+}
+
+/// The connection state as a word.
+pub fn connection_word(c: &Company) -> &'static str {
+    if !c.is_active {
+        return "disconnected";
+    }
+    match c.connection {
+        Connection::Connected => "connected",
+        Connection::ReconnectNeeded { .. } => "reconnect_needed",
+        Connection::Disconnected { .. } => "disconnected",
+    }
+}
+
+/// The brief's company entry (plus connection and fill policy).
+pub fn entry(c: &Company) -> Value {
+    json!({
+        "company_id": c.realm_id,
+        "company_name": c.company_name,
+        "is_active": c.is_active,
+        "sync_enabled": c.sync_enabled,
+        "home_currency": c.home_currency.as_str(),
+        "is_sandbox": c.is_sandbox,
+        "created_at": ts(c.created_at),
+        "last_sync_at": c.last_sync_at.map(ts),
+        "connection": connection_word(c),
+        "fill_non_business_days": c.fill_non_business_days,
+    })
+}
+
+/// `GET /api/v1/companies/list?active_only=` and `companies [--all]`.
+///
+/// # Errors
+/// Store failure.
+pub fn list(state: &AppState, active_only: bool) -> OpResult {
+    let companies: Vec<Value> = state
+        .store
+        .companies()?
+        .iter()
+        .filter(|c| !active_only || c.is_active)
+        .map(entry)
+        .collect();
+    Ok(json!({"success": true, "count": companies.len(), "companies": companies}))
+}
+
+fn company(state: &AppState, realm: &str) -> Result<Company, ApiError> {
+    state
+        .store
+        .company(realm)?
+        .ok_or_else(|| ApiError::unknown_company(realm))
+}
+
+/// `GET /api/v1/companies/{id}/sync/status` and `company REALM`.
+///
+/// # Errors
+/// 404 unknown company.
+pub fn sync_status(state: &AppState, realm: &str) -> OpResult {
+    let c = company(state, realm)?;
+    let (total, synced) = state.store.rate_counts(realm)?;
+    let (scr_n, scr_ok) = state.store.log_counts(realm, LogKind::Scraping)?;
+    let (syn_n, syn_ok) = state.store.log_counts(realm, LogKind::Syncing)?;
+    Ok(json!({
+        "company_id": c.realm_id,
+        "company_name": c.company_name,
+        "is_active": c.is_active,
+        "sync_enabled": c.sync_enabled,
+        "home_currency": c.home_currency.as_str(),
+        "connection": connection_word(&c),
+        "created_at": ts(c.created_at),
+        "last_sync_at": c.last_sync_at.map(ts),
+        "exchange_rates": {"total": total, "synced": synced, "pending": total - synced},
+        "scraping": {"total_attempts": scr_n, "successful": scr_ok, "failed": scr_n - scr_ok},
+        "syncing": {"total_attempts": syn_n, "successful": syn_ok, "failed": syn_n - syn_ok},
+    }))
+}
+
+/// `PUT /api/v1/companies/{id}/settings` and `set REALM ...`: validated as a whole; a bad
+/// field changes nothing. Flushed before the answer.
+///
+/// # Errors
+/// 400 for a non-object, an unknown field, a wrong type, a bad currency code or an empty
+/// name; 404 unknown company.
+pub async fn update_settings(state: &AppState, realm: &str, body: &Value) -> OpResult {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::bad_request(
+            "bad_settings",
+            "settings must be a JSON object",
+        ));
+    };
+    let mut c = company(state, realm)?;
+    let was_enabled = c.sync_enabled;
+    apply(&mut c, obj)?;
+    c.updated_at = Utc::now();
+    state.store.save_company(&c).await?;
+    tracing::info!(realm_id = realm, "Company {realm}: settings updated");
+    Ok(json!({
+        "success": true,
+        "message": format!("Settings updated for {}", c.company_name),
+        "company_id": c.realm_id,
+        "company": entry(&c),
+        "sync_reenabled": !was_enabled && c.sync_enabled,
+    }))
+}
+
+fn apply(c: &mut Company, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if obj.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_settings",
+            "no settings given (sync_enabled, home_currency, company_name, fill_non_business_days)",
+        ));
+    }
+    for (k, v) in obj {
+        match k.as_str() {
+            "sync_enabled" => c.sync_enabled = v.as_bool().ok_or_else(|| type_err(k, "true or false"))?,
+            "fill_non_business_days" => c.fill_non_business_days = v.as_bool().ok_or_else(|| type_err(k, "true or false"))?,
+            "home_currency" => {
+                let s = v.as_str().ok_or_else(|| type_err(k, "a currency code such as EUR"))?;
+                let cur = Currency::new(s)
+                    .ok()
+                    .filter(|c| s.len() == 3 && s.chars().all(|ch| ch.is_ascii_uppercase()) && is_iso_currency(*c))
+                    .ok_or_else(|| ApiError::bad_request("bad_currency", format!("home_currency: {s:?} is not an ISO 4217 currency code (e.g. EUR)")))?;
+                c.home_currency = cur;
+            }
+            "company_name" => {
+                let s = v.as_str().ok_or_else(|| type_err(k, "text"))?.trim();
+                if s.is_empty() || s.chars().count() > 200 {
+                    return Err(ApiError::bad_request("bad_settings", "company_name must be 1 to 200 characters"));
+                }
+                c.company_name = s.to_string();
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown_field",
+                    format!("unknown setting {other:?} (allowed: sync_enabled, home_currency, company_name, fill_non_business_days)"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn type_err(k: &str, want: &str) -> ApiError {
+    ApiError::bad_request("bad_settings", format!("{k}: expected {want}"))
+}
+
+/// `logs REALM [--limit N]`: newest first.
+///
+/// # Errors
+/// 404 unknown company.
+pub fn logs(state: &AppState, realm: &str, limit: usize) -> OpResult {
+    let c = company(state, realm)?;
+    let recs = state.store.logs(realm, limit.clamp(1, 10_000))?;
+    Ok(json!({
+        "success": true,
+        "company_id": c.realm_id,
+        "logs": recs.iter().map(|r| json!({
+            "at": ts(r.at),
+            "kind": match r.kind { LogKind::Scraping => "scraping", LogKind::Syncing => "syncing", LogKind::Connection => "connection" },
+            "success": r.success,
+            "date": r.date.map(|d| d.to_string()),
+            "message": r.message,
+            "rates_written": r.rates_written,
+            "rates_unchanged": r.rates_unchanged,
+            "intuit_tids": r.intuit_tids,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_validation_changes_nothing_on_error() {
+        let mut c = crate::store::tests::company("1");
+        let before = c.clone();
+        for bad in [
+            json!({}),
+            json!({"sync_enabled": "yes"}),
+            json!({"home_currency": "EURO"}),
+            json!({"home_currency": "XYZ"}),
+            json!({"home_currency": "eur"}),
+            json!({"company_name": ""}),
+            json!({"colour": "red"}),
+        ] {
+            let mut copy = c.clone();
+            assert!(apply(&mut copy, bad.as_object().unwrap()).is_err(), "{bad}");
+        }
+        apply(
+            &mut c,
+            json!({"sync_enabled": false, "home_currency": "EUR", "company_name": "X"})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(!c.sync_enabled);
+        assert_eq!(c.home_currency.as_str(), "EUR");
+        assert_ne!(before, c);
+    }
+}

@@ -1,0 +1,896 @@
+//! The sync engine (SPEC §5): for a company and a date, obtain the fixing in force, compute
+//! the company's rates, read what QuickBooks holds for that date (one metered read), write
+//! each currency that differs (deterministic `requestid`), ride out 401/429/5xx with bounded
+//! retries, and record every attempt — all flushed before the answer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use sha2::Digest;
+use tokio::sync::{watch, Semaphore};
+
+use crate::app::AppState;
+use crate::boa::model::TableKind;
+use crate::currency::Currency;
+use crate::fixings::{self, parse_date, NoFixing};
+use crate::ops::{ts, ApiError};
+use crate::qbo::model::{rate_body, QboRate};
+use crate::qbo::tokens::TokenError;
+use crate::qbo::{self, Traced};
+use crate::store::records::{Company, CompanyRate as StoredRate, Connection, LogKind, LogRecord};
+use crate::sync::rates::{company_rates, InForce};
+
+/// Company currencies and preferences are re-read after this long.
+pub const CURRENCY_CACHE: chrono::Duration = chrono::Duration::hours(24);
+/// Two rates closer than this are equal (QuickBooks keeps ≥ 6 decimals; we send ≤ 6).
+pub const TOLERANCE: Decimal = Decimal::from_parts(5, 0, 0, false, 7);
+/// Retries after 429 within one call.
+const MAX_THROTTLE_RETRIES: u32 = 3;
+/// Retries after 5xx/network within one call.
+const MAX_TRANSIENT_RETRIES: u32 = 3;
+/// Longest wait honoured for a Retry-After.
+const MAX_RETRY_AFTER: u64 = 120;
+
+/// Progress of the sync-all in flight (for `status`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Companies in the run.
+    pub total: AtomicUsize,
+    /// Finished so far.
+    pub done: AtomicUsize,
+    /// Failed so far.
+    pub failed: AtomicUsize,
+}
+
+/// The sync-all in flight: its date and a receiver of its answer.
+type Running = Option<(NaiveDate, watch::Receiver<Option<Arc<Value>>>)>;
+
+/// A finished sync-all, for `status` and health.
+#[derive(Debug, Clone)]
+pub struct LastRun {
+    /// Rate date.
+    pub date: NaiveDate,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Companies synced.
+    pub successful: usize,
+    /// Companies that failed.
+    pub failed: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Shared engine state: per-company locks, the sync-all gate, counters.
+pub struct SyncEngine {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    running: Mutex<Running>,
+    /// Progress of the current sync-all.
+    pub progress: Progress,
+    /// Last finished sync-all.
+    pub last_run: Mutex<Option<LastRun>>,
+    /// Base of the exponential backoff after 5xx/network failures.
+    pub backoff_base: Duration,
+    /// QuickBooks calls by kind and status (metrics): "read:200" → n.
+    pub calls: Mutex<HashMap<String, u64>>,
+    /// Rates written, total.
+    pub rates_written: AtomicU64,
+    /// Company syncs by outcome.
+    pub syncs_ok: AtomicU64,
+    /// Company syncs that failed.
+    pub syncs_failed: AtomicU64,
+}
+
+impl Default for SyncEngine {
+    fn default() -> Self {
+        SyncEngine {
+            locks: Mutex::new(HashMap::new()),
+            running: Mutex::new(None),
+            progress: Progress::default(),
+            last_run: Mutex::new(None),
+            backoff_base: Duration::from_secs(1),
+            calls: Mutex::new(HashMap::new()),
+            rates_written: AtomicU64::new(0),
+            syncs_ok: AtomicU64::new(0),
+            syncs_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl SyncEngine {
+    fn company_lock(&self, realm: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks)
+            .entry(realm.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn count_call(&self, kind: &str, status: &str) {
+        *lock(&self.calls)
+            .entry(format!("{kind}:{status}"))
+            .or_insert(0) += 1;
+    }
+
+    /// Whether a sync-all is running, and for which date.
+    pub fn running_date(&self) -> Option<NaiveDate> {
+        lock(&self.running).as_ref().map(|(d, _)| *d)
+    }
+}
+
+/// What one company sync did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Realm.
+    pub realm: String,
+    /// Display name.
+    pub company_name: String,
+    /// Rate date.
+    pub date: NaiveDate,
+    /// Currencies equal in QuickBooks after the call.
+    pub rates_synced: usize,
+    /// Writes made.
+    pub rates_written: usize,
+    /// Already equal.
+    pub rates_unchanged: usize,
+    /// Set when the sync failed.
+    pub error: Option<ApiError>,
+}
+
+impl Outcome {
+    /// The brief's single-company answer.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "success": self.error.is_none(),
+            "message": match &self.error {
+                None => format!("Synced {} rates for {}", self.rates_synced, self.company_name),
+                Some(e) => format!("Sync failed for {}: {}", self.company_name, e.message),
+            },
+            "company_id": self.realm,
+            "company_name": self.company_name,
+            "date": self.date.to_string(),
+            "rates_synced": self.rates_synced,
+            "rates_written": self.rates_written,
+            "rates_unchanged": self.rates_unchanged,
+        })
+    }
+}
+
+/// Why a company sync could not go on (internal).
+enum Fail {
+    Api(ApiError),
+}
+
+impl From<ApiError> for Fail {
+    fn from(e: ApiError) -> Self {
+        Fail::Api(e)
+    }
+}
+impl From<crate::store::Error> for Fail {
+    fn from(e: crate::store::Error) -> Self {
+        Fail::Api(e.into())
+    }
+}
+
+fn qbo_fail(e: &qbo::Error, what: &str) -> ApiError {
+    if e.is_invalid_grant() {
+        return ApiError::conflict(
+            "reconnect_needed",
+            "the QuickBooks connection expired or was revoked; the company must reconnect",
+        );
+    }
+    ApiError::upstream(e.code(), format!("{what}: {e}"))
+}
+
+fn token_fail(e: TokenError) -> ApiError {
+    match e {
+        TokenError::NotConnected => ApiError::conflict(
+            "not_connected",
+            "the company is not connected to QuickBooks",
+        ),
+        TokenError::ReconnectNeeded => ApiError::conflict(
+            "reconnect_needed",
+            "the QuickBooks connection expired or was revoked; the company must reconnect",
+        ),
+        TokenError::Upstream(e) => {
+            ApiError::upstream(e.code(), format!("refreshing the QuickBooks token: {e}"))
+        }
+        TokenError::Store(e) => ApiError::internal(e),
+    }
+}
+
+/// The request id of one write: the same write retried gets the same id; a write after a
+/// stale SyncToken (a new token) gets a new one. ≤ 50 characters as Intuit requires.
+pub fn request_id(
+    realm: &str,
+    currency: Currency,
+    date: NaiveDate,
+    rate: Decimal,
+    sync_token: &str,
+) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(
+        format!(
+            "boa-exchange|{realm}|{currency}|{date}|{}|{sync_token}",
+            rate.normalize()
+        )
+        .as_bytes(),
+    );
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Resolves the target date: the parameter, or today falling back to the newest fixing's
+/// date while today's is not yet published.
+///
+/// # Errors
+/// 400 for a malformed date.
+pub fn target_date(state: &AppState, param: Option<&str>) -> Result<NaiveDate, ApiError> {
+    if let Some(p) = param.filter(|p| !p.is_empty()) {
+        return parse_date("target_date", p);
+    }
+    let today = state.today();
+    match fixings::resolve(state, today) {
+        Err(Ok(NoFixing::NotYetPublished { nearest })) => Ok(nearest),
+        _ => Ok(today),
+    }
+}
+
+/// Calls QuickBooks with the SPEC's handling: 401 → refresh once and retry once; 429 →
+/// wait (Retry-After or 60 s) and retry, bounded; 5xx/network → bounded backoff.
+async fn call<T, F, Fut>(
+    state: &AppState,
+    realm: &str,
+    token: &mut String,
+    kind: &str,
+    f: F,
+) -> Result<Traced<T>, qbo::Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Traced<T>, qbo::Error>>,
+{
+    let engine = &state.sync;
+    let (mut refreshed, mut throttled, mut transient) = (false, 0u32, 0u32);
+    loop {
+        let r = f(token.clone()).await;
+        match &r {
+            Ok(_) => engine.count_call(kind, "200"),
+            Err(qbo::Error::Unauthorized) => engine.count_call(kind, "401"),
+            Err(qbo::Error::RateLimited { .. }) => engine.count_call(kind, "429"),
+            Err(qbo::Error::Server { status }) => engine.count_call(kind, &status.to_string()),
+            Err(qbo::Error::Fault { .. }) => engine.count_call(kind, "400"),
+            Err(_) => engine.count_call(kind, "error"),
+        }
+        match r {
+            Err(qbo::Error::Unauthorized) if !refreshed => {
+                refreshed = true;
+                *token = match state.tokens.after_unauthorized(realm, token).await {
+                    Ok(t) => t,
+                    Err(TokenError::ReconnectNeeded) => {
+                        return Err(qbo::Error::InvalidGrant("refresh refused after 401".into()))
+                    }
+                    Err(TokenError::Upstream(e)) => return Err(e),
+                    Err(e) => return Err(qbo::Error::Network(e.to_string())),
+                };
+            }
+            Err(qbo::Error::RateLimited { retry_after }) if throttled < MAX_THROTTLE_RETRIES => {
+                throttled += 1;
+                let wait = retry_after.clamp(1, MAX_RETRY_AFTER);
+                tracing::warn!(
+                    realm_id = realm,
+                    wait,
+                    "Company {realm}: QuickBooks throttled (429); retrying in {wait} s"
+                );
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            Err(e) if e.is_retryable() && transient < MAX_TRANSIENT_RETRIES => {
+                transient += 1;
+                let wait = engine.backoff_base * 2u32.pow(transient - 1);
+                tracing::warn!(realm_id = realm, error = %e, "Company {realm}: QuickBooks call failed; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Refreshes the cached preferences and currency list (at most daily, or on demand).
+async fn refresh_company_cache(
+    state: &AppState,
+    company: &mut Company,
+    token: &mut String,
+    tids: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let qbo = state.qbo();
+    let realm = company.realm_id.clone();
+    let prefs = call(state, &realm, token, "read", |t| {
+        let q = qbo.clone();
+        let r = realm.clone();
+        async move { q.preferences(&r, &t).await }
+    })
+    .await
+    .map_err(|e| qbo_fail(&e, "reading Preferences"))?;
+    tids.extend(prefs.tid);
+    let currencies = call(state, &realm, token, "read", |t| {
+        let q = qbo.clone();
+        let r = realm.clone();
+        async move { q.company_currencies(&r, &t).await }
+    })
+    .await
+    .map_err(|e| qbo_fail(&e, "reading company currencies"))?;
+    tids.extend(currencies.tid);
+    company.multicurrency = prefs.value.multicurrency;
+    if let Some(home) = prefs.value.home {
+        company.home_currency = home;
+    }
+    let home = company.home_currency;
+    company.active_currencies = currencies
+        .value
+        .iter()
+        .filter(|c| c.active && c.code != home)
+        .map(|c| c.code)
+        .collect();
+    company.currencies_checked_at = Some(Utc::now());
+    Ok(())
+}
+
+/// Syncs one company for one date and records the attempt. Never panics; every failure is
+/// an [`Outcome`] with an error (and recorded), except an unknown company (404).
+///
+/// # Errors
+/// 404 unknown company; store failures.
+pub async fn sync_company(
+    state: &AppState,
+    realm: &str,
+    date: NaiveDate,
+) -> Result<Outcome, ApiError> {
+    let lock = state.sync.company_lock(realm);
+    let _g = lock.lock().await;
+    let company = state
+        .store
+        .company(realm)?
+        .ok_or_else(|| ApiError::unknown_company(realm))?;
+    let name = company.company_name.clone();
+    tracing::info!(realm_id = realm, fixing_date = %date, "Company {realm}: Syncing rates for {date}");
+    let mut tids = Vec::new();
+    let mut written = 0usize;
+    let mut unchanged = 0usize;
+    let mut synced = 0usize;
+    let mut fixing_ok = false;
+    let result = run_sync(
+        state,
+        company,
+        date,
+        &mut tids,
+        &mut written,
+        &mut unchanged,
+        &mut synced,
+        &mut fixing_ok,
+    )
+    .await;
+    let now = Utc::now();
+    let error = match result {
+        Ok(()) => None,
+        Err(Fail::Api(e)) => Some(e),
+    };
+    // One scraping attempt and one syncing attempt per call (SPEC §5 "Counts").
+    state.store.append_log(
+        realm,
+        &LogRecord {
+            at: now,
+            kind: LogKind::Scraping,
+            success: fixing_ok,
+            date: Some(date),
+            message: if fixing_ok {
+                format!("fixing in force on {date} obtained")
+            } else {
+                error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default()
+            },
+            rates_written: 0,
+            rates_unchanged: 0,
+            intuit_tids: vec![],
+        },
+    )?;
+    state.store.append_log(
+        realm,
+        &LogRecord {
+            at: now,
+            kind: LogKind::Syncing,
+            success: error.is_none(),
+            date: Some(date),
+            message: match &error {
+                None => format!("synced {synced} rates ({written} written, {unchanged} unchanged)"),
+                Some(e) => format!("{}: {}", e.code, e.message),
+            },
+            rates_written: written as u32,
+            rates_unchanged: unchanged as u32,
+            intuit_tids: tids,
+        },
+    )?;
+    state.store.flush().await?;
+    match &error {
+        None => {
+            state.sync.syncs_ok.fetch_add(1, Relaxed);
+            tracing::info!(realm_id = realm, fixing_date = %date, rates_written = written, "Company {realm}: Successfully synced {synced} rates");
+        }
+        Some(e) => {
+            state.sync.syncs_failed.fetch_add(1, Relaxed);
+            tracing::warn!(realm_id = realm, fixing_date = %date, error = %e.message, "Company {realm}: Sync failed for {date}: {}", e.message);
+        }
+    }
+    state.sync.rates_written.fetch_add(written as u64, Relaxed);
+    Ok(Outcome {
+        realm: realm.to_string(),
+        company_name: name,
+        date,
+        rates_synced: synced,
+        rates_written: written,
+        rates_unchanged: unchanged,
+        error,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_sync(
+    state: &AppState,
+    mut company: Company,
+    date: NaiveDate,
+    tids: &mut Vec<String>,
+    written: &mut usize,
+    unchanged: &mut usize,
+    synced: &mut usize,
+    fixing_ok: &mut bool,
+) -> Result<(), Fail> {
+    let realm = company.realm_id.clone();
+    if !company.is_active {
+        return Err(ApiError::conflict(
+            "company_disconnected",
+            "the company is disconnected; reconnect it to sync",
+        )
+        .into());
+    }
+    if let Connection::ReconnectNeeded { .. } = company.connection {
+        return Err(ApiError::conflict(
+            "reconnect_needed",
+            "the QuickBooks connection expired or was revoked; the company must reconnect",
+        )
+        .into());
+    }
+    // 1. The fixing in force (fetching BoA first when today's is missing).
+    let resolved = match fixings::resolve(state, date) {
+        Ok(r) => r,
+        Err(Err(e)) => return Err(e.into()),
+        Err(Ok(no)) => {
+            let may_fetch = date == state.today()
+                && matches!(
+                    no,
+                    NoFixing::NotYetPublished { .. } | NoFixing::Empty | NoFixing::Missing { .. }
+                );
+            if may_fetch {
+                if let Err(e) = fixings::fetch(state, false).await {
+                    tracing::warn!(error = %e, "BoA fetch for a sync failed");
+                }
+                match fixings::resolve(state, date) {
+                    Ok(r) => r,
+                    Err(Ok(no)) => return Err(no.to_api(date).into()),
+                    Err(Err(e)) => return Err(e.into()),
+                }
+            } else {
+                return Err(no.to_api(date).into());
+            }
+        }
+    };
+    *fixing_ok = true;
+    let in_force: InForce = resolved.in_force();
+
+    // 2. A token (refreshed if needed).
+    let mut token = state
+        .tokens
+        .access_token(&realm)
+        .await
+        .map_err(token_fail)?;
+
+    // 3. Currencies/preferences at most daily.
+    let stale = company
+        .currencies_checked_at
+        .is_none_or(|t| Utc::now() - t > CURRENCY_CACHE);
+    if stale {
+        refresh_company_cache(state, &mut company, &mut token, tids).await?;
+        company.updated_at = Utc::now();
+        state.store.save_company(&company).await?;
+    }
+    if !company.multicurrency {
+        return Err(ApiError::unprocessable("multicurrency_disabled", "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set").into());
+    }
+    let wanted = company_rates(&in_force, company.home_currency, &company.active_currencies)
+        .map_err(|e| ApiError::unprocessable("home_currency_not_fixed", e.to_string()))?;
+
+    // 4. One metered read: what QuickBooks holds for that date.
+    let qbo = state.qbo();
+    let read = call(state, &realm, &mut token, "read", |t| {
+        let q = qbo.clone();
+        let r = realm.clone();
+        async move { q.rates_on(&r, &t, date).await }
+    })
+    .await
+    .map_err(|e| qbo_fail(&e, "reading QuickBooks exchange rates"))?;
+    tids.extend(read.tid);
+    let mut theirs: HashMap<Currency, QboRate> =
+        read.value.into_iter().map(|r| (r.currency, r)).collect();
+
+    // 5. Write what differs.
+    let mut rows = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut cache_refreshed = stale;
+    for want in &wanted {
+        let fixing = match in_force.rate(want.currency) {
+            Some(r) => (r.table, r.fixing_date),
+            None => (TableKind::Main, resolved.main.table.date),
+        };
+        let mut row = StoredRate {
+            date,
+            currency: want.currency,
+            rate: want.rate,
+            fixing,
+            synced: false,
+            synced_at: None,
+        };
+        if let Some(q) = theirs.get(&want.currency) {
+            if (q.rate - want.rate).abs() < TOLERANCE {
+                *unchanged += 1;
+                *synced += 1;
+                row.synced = true;
+                row.synced_at = Some(Utc::now());
+                rows.push(row);
+                continue;
+            }
+        }
+        let mut stale_retry = false;
+        let mut skipped = false;
+        loop {
+            let sync_token = theirs
+                .get(&want.currency)
+                .map(|q| q.sync_token.clone())
+                .unwrap_or_else(|| "0".into());
+            let rid = request_id(&realm, want.currency, date, want.rate, &sync_token);
+            let body = rate_body(
+                want.currency,
+                company.home_currency,
+                want.rate,
+                date,
+                &sync_token,
+            );
+            let res = call(state, &realm, &mut token, "write", |t| {
+                let q = qbo.clone();
+                let r = realm.clone();
+                let b = body.clone();
+                let id = rid.clone();
+                async move { q.write_rate(&r, &t, b, &id).await }
+            })
+            .await;
+            match res {
+                Ok(w) => {
+                    tids.extend(w.tid);
+                    *written += 1;
+                    *synced += 1;
+                    row.synced = true;
+                    row.synced_at = Some(Utc::now());
+                    theirs.insert(want.currency, w.value);
+                    break;
+                }
+                Err(e) if e.is_stale() && !stale_retry => {
+                    // Someone changed the rate meanwhile: re-read the date once, retry with the new SyncToken.
+                    stale_retry = true;
+                    let again = call(state, &realm, &mut token, "read", |t| {
+                        let q = qbo.clone();
+                        let r = realm.clone();
+                        async move { q.rates_on(&r, &t, date).await }
+                    })
+                    .await
+                    .map_err(|e| qbo_fail(&e, "re-reading QuickBooks exchange rates"))?;
+                    theirs = again.value.into_iter().map(|r| (r.currency, r)).collect();
+                    if let Some(q) = theirs.get(&want.currency) {
+                        if (q.rate - want.rate).abs() < TOLERANCE {
+                            *unchanged += 1;
+                            *synced += 1;
+                            row.synced = true;
+                            row.synced_at = Some(Utc::now());
+                            break;
+                        }
+                    }
+                }
+                Err(e) if e.is_currency_rejection() => {
+                    // QuickBooks says the currency is inactive or home: re-read the company
+                    // once; a currency no longer active is skipped, not a failure.
+                    if !cache_refreshed {
+                        cache_refreshed = true;
+                        refresh_company_cache(state, &mut company, &mut token, tids).await?;
+                        company.updated_at = Utc::now();
+                        state.store.save_company(&company).await?;
+                    }
+                    let still =
+                        company_rates(&in_force, company.home_currency, &company.active_currencies)
+                            .map(|f| f.iter().any(|r| r.currency == want.currency))
+                            .unwrap_or(false);
+                    if still {
+                        failures.push(format!("{}: {e}", want.currency));
+                    } else {
+                        tracing::info!(realm_id = %realm, currency = %want.currency, "Company {realm}: {} is not active in QuickBooks; skipped", want.currency);
+                        skipped = true;
+                    }
+                    break;
+                }
+                Err(e) if e.is_invalid_grant() || e.is_unauthorized() => {
+                    return Err(qbo_fail(&e, "writing exchange rates").into());
+                }
+                Err(e) => {
+                    failures.push(format!("{}: {e}", want.currency));
+                    break;
+                }
+            }
+        }
+        if !skipped {
+            rows.push(row);
+        }
+    }
+    state.store.put_rates(&realm, &rows)?;
+    if failures.is_empty() {
+        company.last_sync_at = Some(Utc::now());
+        company.updated_at = Utc::now();
+        state.store.save_company(&company).await?;
+        Ok(())
+    } else {
+        state.store.save_company(&company).await?;
+        Err(ApiError::upstream(
+            "quickbooks_write_failed",
+            format!(
+                "{} of {} rates could not be written: {}",
+                failures.len(),
+                wanted.len(),
+                failures.join("; ")
+            ),
+        )
+        .into())
+    }
+}
+
+/// `POST /api/v1/companies/{id}/sync` and `sync REALM`.
+///
+/// # Errors
+/// 400 bad date, 404 unknown company, 409 sync disabled / reconnect needed, 422 no fixing,
+/// 502 QuickBooks failure.
+pub async fn sync_one_op(
+    state: &AppState,
+    realm: &str,
+    date: Option<&str>,
+) -> Result<Value, ApiError> {
+    let company = state
+        .store
+        .company(realm)?
+        .ok_or_else(|| ApiError::unknown_company(realm))?;
+    let date = target_date(state, date)?;
+    if !company.sync_enabled {
+        return Err(ApiError::conflict(
+            "sync_disabled",
+            format!("sync is disabled for company {realm}; enable it in its settings first"),
+        ));
+    }
+    let outcome = sync_company(state, realm, date).await?;
+    match &outcome.error {
+        None => Ok(outcome.to_json()),
+        Some(e) => Err(e.clone()),
+    }
+}
+
+/// `POST /api/v1/companies/sync-all` and `sync --all`. A second call while a run is in
+/// flight for the same date joins it; for another date it is refused (409). The run goes
+/// on when the caller disconnects.
+///
+/// # Errors
+/// 400 bad date; 409 a run for another date is in progress.
+pub async fn sync_all_op(state: &Arc<AppState>, date: Option<&str>) -> Result<Value, ApiError> {
+    let date = target_date(state, date)?;
+    let mut rx = {
+        let mut running = lock(&state.sync.running);
+        match running.as_ref() {
+            Some((d, rx)) if *d == date => rx.clone(),
+            Some((d, _)) => {
+                return Err(ApiError::conflict(
+                    "sync_in_progress",
+                    format!(
+                        "a sync of all companies for {d} is running; try again when it finishes"
+                    ),
+                ));
+            }
+            None => {
+                let (tx, rx) = watch::channel(None);
+                *running = Some((date, rx.clone()));
+                let st = state.clone();
+                state.tasks.spawn(async move {
+                    let result = run_all(&st, date).await;
+                    *lock(&st.sync.running) = None;
+                    let _ = tx.send(Some(Arc::new(result)));
+                });
+                rx
+            }
+        }
+    };
+    loop {
+        if let Some(v) = rx.borrow().as_ref() {
+            return Ok((**v).clone());
+        }
+        if rx.changed().await.is_err() {
+            return Err(ApiError::new(
+                503,
+                "shutting_down",
+                "the daemon is stopping; the run was interrupted",
+            ));
+        }
+    }
+}
+
+/// Runs one sync-all to completion (bounded concurrency; failures isolated).
+pub async fn run_all(state: &Arc<AppState>, date: NaiveDate) -> Value {
+    let started = std::time::Instant::now();
+    let companies: Vec<Company> = match state.store.companies() {
+        Ok(c) => c
+            .into_iter()
+            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
+            .collect(),
+        Err(e) => {
+            return ApiError::internal(e).body();
+        }
+    };
+    let total = companies.len();
+    let p = &state.sync.progress;
+    p.total.store(total, Relaxed);
+    p.done.store(0, Relaxed);
+    p.failed.store(0, Relaxed);
+    tracing::info!(companies = total, fixing_date = %date, "Syncing rates for {date} to {total} companies");
+    let limit = Arc::new(Semaphore::new(
+        state.config().quickbooks.max_concurrent_companies,
+    ));
+    let mut set = tokio::task::JoinSet::new();
+    for (idx, c) in companies.into_iter().enumerate() {
+        let st = state.clone();
+        let permit_src = limit.clone();
+        set.spawn(async move {
+            let Ok(_permit) = permit_src.acquire_owned().await else {
+                return (
+                    idx,
+                    c.realm_id.clone(),
+                    c.company_name.clone(),
+                    Err(ApiError::internal("semaphore closed")),
+                );
+            };
+            if st.shutdown.is_cancelled() {
+                return (
+                    idx,
+                    c.realm_id.clone(),
+                    c.company_name.clone(),
+                    Err(ApiError::new(
+                        503,
+                        "shutting_down",
+                        "not synced: the daemon is stopping",
+                    )),
+                );
+            }
+            let r = sync_company(&st, &c.realm_id, date).await;
+            (idx, c.realm_id, c.company_name, r)
+        });
+    }
+    let mut results: Vec<(usize, Value)> = Vec::with_capacity(total);
+    let (mut ok, mut failed) = (0usize, 0usize);
+    while let Some(j) = set.join_next().await {
+        let Ok((idx, realm, name, r)) = j else {
+            continue;
+        };
+        let entry = match r {
+            Ok(o) if o.error.is_none() => {
+                ok += 1;
+                json!({"company_id": realm, "company_name": o.company_name, "success": true, "rates_synced": o.rates_synced, "rates_written": o.rates_written, "rates_unchanged": o.rates_unchanged})
+            }
+            Ok(o) => {
+                failed += 1;
+                let e = o.error.unwrap_or_else(|| ApiError::internal("unknown"));
+                json!({"company_id": realm, "company_name": o.company_name, "success": false, "rates_synced": o.rates_synced, "error": {"code": e.code, "message": e.message}})
+            }
+            Err(e) => {
+                failed += 1;
+                json!({"company_id": realm, "company_name": name, "success": false, "rates_synced": 0, "error": {"code": e.code, "message": e.message}})
+            }
+        };
+        p.done.fetch_add(1, Relaxed);
+        if entry["success"] == false {
+            p.failed.fetch_add(1, Relaxed);
+        }
+        results.push((idx, entry));
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let secs = started.elapsed().as_secs_f64();
+    *lock(&state.sync.last_run) = Some(LastRun {
+        date,
+        finished_at: Utc::now(),
+        successful: ok,
+        failed,
+        seconds: secs,
+    });
+    tracing::info!(fixing_date = %date, successful = ok, failed, seconds = secs, "Synced {ok}/{total} companies successfully");
+    json!({
+        "success": true,
+        "message": format!("Synced {ok}/{total} companies successfully"),
+        "date": date.to_string(),
+        "total_companies": total,
+        "successful": ok,
+        "failed": failed,
+        "duration_secs": (secs * 1000.0).round() / 1000.0,
+        "results": results.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    })
+}
+
+/// A company was connected or re-activated: sync it for today at once (unless automatic
+/// syncs are off).
+pub fn on_connected(state: &Arc<AppState>, realm: &str) {
+    if !state.config().schedule.enabled {
+        return;
+    }
+    let st = state.clone();
+    let realm = realm.to_string();
+    state.tasks.spawn(async move {
+        let date = match target_date(&st, None) {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        if let Err(e) = sync_company(&st, &realm, date).await {
+            tracing::warn!(realm_id = %realm, error = %e, "first sync after connecting failed");
+        }
+    });
+}
+
+/// `ts` re-exported for answers built elsewhere.
+pub fn stamp(t: DateTime<Utc>) -> String {
+    ts(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn request_ids_are_deterministic_and_short() {
+        let d = NaiveDate::from_ymd_opt(2026, 5, 22).unwrap();
+        let eur = Currency::new("EUR").unwrap();
+        let r = Decimal::from_str("95.40").unwrap();
+        let a = request_id("123", eur, d, r, "0");
+        assert_eq!(
+            a,
+            request_id("123", eur, d, Decimal::from_str("95.4").unwrap(), "0")
+        );
+        assert_ne!(
+            a,
+            request_id("123", eur, d, r, "1"),
+            "a new SyncToken is a new write"
+        );
+        assert_ne!(a, request_id("124", eur, d, r, "0"));
+        assert!(a.len() <= 50);
+    }
+
+    #[test]
+    fn tolerance_is_half_a_millionth() {
+        assert_eq!(TOLERANCE.to_string(), "0.0000005");
+    }
+}

@@ -1,0 +1,184 @@
+//! `World`: a real daemon wired to a fake BoA and a fake Intuit, plus the browser side of
+//! the OAuth flow and small HTTP helpers. The daemon is the real binary.
+
+use std::time::Duration;
+
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::Value;
+
+use super::daemon::TestDaemon;
+use super::fake_boa::FakeBoa;
+use super::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const REDIRECT: &str = "http://127.0.0.1:9/api/v1/oauth/callback";
+
+pub struct World {
+    pub boa: FakeBoa,
+    pub intuit: FakeIntuit,
+    pub daemon: TestDaemon,
+    pub http: reqwest::Client,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+impl World {
+    /// Fakes with defaults, and a daemon configured to use them plus `extra` TOML.
+    pub async fn start(extra: &str) -> World {
+        Self::start_with(FakeIntuitConfig::default(), extra).await
+    }
+
+    pub async fn start_with(mut cfg: FakeIntuitConfig, extra: &str) -> World {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        cfg.redirect_uri = REDIRECT.to_string();
+        let boa = FakeBoa::start().await;
+        let intuit = FakeIntuit::start(cfg).await;
+        let rate_limit = if extra.contains("rate_limit_per_minute") { String::new() } else { "rate_limit_per_minute = 100000\n".into() };
+        let schedule = if extra.contains("[schedule]") { String::new() } else { "[schedule]\nenabled = false\n".into() };
+        let toml = format!(
+            "[server]\nadmin_api_key = \"{ADMIN_KEY}\"\n{rate_limit}{server_extra}\n\
+             [quickbooks]\nclient_id = \"{cid}\"\nclient_secret = \"{cs}\"\nredirect_uri = \"{REDIRECT}\"\n\
+             authorize_url = \"{au}\"\ntoken_url = \"{tu}\"\nrevoke_url = \"{ru}\"\napi_base = \"{api}\"\ntimeout_secs = 10\n{qb_extra}\n\
+             [boa]\nurl = \"{boa}\"\ntimeout_secs = 5\n{boa_extra}\n{schedule}{rest}",
+            cid = intuit.client_id(),
+            cs = intuit.client_secret(),
+            au = intuit.authorize_url(),
+            tu = intuit.token_url(),
+            ru = intuit.revoke_url(),
+            api = intuit.api_base(),
+            boa = boa.url(),
+            server_extra = section(extra, "server"),
+            qb_extra = section(extra, "quickbooks"),
+            boa_extra = section(extra, "boa"),
+            rest = without(extra, &["server", "quickbooks", "boa"]),
+        );
+        let daemon = tokio::task::block_in_place(|| TestDaemon::start(&toml));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("client");
+        World { boa, intuit, daemon, http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.daemon.url(path)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Answer {
+        let r = rb.send().await.expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        Answer { status, headers, text }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        self.send(self.http.get(self.url(path)).bearer_auth(ADMIN_KEY)).await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> Answer {
+        self.send(self.http.post(self.url(path)).bearer_auth(ADMIN_KEY)).await
+    }
+
+    pub async fn admin_put(&self, path: &str, body: &str) -> Answer {
+        self.send(
+            self.http
+                .put(self.url(path))
+                .bearer_auth(ADMIN_KEY)
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// The browser side of the OAuth flow for a company the fake knows: connect → Intuit
+    /// (auto-approve) → callback with the cookie. Returns the callback answer.
+    pub async fn connect(&self, spec: CompanySpec) -> Answer {
+        let realm = spec.realm_id.clone();
+        self.intuit.add_company(spec);
+        self.intuit.set_next_realm(realm);
+        let (cookie, query) = self.authorize().await;
+        self.callback(&query, Some(&cookie)).await
+    }
+
+    /// connect → Intuit: returns (cookie, callback query string).
+    pub async fn authorize(&self) -> (String, String) {
+        let a = self.get("/api/v1/oauth/connect").await;
+        assert_eq!(a.status, 302, "connect: {}", a.text);
+        let cookie = a.headers.get(SET_COOKIE).expect("state cookie").to_str().unwrap().split(';').next().unwrap().to_string();
+        let to_intuit = a.headers.get(LOCATION).expect("location").to_str().unwrap().to_string();
+        let b = self.send(self.http.get(&to_intuit)).await;
+        assert_eq!(b.status, 302, "authorize at the fake: {}", b.text);
+        let back = b.headers.get(LOCATION).expect("redirect back").to_str().unwrap().to_string();
+        assert!(back.starts_with(REDIRECT), "{back}");
+        let query = back.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+        (cookie, query)
+    }
+
+    pub async fn callback(&self, query: &str, cookie: Option<&str>) -> Answer {
+        let mut rb = self.http.get(self.url(&format!("/api/v1/oauth/callback?{query}")));
+        if let Some(c) = cookie {
+            rb = rb.header(COOKIE, c);
+        }
+        self.send(rb).await
+    }
+
+    /// Fetches the BoA page through the daemon (control socket).
+    pub fn fetch(&self) -> Value {
+        tokio::task::block_in_place(|| self.daemon.control("fetch", serde_json::json!({})))
+    }
+
+    pub fn control(&self, cmd: &str, args: Value) -> Value {
+        tokio::task::block_in_place(|| self.daemon.control(cmd, args))
+    }
+}
+
+fn section(toml: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == format!("[{name}]");
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn without(toml: &str, names: &[&str]) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            skip = names.iter().any(|n| t == format!("[{n}]"));
+        }
+        if !skip {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
