@@ -17,8 +17,8 @@ use crate::logging::LogHandle;
 use crate::qbo::oauth::OAuthClient;
 use crate::qbo::tokens::TokenManager;
 use crate::qbo::QboClient;
-use crate::scheduler::clock::{Clock, SystemClock};
-use crate::shutdown::{Event, Signals};
+use crate::scheduler::clock::Clock;
+use crate::shutdown::Event;
 use crate::store::Store;
 use crate::{control, http, notify};
 
@@ -140,28 +140,17 @@ pub struct Listeners {
     pub control: UnixListener,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT: the library entry point `main` and tests share.
+/// Runs the daemon until a [`Event::Stop`] arrives on `events` (main forwards SIGTERM,
+/// SIGINT and SIGHUP there; tests send events directly). The library entry point `main` and
+/// tests share.
 ///
 /// # Errors
 /// Start-up failures (store, identity); a clean shutdown returns `Ok`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
-    signals: Signals,
-    log: LogHandle,
-) -> anyhow::Result<()> {
-    run_with_clock(config, listeners, signals, log, Arc::new(SystemClock)).await
-}
-
-/// [`run`] with an injected clock (tests move the calendar with a manual clock).
-///
-/// # Errors
-/// As [`run`].
-pub async fn run_with_clock(
-    config: Config,
-    listeners: Listeners,
-    mut signals: Signals,
-    log: LogHandle,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    log: Option<LogHandle>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.storage.data_dir, &config.storage.identity_file)
@@ -186,12 +175,16 @@ pub async fn run_with_clock(
     notify::ready(&format!("serving on {http_addr}"));
 
     loop {
-        match signals.next().await {
-            Event::Stop(sig) => {
+        match events.recv().await {
+            Some(Event::Stop(sig)) => {
                 tracing::info!(signal = sig, "shutting down");
                 break;
             }
-            Event::Reload => reload(&state, &log),
+            None => {
+                tracing::info!("shutting down (event channel closed)");
+                break;
+            }
+            Some(Event::Reload) => reload(&state, log.as_ref()),
         }
     }
 
@@ -209,7 +202,7 @@ pub async fn run_with_clock(
     Ok(())
 }
 
-fn reload(state: &AppState, log: &LogHandle) {
+fn reload(state: &AppState, log: Option<&LogHandle>) {
     notify::reloading();
     let old = state.config();
     match Config::load_with_env(old.source.as_deref(), &crate::config::ProcessEnv) {
@@ -222,7 +215,9 @@ fn reload(state: &AppState, log: &LogHandle) {
                     "server.listen, storage.* and control.socket change only on restart"
                 );
             }
-            log.set_level(&new.log_level);
+            if let Some(log) = log {
+                log.set_level(&new.log_level);
+            }
             state
                 .tokens
                 .set_oauth(OAuthClient::new(state.http_client.clone(), &new.quickbooks));

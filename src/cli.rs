@@ -2,7 +2,7 @@
 //! the daemon over the control socket. Exit codes: 0 ok, 1 the operation failed, 2 usage or
 //! config error, 3 daemon not reachable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -112,6 +112,9 @@ pub enum Command {
     },
 }
 
+/// Where the installed service's control socket is (`RuntimeDirectory=boa-exchange`).
+pub const SERVICE_SOCKET: &str = "/run/boa-exchange/control.sock";
+
 /// Exit code: the operation failed.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or config error.
@@ -207,6 +210,11 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
     let socket = match &cli.socket {
         Some(s) => s.clone(),
         None => match Config::load(cli.config.as_deref()) {
+            // The service's socket lives in $RUNTIME_DIRECTORY, which an admin's shell does not
+            // have: fall back to the packaged location when the configured one is absent.
+            Ok(c) if !c.control_socket.exists() && Path::new(SERVICE_SOCKET).exists() => {
+                PathBuf::from(SERVICE_SOCKET)
+            }
             Ok(c) => c.control_socket,
             Err(e) => {
                 eprintln!("{e}");

@@ -53,12 +53,29 @@ fn serve(args: &Cli) -> ExitCode {
 }
 
 async fn try_serve(config: Config, log: logging::LogHandle) -> anyhow::Result<()> {
-    let signals = shutdown::Signals::new().context("installing signal handlers")?;
+    let mut signals = shutdown::Signals::new().context("installing signal handlers")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let ev = signals.next().await;
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
     boa_exchange::store::prepare_data_dir(&config.storage.data_dir)?;
     let http = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     let control = control::server::bind(&config.control_socket)
         .with_context(|| format!("binding control socket {}", config.control_socket.display()))?;
-    app::run(config, app::Listeners { http, control }, signals, log).await
+    let clock = std::sync::Arc::new(boa_exchange::scheduler::clock::SystemClock);
+    app::run(
+        config,
+        app::Listeners { http, control },
+        rx,
+        Some(log),
+        clock,
+    )
+    .await
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::{Request, Response, MAX_LINE};
@@ -95,12 +95,66 @@ fn peer_allowed(stream: &UnixStream) -> bool {
         .unwrap_or(false)
 }
 
+/// One request line, or why there is none.
+enum Line {
+    Text(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads one `\n`-terminated line of at most [`MAX_LINE`] bytes; an over-long line is
+/// discarded up to its newline so the connection can go on. `None` at end of stream.
+async fn read_line(
+    r: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            if buf.is_empty() && !too_long {
+                return Ok(None);
+            }
+            break;
+        }
+        match available.iter().position(|b| *b == b'\n') {
+            Some(pos) => {
+                if !too_long {
+                    buf.extend_from_slice(&available[..pos]);
+                }
+                r.consume(pos + 1);
+                break;
+            }
+            None => {
+                let n = available.len();
+                if !too_long {
+                    buf.extend_from_slice(available);
+                }
+                r.consume(n);
+            }
+        }
+        if buf.len() > MAX_LINE {
+            too_long = true;
+            buf.clear();
+        }
+    }
+    if too_long || buf.len() > MAX_LINE {
+        return Ok(Some(Line::TooLong));
+    }
+    Ok(Some(match String::from_utf8(std::mem::take(buf)) {
+        Ok(s) => Line::Text(s),
+        Err(_) => Line::NotUtf8,
+    }))
+}
+
 async fn connection(stream: UnixStream, state: Arc<AppState>, token: CancellationToken) {
     let allowed = peer_allowed(&stream);
-    let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
     if !allowed {
         let _ = send(
-            &mut framed,
+            &mut w,
             &Response::err(
                 "permission_denied",
                 "only root, the service user or members of its group may use this socket",
@@ -109,35 +163,32 @@ async fn connection(stream: UnixStream, state: Arc<AppState>, token: Cancellatio
         .await;
         return;
     }
+    let mut buf = Vec::new();
     loop {
         let line = tokio::select! {
             _ = token.cancelled() => break,
-            l = framed.next() => l,
+            l = read_line(&mut r, &mut buf) => l,
         };
         let answer = match line {
-            None => break,
-            Some(Ok(line)) if line.trim().is_empty() => continue,
-            Some(Ok(line)) => match serde_json::from_str::<Request>(&line) {
+            Err(_) | Ok(None) => break,
+            Ok(Some(Line::Text(line))) if line.trim().is_empty() => continue,
+            Ok(Some(Line::Text(line))) => match serde_json::from_str::<Request>(&line) {
                 Ok(req) => dispatch(&state, req).await,
                 Err(e) => Response::err("bad_request", format!("not a request line ({e}); expected {{\"cmd\": \"...\", \"args\": {{...}}}}")),
             },
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                Response::err("line_too_long", format!("request lines are limited to {MAX_LINE} bytes"))
-            }
-            Some(Err(LinesCodecError::Io(_))) => break,
+            Ok(Some(Line::TooLong)) => Response::err("line_too_long", format!("request lines are limited to {MAX_LINE} bytes")),
+            Ok(Some(Line::NotUtf8)) => Response::err("bad_request", "request lines must be UTF-8 JSON"),
         };
-        if send(&mut framed, &answer).await.is_err() {
+        if send(&mut w, &answer).await.is_err() {
             break;
         }
     }
 }
 
-async fn send(
-    framed: &mut Framed<UnixStream, LinesCodec>,
-    r: &Response,
-) -> Result<(), LinesCodecError> {
-    let line = serde_json::to_string(r).unwrap_or_else(|_| "{\"ok\":false}".into());
-    framed.send(line).await
+async fn send(w: &mut OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(r).unwrap_or_else(|_| "{\"ok\":false}".into());
+    line.push('\n');
+    w.write_all(line.as_bytes()).await
 }
 
 fn arg_str<'a>(args: &'a Value, name: &str) -> Result<&'a str, ApiError> {

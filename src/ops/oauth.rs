@@ -67,7 +67,7 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
             "QuickBooks is not configured (quickbooks.client_id is empty)",
         ));
     }
-    let now = Utc::now();
+    let now = state.now();
     if config.server.enrollment == Enrollment::Invite {
         let Some(code) = invite else {
             return Err(ApiError::new(
@@ -120,7 +120,7 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
 /// # Errors
 /// Store failure.
 pub async fn connect_url(state: &AppState) -> OpResult {
-    let now = Utc::now();
+    let now = state.now();
     let code = random_token();
     let expires_at = now + INVITE_TTL;
     state
@@ -179,7 +179,7 @@ pub async fn callback(
     p: &CallbackParams<'_>,
     cookie_header: Option<&str>,
 ) -> Result<Company, ApiError> {
-    let now = Utc::now();
+    let now = state.now();
     let Some(st) = p.state.filter(|s| !s.is_empty()) else {
         return Err(refuse(
             "missing_state",
@@ -382,7 +382,7 @@ pub fn status(state: &AppState, realm: &str) -> OpResult {
         .store
         .company(realm)?
         .ok_or_else(|| ApiError::unknown_company(realm))?;
-    let now = Utc::now();
+    let now = state.now();
     let t = c.tokens.as_ref();
     let hard: Option<DateTime<Utc>> = t.and_then(|t| t.hard_expires_at);
     let reason = match &c.connection {
@@ -432,7 +432,7 @@ pub async fn disconnect(state: &AppState, realm: &str) -> OpResult {
                 )
             })?;
     }
-    let now = Utc::now();
+    let now = state.now();
     c.is_active = false;
     c.connection = Connection::Disconnected { at: now };
     c.tokens = None;

@@ -340,7 +340,7 @@ async fn refresh_company_cache(
         .filter(|c| c.active && c.code != home)
         .map(|c| c.code)
         .collect();
-    company.currencies_checked_at = Some(Utc::now());
+    company.currencies_checked_at = Some(state.now());
     Ok(())
 }
 
@@ -378,7 +378,7 @@ pub async fn sync_company(
         &mut fixing_ok,
     )
     .await;
-    let now = Utc::now();
+    let now = state.now();
     let error = match result {
         Ok(()) => None,
         Err(Fail::Api(e)) => Some(e),
@@ -506,10 +506,10 @@ async fn run_sync(
     // 3. Currencies/preferences at most daily.
     let stale = company
         .currencies_checked_at
-        .is_none_or(|t| Utc::now() - t > CURRENCY_CACHE);
+        .is_none_or(|t| state.now() - t > CURRENCY_CACHE);
     if stale {
         refresh_company_cache(state, &mut company, &mut token, tids).await?;
-        company.updated_at = Utc::now();
+        company.updated_at = state.now();
         state.store.save_company(&company).await?;
     }
     if !company.multicurrency {
@@ -553,7 +553,7 @@ async fn run_sync(
                 *unchanged += 1;
                 *synced += 1;
                 row.synced = true;
-                row.synced_at = Some(Utc::now());
+                row.synced_at = Some(state.now());
                 rows.push(row);
                 continue;
             }
@@ -587,7 +587,7 @@ async fn run_sync(
                     *written += 1;
                     *synced += 1;
                     row.synced = true;
-                    row.synced_at = Some(Utc::now());
+                    row.synced_at = Some(state.now());
                     theirs.insert(want.currency, w.value);
                     break;
                 }
@@ -607,7 +607,7 @@ async fn run_sync(
                             *unchanged += 1;
                             *synced += 1;
                             row.synced = true;
-                            row.synced_at = Some(Utc::now());
+                            row.synced_at = Some(state.now());
                             break;
                         }
                     }
@@ -618,7 +618,7 @@ async fn run_sync(
                     if !cache_refreshed {
                         cache_refreshed = true;
                         refresh_company_cache(state, &mut company, &mut token, tids).await?;
-                        company.updated_at = Utc::now();
+                        company.updated_at = state.now();
                         state.store.save_company(&company).await?;
                     }
                     let still =
@@ -648,8 +648,8 @@ async fn run_sync(
     }
     state.store.put_rates(&realm, &rows)?;
     if failures.is_empty() {
-        company.last_sync_at = Some(Utc::now());
-        company.updated_at = Utc::now();
+        company.last_sync_at = Some(state.now());
+        company.updated_at = state.now();
         state.store.save_company(&company).await?;
         Ok(())
     } else {
@@ -823,7 +823,7 @@ pub async fn run_all(state: &Arc<AppState>, date: NaiveDate) -> Value {
     let secs = started.elapsed().as_secs_f64();
     *lock(&state.sync.last_run) = Some(LastRun {
         date,
-        finished_at: Utc::now(),
+        finished_at: state.now(),
         successful: ok,
         failed,
         seconds: secs,

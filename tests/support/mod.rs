@@ -2,4 +2,5 @@
 pub mod daemon;
 pub mod fake_boa;
 pub mod fake_intuit;
+pub mod inproc;
 pub mod world;

@@ -45,8 +45,16 @@ impl World {
         cfg.redirect_uri = REDIRECT.to_string();
         let boa = FakeBoa::start().await;
         let intuit = FakeIntuit::start(cfg).await;
-        let rate_limit = if extra.contains("rate_limit_per_minute") { String::new() } else { "rate_limit_per_minute = 100000\n".into() };
-        let schedule = if extra.contains("[schedule]") { String::new() } else { "[schedule]\nenabled = false\n".into() };
+        let rate_limit = if extra.contains("rate_limit_per_minute") {
+            String::new()
+        } else {
+            "rate_limit_per_minute = 100000\n".into()
+        };
+        let schedule = if extra.contains("[schedule]") {
+            String::new()
+        } else {
+            "[schedule]\nenabled = false\n".into()
+        };
         let toml = format!(
             "[server]\nadmin_api_key = \"{ADMIN_KEY}\"\n{rate_limit}{server_extra}\n\
              [quickbooks]\nclient_id = \"{cid}\"\nclient_secret = \"{cs}\"\nredirect_uri = \"{REDIRECT}\"\n\
@@ -70,7 +78,12 @@ impl World {
             .timeout(Duration::from_secs(300))
             .build()
             .expect("client");
-        World { boa, intuit, daemon, http }
+        World {
+            boa,
+            intuit,
+            daemon,
+            http,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -82,7 +95,11 @@ impl World {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
-        Answer { status, headers, text }
+        Answer {
+            status,
+            headers,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -90,11 +107,13 @@ impl World {
     }
 
     pub async fn admin_get(&self, path: &str) -> Answer {
-        self.send(self.http.get(self.url(path)).bearer_auth(ADMIN_KEY)).await
+        self.send(self.http.get(self.url(path)).bearer_auth(ADMIN_KEY))
+            .await
     }
 
     pub async fn admin_post(&self, path: &str) -> Answer {
-        self.send(self.http.post(self.url(path)).bearer_auth(ADMIN_KEY)).await
+        self.send(self.http.post(self.url(path)).bearer_auth(ADMIN_KEY))
+            .await
     }
 
     pub async fn admin_put(&self, path: &str, body: &str) -> Answer {
@@ -122,18 +141,44 @@ impl World {
     pub async fn authorize(&self) -> (String, String) {
         let a = self.get("/api/v1/oauth/connect").await;
         assert_eq!(a.status, 302, "connect: {}", a.text);
-        let cookie = a.headers.get(SET_COOKIE).expect("state cookie").to_str().unwrap().split(';').next().unwrap().to_string();
-        let to_intuit = a.headers.get(LOCATION).expect("location").to_str().unwrap().to_string();
+        let cookie = a
+            .headers
+            .get(SET_COOKIE)
+            .expect("state cookie")
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let to_intuit = a
+            .headers
+            .get(LOCATION)
+            .expect("location")
+            .to_str()
+            .unwrap()
+            .to_string();
         let b = self.send(self.http.get(&to_intuit)).await;
         assert_eq!(b.status, 302, "authorize at the fake: {}", b.text);
-        let back = b.headers.get(LOCATION).expect("redirect back").to_str().unwrap().to_string();
+        let back = b
+            .headers
+            .get(LOCATION)
+            .expect("redirect back")
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(back.starts_with(REDIRECT), "{back}");
-        let query = back.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+        let query = back
+            .split_once('?')
+            .map(|(_, q)| q.to_string())
+            .unwrap_or_default();
         (cookie, query)
     }
 
     pub async fn callback(&self, query: &str, cookie: Option<&str>) -> Answer {
-        let mut rb = self.http.get(self.url(&format!("/api/v1/oauth/callback?{query}")));
+        let mut rb = self
+            .http
+            .get(self.url(&format!("/api/v1/oauth/callback?{query}")));
         if let Some(c) = cookie {
             rb = rb.header(COOKIE, c);
         }
