@@ -2,10 +2,42 @@
 //! QuickBooks Online company.
 //!
 //! # Layout
+//! - [`config`]: the TOML config, env overrides, secrets, validation.
+//! - [`store`]: the sled store, record encoding, encrypted tokens.
+//! - [`crypto`]: the age identity that encrypts secrets at rest.
 //! - [`currency`]: the currency-code type.
 //! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::await_holding_lock, clippy::dbg_macro)]
+//! - [`app`]: wiring and shutdown; [`http`]: the API; [`control`]: the Unix socket; [`ops`]: operations both share.
+//! - [`cli`]: the command line; [`logging`], [`notify`] (sd_notify), [`shutdown`] (signals).
+//! - [`sync`]: rates in force and per-company rates; later the sync engine.
+//! - [`scheduler`]: next run, business days, catch-up dates, the injectable clock.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::await_holding_lock,
+    clippy::dbg_macro
+)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app;
 pub mod boa;
+pub mod cli;
+pub mod cli_render;
+pub mod config;
+pub mod control;
+pub mod crypto;
 pub mod currency;
+pub mod http;
+pub mod logging;
+pub mod notify;
+pub mod ops;
+pub mod scheduler;
+pub mod shutdown;
+pub mod store;
+pub mod sync;
+pub mod qbo;
+
+/// Installs rustls' ring crypto provider once (reqwest is built without a default provider).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

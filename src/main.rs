@@ -1,1 +1,64 @@
-fn main() {}
+//! The `boa-exchange` binary: `serve` runs the daemon; every other subcommand is an admin
+//! client of the control socket (see `cli`).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use boa_exchange::cli::{self, Cli, Command};
+use boa_exchange::config::Config;
+use boa_exchange::{app, control, logging, shutdown};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match args.command {
+        Command::Serve => serve(&args),
+        Command::CheckConfig => cli::check_config(args.config.as_deref()),
+        _ => {
+            logging::init_client();
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(cli::run_admin(&args)),
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    ExitCode::from(cli::EXIT_FAILED)
+                }
+            }
+        }
+    }
+}
+
+fn serve(args: &Cli) -> ExitCode {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
+    let log = logging::init_daemon(&config.log_level);
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|rt| rt.block_on(try_serve(config, log)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("boa-exchange: {e:#}");
+            ExitCode::from(cli::EXIT_FAILED)
+        }
+    }
+}
+
+async fn try_serve(config: Config, log: logging::LogHandle) -> anyhow::Result<()> {
+    let signals = shutdown::Signals::new().context("installing signal handlers")?;
+    boa_exchange::store::prepare_data_dir(&config.storage.data_dir)?;
+    let http = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let control = control::server::bind(&config.control_socket)
+        .with_context(|| format!("binding control socket {}", config.control_socket.display()))?;
+    app::run(config, app::Listeners { http, control }, signals, log).await
+}

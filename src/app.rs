@@ -1,0 +1,176 @@
+//! Wiring: opens the store, builds the shared state, starts the HTTP server, the control
+//! socket and background tasks, tells systemd when ready, and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::logging::LogHandle;
+use crate::shutdown::{Event, Signals};
+use crate::store::Store;
+use crate::{control, http, notify};
+
+/// How long in-flight work may take to finish after SIGTERM (SPEC §8: 20 s).
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(20);
+
+/// State shared by every task and request handler.
+pub struct AppState {
+    config: RwLock<Arc<Config>>,
+    /// The store (one per process).
+    pub store: Arc<Store>,
+    /// When the daemon started.
+    pub started_at: DateTime<Utc>,
+    /// The address the HTTP API actually listens on.
+    pub http_addr: SocketAddr,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Every background task, joined at shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Builds the state around an open store.
+    pub fn new(config: Config, store: Arc<Store>, http_addr: SocketAddr) -> Arc<AppState> {
+        Arc::new(AppState {
+            config: RwLock::new(Arc::new(config)),
+            store,
+            started_at: Utc::now(),
+            http_addr,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The current configuration (swapped whole on SIGHUP).
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_config(&self, c: Config) {
+        match self.config.write() {
+            Ok(mut g) => *g = Arc::new(c),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(c),
+        }
+    }
+
+    /// Today's date in the configured zone (Europe/Tirane).
+    pub fn today(&self) -> NaiveDate {
+        Utc::now()
+            .with_timezone(&self.config().schedule.timezone)
+            .date_naive()
+    }
+}
+
+/// The listeners the daemon serves, bound by the caller.
+pub struct Listeners {
+    /// The HTTP API.
+    pub http: TcpListener,
+    /// The control socket (already chmod 0660).
+    pub control: UnixListener,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT: the library entry point `main` and tests share.
+///
+/// # Errors
+/// Start-up failures (store, identity); a clean shutdown returns `Ok`.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    mut signals: Signals,
+    log: LogHandle,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.storage.data_dir, &config.storage.identity_file)
+        .context("opening the store")?;
+    let store = Arc::new(store);
+    let http_addr = listeners.http.local_addr()?;
+    let state = AppState::new(config, store, http_addr);
+
+    state.tasks.spawn(http::serve(
+        listeners.http,
+        state.clone(),
+        state.shutdown.child_token(),
+    ));
+    state.tasks.spawn(control::server::serve(
+        listeners.control,
+        state.clone(),
+        state.shutdown.child_token(),
+    ));
+    spawn_watchdog(&state);
+
+    tracing::info!(listen = %http_addr, socket = %state.config().control_socket.display(), "boa-exchange ready");
+    notify::ready(&format!("serving on {http_addr}"));
+
+    loop {
+        match signals.next().await {
+            Event::Stop(sig) => {
+                tracing::info!(signal = sig, "shutting down");
+                break;
+            }
+            Event::Reload => reload(&state, &log),
+        }
+    }
+
+    notify::stopping();
+    state.shutdown.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(DRAIN_BUDGET, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain budget exceeded; stopping with tasks still running");
+    }
+    state.store.flush().await.context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn reload(state: &AppState, log: &LogHandle) {
+    notify::reloading();
+    let old = state.config();
+    match Config::load_with_env(old.source.as_deref(), &crate::config::ProcessEnv) {
+        Ok(new) => {
+            if new.server.listen != old.server.listen
+                || new.storage.data_dir != old.storage.data_dir
+                || new.control_socket != old.control_socket
+            {
+                tracing::warn!(
+                    "server.listen, storage.* and control.socket change only on restart"
+                );
+            }
+            log.set_level(&new.log_level);
+            state.set_config(new);
+            tracing::info!("configuration reloaded");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; keeping the old configuration")
+        }
+    }
+    notify::reloaded();
+}
+
+/// Until the scheduler owns the watchdog, a plain ticker keeps systemd informed.
+fn spawn_watchdog(state: &Arc<AppState>) {
+    let Some(every) = notify::watchdog_interval() else {
+        return;
+    };
+    let token = state.shutdown.child_token();
+    state.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => notify::watchdog(),
+            }
+        }
+    });
+}

@@ -1,0 +1,250 @@
+//! The command line (SPEC §2): `serve`, `check-config`, and the admin commands that talk to
+//! the daemon over the control socket. Exit codes: 0 ok, 1 the operation failed, 2 usage or
+//! config error, 3 daemon not reachable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::control::client::{self, Client};
+
+/// Arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "boa-exchange",
+    version,
+    about = "Bank of Albania exchange rates for QuickBooks Online"
+)]
+pub struct Cli {
+    /// Control socket (default: the one the config names).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the daemon's JSON answer unchanged.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Config file (default: /etc/boa-exchange/config.toml when it exists, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Serve,
+    /// Validate a config file and exit (0 ok, 2 invalid).
+    CheckConfig,
+    /// Daemon: version, uptime, store, last fixing, next run, counts.
+    Status,
+    /// List companies (active only unless --all).
+    Companies {
+        /// Include disconnected companies.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One company's sync status.
+    Company {
+        /// Realm id.
+        realm: String,
+    },
+    /// Sync one company, or every active company with --all.
+    Sync {
+        /// Realm id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        realm: Option<String>,
+        /// Every active company.
+        #[arg(long)]
+        all: bool,
+        /// Rate date (default: today in Europe/Tirane).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<String>,
+    },
+    /// Change a company's settings.
+    Set {
+        /// Realm id.
+        realm: String,
+        /// Include in automatic syncs.
+        #[arg(long, value_name = "true|false")]
+        sync_enabled: Option<bool>,
+        /// Home currency (three letters).
+        #[arg(long, value_name = "XXX")]
+        home_currency: Option<String>,
+        /// Display name.
+        #[arg(long, value_name = "TEXT")]
+        name: Option<String>,
+        /// Also write weekend/holiday dates.
+        #[arg(long, value_name = "true|false")]
+        fill_non_business_days: Option<bool>,
+    },
+    /// Revoke at Intuit and soft-delete here.
+    Disconnect {
+        /// Realm id.
+        realm: String,
+    },
+    /// The stored BoA fixing (the one in force now when no date).
+    Rates {
+        /// Date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<String>,
+    },
+    /// Scrape BoA now and store the fixing.
+    Fetch,
+    /// Print a fresh authorization link for a customer.
+    ConnectUrl,
+    /// Recent scrape/sync records of one company.
+    Logs {
+        /// Realm id.
+        realm: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Import BoA history from a yearly workbook (.xlsx).
+    ImportArchive {
+        /// The workbook.
+        file: PathBuf,
+    },
+}
+
+/// Exit code: the operation failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: usage or config error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: daemon not reachable.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// `check-config`.
+pub fn check_config(path: Option<&std::path::Path>) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            let src = c
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
+            println!("{src}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Builds the control request for an admin command (`None` for serve/check-config).
+///
+/// # Errors
+/// A usage problem found before contacting the daemon (message for stderr).
+pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, String> {
+    Ok(Some(match cmd {
+        Command::Serve | Command::CheckConfig => return Ok(None),
+        Command::Status => ("status", json!({})),
+        Command::Companies { all } => ("companies", json!({"all": all})),
+        Command::Company { realm } => ("company", json!({"realm": realm})),
+        Command::Sync { realm, all, date } => {
+            if *all {
+                ("sync_all", json!({"date": date}))
+            } else {
+                ("sync", json!({"realm": realm, "date": date}))
+            }
+        }
+        Command::Set {
+            realm,
+            sync_enabled,
+            home_currency,
+            name,
+            fill_non_business_days,
+        } => {
+            let mut settings = serde_json::Map::new();
+            if let Some(v) = sync_enabled {
+                settings.insert("sync_enabled".into(), json!(v));
+            }
+            if let Some(v) = home_currency {
+                settings.insert("home_currency".into(), json!(v));
+            }
+            if let Some(v) = name {
+                settings.insert("company_name".into(), json!(v));
+            }
+            if let Some(v) = fill_non_business_days {
+                settings.insert("fill_non_business_days".into(), json!(v));
+            }
+            if settings.is_empty() {
+                return Err("set: give at least one of --sync-enabled, --home-currency, --name, --fill-non-business-days".into());
+            }
+            ("set", json!({"realm": realm, "settings": settings}))
+        }
+        Command::Disconnect { realm } => ("disconnect", json!({"realm": realm})),
+        Command::Rates { date } => ("rates", json!({"date": date})),
+        Command::Fetch => ("fetch", json!({})),
+        Command::ConnectUrl => ("connect_url", json!({})),
+        Command::Logs { realm, limit } => ("logs", json!({"realm": realm, "limit": limit})),
+        Command::ImportArchive { file } => {
+            return Err(format!(
+                "{}: workbook import is not available in this build",
+                file.display()
+            ));
+        }
+    }))
+}
+
+/// Runs an admin command against the daemon.
+pub async fn run_admin(cli: &Cli) -> ExitCode {
+    let (cmd, args) = match request_for(&cli.command) {
+        Ok(Some(r)) => r,
+        Ok(None) => return ExitCode::from(EXIT_USAGE),
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let socket = match &cli.socket {
+        Some(s) => s.clone(),
+        None => match Config::load(cli.config.as_deref()) {
+            Ok(c) => c.control_socket,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let mut client = match Client::connect(&socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let (raw, answer) = match client.call(cmd, args).await {
+        Ok(a) => a,
+        Err(e @ client::Error::Unreachable { .. }) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    if cli.json {
+        println!("{raw}");
+    } else if answer.ok {
+        print!(
+            "{}",
+            crate::cli_render::render(cmd, answer.data.as_ref().unwrap_or(&Value::Null))
+        );
+    } else if let Some(e) = &answer.error {
+        eprintln!("error: {} ({})", e.message, e.code);
+    }
+    if answer.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}

@@ -1,0 +1,196 @@
+//! Intuit OAuth 2.0 calls: the authorize URL, code exchange, refresh and revoke.
+//!
+//! Three small calls written directly over our reqwest client rather than through the
+//! `oauth2` crate: Intuit needs an opt-in request header for the hard-expiry field, extra
+//! response fields (`x_refresh_token_expires_in`, `x_refresh_token_hard_expires_in`) and the
+//! `intuit_tid` response header for support, which the crate's typed flow hides.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use url::Url;
+
+use super::error::{from_reqwest, Error};
+use crate::config::QuickbooksConfig;
+use crate::store::records::{TokenExpiry, TokenSet};
+
+/// The scope we ask for.
+pub const SCOPE: &str = "com.intuit.quickbooks.accounting";
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: String,
+    expires_in: i64,
+    x_refresh_token_expires_in: Option<i64>,
+    x_refresh_token_hard_expires_in: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// The Intuit OAuth endpoints for our app.
+#[derive(Clone)]
+pub struct OAuthClient {
+    http: reqwest::Client,
+    client_id: String,
+    client_secret: String,
+    authorize_url: Url,
+    token_url: Url,
+    revoke_url: Url,
+    redirect_uri: Url,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient").field("client_id", &self.client_id).finish_non_exhaustive()
+    }
+}
+
+impl OAuthClient {
+    /// Builds the client from config, reusing `http`.
+    pub fn new(http: reqwest::Client, q: &QuickbooksConfig) -> Self {
+        OAuthClient {
+            http,
+            client_id: q.client_id.clone(),
+            client_secret: q.client_secret.expose().to_string(),
+            authorize_url: q.authorize_url.clone(),
+            token_url: q.token_url.clone(),
+            revoke_url: q.revoke_url.clone(),
+            redirect_uri: q.redirect_uri.clone(),
+        }
+    }
+
+    /// The browser redirect to Intuit's consent page.
+    pub fn authorize_url(&self, state: &str) -> Url {
+        let mut u = self.authorize_url.clone();
+        u.query_pairs_mut()
+            .append_pair("client_id", &self.client_id)
+            .append_pair("response_type", "code")
+            .append_pair("scope", SCOPE)
+            .append_pair("redirect_uri", self.redirect_uri.as_str())
+            .append_pair("state", state);
+        u
+    }
+
+    /// Exchanges an authorization code for tokens.
+    ///
+    /// # Errors
+    /// `InvalidGrant` for a reused/expired code, `InvalidClient`, network/5xx.
+    pub async fn exchange_code(&self, code: &str, now: DateTime<Utc>) -> Result<(TokenSet, Option<String>), Error> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        self.token_call(&form, None, now).await
+    }
+
+    /// Refreshes with the latest refresh token. `previous_hard` keeps the earliest known
+    /// hard expiry (`min(previous, now + value)`).
+    ///
+    /// # Errors
+    /// `InvalidGrant` (reconnect needed), `InvalidClient`, network/5xx.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        previous_hard: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(TokenSet, Option<String>), Error> {
+        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+        self.token_call(&form, previous_hard, now).await
+    }
+
+    async fn token_call(
+        &self,
+        form: &[(&str, &str)],
+        previous_hard: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(TokenSet, Option<String>), Error> {
+        let resp = self
+            .http
+            .post(self.token_url.clone())
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .header("Accept", "application/json")
+            .header("x-include-refresh-token-hard-expires-in", "true")
+            .form(form)
+            .send()
+            .await
+            .map_err(from_reqwest)?;
+        let tid = intuit_tid(resp.headers());
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(from_reqwest)?;
+        if status == 200 {
+            let t: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|e| Error::Decode(format!("token response: {e}")))?;
+            let secs = |s: i64| chrono::Duration::seconds(s.max(0));
+            let hard = t.x_refresh_token_hard_expires_in.map(|s| now + secs(s));
+            let hard = match (hard, previous_hard) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let set = TokenSet {
+                access_token: t.access_token,
+                refresh_token: t.refresh_token,
+                expiry: TokenExpiry {
+                    access_expires_at: now + secs(t.expires_in),
+                    // Intuit always sends it; 100 days is its documented rolling window.
+                    refresh_expires_at: now + secs(t.x_refresh_token_expires_in.unwrap_or(8_640_000)),
+                    hard_expires_at: hard,
+                    refreshed_at: now,
+                },
+            };
+            return Ok((set, tid));
+        }
+        let err: Option<OAuthErrorBody> = serde_json::from_slice(&body).ok();
+        Err(match (status, err) {
+            (_, Some(e)) if e.error == "invalid_grant" => Error::InvalidGrant(if e.error_description.is_empty() {
+                "invalid_grant".into()
+            } else {
+                e.error_description
+            }),
+            (_, Some(e)) if e.error == "invalid_client" => Error::InvalidClient,
+            (401, _) => Error::InvalidClient,
+            (s, _) if s >= 500 => Error::Server { status: s },
+            (s, Some(e)) => Error::Http { status: s, message: e.error },
+            (s, None) => Error::Http { status: s, message: "token endpoint refused the request".into() },
+        })
+    }
+
+    /// Revokes a grant (refresh or access token). Intuit answers 200.
+    ///
+    /// # Errors
+    /// Non-2xx or network failure.
+    pub async fn revoke(&self, token: &str) -> Result<(), Error> {
+        let resp = self
+            .http
+            .post(self.revoke_url.clone())
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .header("Accept", "application/json")
+            .json(&serde_json::json!({ "token": token }))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(from_reqwest)?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Ok(()),
+            400 => {
+                // Already revoked / unknown token: the grant is gone either way.
+                Ok(())
+            }
+            s if s >= 500 => Err(Error::Server { status: s }),
+            s => Err(Error::Http { status: s, message: "revoke refused".into() }),
+        }
+    }
+}
+
+/// The `intuit_tid` response header, for logs.
+pub fn intuit_tid(h: &reqwest::header::HeaderMap) -> Option<String> {
+    h.get("intuit_tid").and_then(|v| v.to_str().ok()).map(str::to_string)
+}

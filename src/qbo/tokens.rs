@@ -1,0 +1,221 @@
+//! The token manager: a valid access token per company, refreshing when under 5 minutes of
+//! life remain or after a 401, one refresh at a time per company, the rotated refresh token
+//! stored (and flushed) before the new access token is used. `invalid_grant` flags the
+//! company "reconnect needed" — never a retry loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::error::Error;
+use super::oauth::OAuthClient;
+use crate::store::records::{Connection, LogKind, LogRecord, TokenSet};
+use crate::store::Store;
+
+/// Refresh when less than this much access-token life remains.
+pub const REFRESH_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Keep-alive refreshes a grant not refreshed for this long (the rolling window is ~100 days).
+pub const KEEP_ALIVE_AFTER: chrono::Duration = chrono::Duration::days(7);
+
+/// Warn this long before the grant's hard expiry.
+pub const HARD_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(30);
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No tokens stored (never connected, or disconnected).
+    #[error("company is not connected to QuickBooks")]
+    NotConnected,
+    /// Intuit refused the refresh token: the customer must reconnect.
+    #[error("QuickBooks connection expired or was revoked; the company must reconnect")]
+    ReconnectNeeded,
+    /// Intuit could not be reached or failed.
+    #[error("token refresh failed: {0}")]
+    Upstream(Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+/// Counters of refresh outcomes (metrics).
+#[derive(Debug, Default)]
+pub struct RefreshStats {
+    /// Successful refreshes.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// invalid_grant.
+    pub invalid_grant: std::sync::atomic::AtomicU64,
+    /// Other failures.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+/// Hands out access tokens per realm.
+pub struct TokenManager {
+    store: Arc<Store>,
+    oauth: Mutex<OAuthClient>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Refresh outcomes.
+    pub stats: RefreshStats,
+    /// Backoff between transient refresh failures.
+    pub retry_base: Duration,
+}
+
+impl TokenManager {
+    /// A manager over the store and the Intuit OAuth client.
+    pub fn new(store: Arc<Store>, oauth: OAuthClient) -> Self {
+        TokenManager {
+            store,
+            oauth: Mutex::new(oauth),
+            locks: Mutex::new(HashMap::new()),
+            stats: RefreshStats::default(),
+            retry_base: Duration::from_millis(500),
+        }
+    }
+
+    /// Swaps the OAuth client (config reload).
+    pub fn set_oauth(&self, oauth: OAuthClient) {
+        if let Ok(mut g) = self.oauth.lock() {
+            *g = oauth;
+        }
+    }
+
+    /// The OAuth client in use.
+    pub fn oauth(&self) -> OAuthClient {
+        match self.oauth.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn lock_for(&self, realm: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut g = match self.locks.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.entry(realm.to_string()).or_default().clone()
+    }
+
+    /// A valid access token, refreshed first when under [`REFRESH_SKEW`] of life remains.
+    ///
+    /// # Errors
+    /// [`TokenError`].
+    pub async fn access_token(&self, realm: &str) -> Result<String, TokenError> {
+        self.token(realm, None, false).await
+    }
+
+    /// After a 401 with `rejected`: refreshes unless another caller already did.
+    ///
+    /// # Errors
+    /// [`TokenError`].
+    pub async fn after_unauthorized(&self, realm: &str, rejected: &str) -> Result<String, TokenError> {
+        self.token(realm, Some(rejected), false).await
+    }
+
+    /// Refreshes now whatever the access token's age (keep-alive).
+    ///
+    /// # Errors
+    /// [`TokenError`].
+    pub async fn force_refresh(&self, realm: &str) -> Result<(), TokenError> {
+        self.token(realm, None, true).await.map(|_| ())
+    }
+
+    async fn token(&self, realm: &str, rejected: Option<&str>, force: bool) -> Result<String, TokenError> {
+        // Held across the refresh so only one refresh per company runs; waiters then read
+        // the fresh token from the store.
+        let lock = self.lock_for(realm);
+        let _guard = lock.lock().await;
+        let company = self.store.company(realm)?.ok_or(TokenError::NotConnected)?;
+        match company.connection {
+            Connection::Connected if company.is_active => {}
+            Connection::ReconnectNeeded { .. } => return Err(TokenError::ReconnectNeeded),
+            _ => return Err(TokenError::NotConnected),
+        }
+        let tokens = self.store.tokens(realm)?.ok_or(TokenError::NotConnected)?;
+        let now = Utc::now();
+        let stale = tokens.expiry.access_expires_at - now < REFRESH_SKEW;
+        let was_rejected = rejected.is_some_and(|r| r == tokens.access_token);
+        if !(force || stale || was_rejected) {
+            return Ok(tokens.access_token);
+        }
+        self.refresh_locked(realm, &tokens, now).await
+    }
+
+    async fn refresh_locked(&self, realm: &str, tokens: &TokenSet, now: DateTime<Utc>) -> Result<String, TokenError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let oauth = self.oauth();
+        let mut attempt = 0u32;
+        let result = loop {
+            match oauth.refresh(&tokens.refresh_token, tokens.expiry.hard_expires_at, now).await {
+                Err(e) if e.is_retryable() && attempt < 2 => {
+                    attempt += 1;
+                    tokio::time::sleep(self.retry_base * 2u32.pow(attempt - 1)).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok((new, tid)) => {
+                // Stored and flushed before anyone uses the new access token.
+                let mut company = self.store.company(realm)?.ok_or(TokenError::NotConnected)?;
+                company.tokens = Some(new.expiry.clone());
+                company.updated_at = Utc::now();
+                self.store.save_company_and_tokens(&company, &new).await?;
+                self.stats.ok.fetch_add(1, Relaxed);
+                let rotated = new.refresh_token != tokens.refresh_token;
+                tracing::info!(realm_id = realm, rotated, intuit_tid = tid.as_deref().unwrap_or(""), "Company {realm}: token refreshed");
+                Ok(new.access_token)
+            }
+            Err(e) if e.is_invalid_grant() => {
+                self.stats.invalid_grant.fetch_add(1, Relaxed);
+                tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
+                if let Some(mut company) = self.store.company(realm)? {
+                    company.connection = Connection::ReconnectNeeded { since: Utc::now(), reason: e.to_string() };
+                    company.updated_at = Utc::now();
+                    self.store.append_log(
+                        realm,
+                        &LogRecord {
+                            at: Utc::now(),
+                            kind: LogKind::Connection,
+                            success: false,
+                            date: None,
+                            message: format!("token refresh failed: {e}; reconnect needed"),
+                            rates_written: 0,
+                            rates_unchanged: 0,
+                            intuit_tids: vec![],
+                        },
+                    )?;
+                    self.store.save_company(&company).await?;
+                }
+                Err(TokenError::ReconnectNeeded)
+            }
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Relaxed);
+                tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
+                Err(TokenError::Upstream(e))
+            }
+        }
+    }
+
+    /// One keep-alive pass: refreshes every active, connected company whose grant was not
+    /// refreshed for [`KEEP_ALIVE_AFTER`], so no refresh token reaches its rolling expiry even
+    /// when no sync uses it. Returns how many were refreshed.
+    ///
+    /// # Errors
+    /// Store failure listing companies.
+    pub async fn keep_alive_pass(&self) -> Result<usize, crate::store::Error> {
+        let now = Utc::now();
+        let mut n = 0;
+        for c in self.store.companies()? {
+            let due = c
+                .tokens
+                .as_ref()
+                .is_some_and(|t| now - t.refreshed_at > KEEP_ALIVE_AFTER || t.refresh_expires_at - now < chrono::Duration::days(30));
+            if c.is_connected() && due && self.force_refresh(&c.realm_id).await.is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

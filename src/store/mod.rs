@@ -1,0 +1,794 @@
+//! The embedded store: one sled database under `data_dir`, typed trees, versioned records,
+//! encrypted tokens, and flush-before-acknowledge.
+//!
+//! The rest of the crate never sees a raw `sled::Tree`; it calls intent-level methods here.
+//! Token plaintext exists only in memory: [`Store::save_tokens`] encrypts with the vault
+//! before anything reaches sled.
+
+pub mod codec;
+pub mod keys;
+pub mod records;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::boa::model::{FixingSource, FixingTable, TableKind};
+use crate::crypto::{self, Vault};
+pub use codec::CodecError;
+use records::*;
+
+/// The schema this build writes. Bump with a migration in [`migrate`] when records change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sled failed (I/O, corruption, lock held by another process).
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record did not decode.
+    #[error("store record in {tree}: {source}")]
+    Codec {
+        /// Which tree.
+        tree: &'static str,
+        /// Why.
+        source: CodecError,
+    },
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The store was written by a newer boa-exchange.
+    #[error("the store in {path} has schema version {found}, newer than this boa-exchange supports ({supported}); upgrade boa-exchange or restore a backup")]
+    NewerSchema {
+        /// The folder.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this build writes.
+        supported: u32,
+    },
+    /// Encrypted tokens exist but the identity file is missing.
+    #[error("the store holds encrypted QuickBooks tokens but the identity file {0} is missing; restore it from your backup (starting with a new identity would force every company to reconnect)")]
+    MissingIdentity(PathBuf),
+    /// The identity file does not match the one that encrypted the stored tokens.
+    #[error("the identity file {path} is not the one that encrypted the stored tokens (expected public key {expected}, found {found}); restore the right identity file")]
+    WrongIdentity {
+        /// The file.
+        path: PathBuf,
+        /// Recipient recorded in the store.
+        expected: String,
+        /// Recipient of the file found.
+        found: String,
+    },
+    /// Vault failure.
+    #[error(transparent)]
+    Crypto(#[from] crypto::Error),
+}
+
+impl Error {
+    fn codec(tree: &'static str) -> impl Fn(CodecError) -> Error {
+        move |source| Error::Codec { tree, source }
+    }
+}
+
+/// Store result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What storing a BoA table did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableOutcome {
+    /// First time this date was seen.
+    New,
+    /// Same rates as stored: nothing written.
+    Unchanged,
+    /// Different rates for a stored date: kept as a new revision.
+    Revised,
+    /// A workbook row for a date we already have: never overwrites.
+    Skipped,
+}
+
+/// Counts for `/health` and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompanyCounts {
+    /// All companies ever connected.
+    pub total: usize,
+    /// Not disconnected.
+    pub active: usize,
+    /// Active but needing a reconnect.
+    pub expired_tokens: usize,
+    /// Newest successful sync of any company.
+    pub last_sync: Option<DateTime<Utc>>,
+}
+
+/// The daemon's database.
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    vault: Vault,
+    companies: sled::Tree,
+    tokens: sled::Tree,
+    rates: sled::Tree,
+    logs: sled::Tree,
+    fixings: sled::Tree,
+    scrapes: sled::Tree,
+    oauth_states: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_RECIPIENT: &[u8] = b"vault_recipient";
+
+/// Creates the data folder (mode 0700) when it does not exist yet.
+///
+/// # Errors
+/// [`Error::DataDir`] when it cannot be created.
+pub fn prepare_data_dir(data_dir: &Path) -> Result<()> {
+    let dd = |e: std::io::Error| Error::DataDir {
+        path: data_dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    if !data_dir.exists() {
+        std::fs::create_dir_all(data_dir).map_err(dd)?;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dd)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` with the identity at `identity_file`.
+    ///
+    /// # Errors
+    /// Unusable folder, sled failure (e.g. another daemon holds the lock), a newer schema, a
+    /// missing or wrong identity while encrypted data exists.
+    pub fn open(data_dir: &Path, identity_file: &Path) -> Result<Store> {
+        let dd = |e: std::io::Error| Error::DataDir {
+            path: data_dir.to_path_buf(),
+            message: e.to_string(),
+        };
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir).map_err(dd)?;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(dd)?;
+        }
+        let db_path = data_dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) => Error::DataDir {
+                    path: db_path.clone(),
+                    message: format!("{io} (is another boa-exchange running on this data_dir?)"),
+                },
+                other => Error::Sled(other),
+            })?;
+        // Decide on the identity before anything is written.
+        let meta = db.open_tree(keys::META)?;
+        let tokens = db.open_tree(keys::TOKENS)?;
+        let recorded = meta
+            .get(META_RECIPIENT)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let vault = if identity_file.exists() {
+            let v = Vault::load(identity_file)?;
+            if let Some(expected) = &recorded {
+                if *expected != v.recipient() {
+                    return Err(Error::WrongIdentity {
+                        path: identity_file.to_path_buf(),
+                        expected: expected.clone(),
+                        found: v.recipient(),
+                    });
+                }
+            }
+            v
+        } else {
+            if recorded.is_some() || !tokens.is_empty() {
+                return Err(Error::MissingIdentity(identity_file.to_path_buf()));
+            }
+            if let Some(parent) = identity_file.parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(dd)?;
+                }
+            }
+            Vault::create(identity_file)?
+        };
+        let store = Self::with_db(db, data_dir.to_path_buf(), vault)?;
+        store
+            .meta
+            .insert(META_RECIPIENT, store.vault.recipient().as_bytes())?;
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    /// A throw-away store (tests): temporary sled, in-memory identity.
+    ///
+    /// # Errors
+    /// sled failure.
+    pub fn open_temporary() -> Result<Store> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::with_db(db, PathBuf::from("<temporary>"), Vault::generate())
+    }
+
+    fn with_db(db: sled::Db, path: PathBuf, vault: Vault) -> Result<Store> {
+        let store = Store {
+            companies: db.open_tree(keys::COMPANIES)?,
+            tokens: db.open_tree(keys::TOKENS)?,
+            rates: db.open_tree(keys::RATES)?,
+            logs: db.open_tree(keys::LOGS)?,
+            fixings: db.open_tree(keys::FIXINGS)?,
+            scrapes: db.open_tree(keys::SCRAPES)?,
+            oauth_states: db.open_tree(keys::OAUTH_STATES)?,
+            meta: db.open_tree(keys::META)?,
+            db,
+            path,
+            vault,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let found = match self.meta.get(META_SCHEMA)? {
+            Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+            Some(_) => 0,
+            None => {
+                self.meta
+                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                return Ok(());
+            }
+        };
+        if found > SCHEMA_VERSION {
+            return Err(Error::NewerSchema {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            migrate(self, found)?;
+            self.meta
+                .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The schema version recorded in the store.
+    pub fn schema_version(&self) -> u32 {
+        SCHEMA_VERSION
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes every write so far durable. Call before acknowledging.
+    ///
+    /// # Errors
+    /// sled I/O failure.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking flush (shutdown path, tests).
+    ///
+    /// # Errors
+    /// sled I/O failure.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes on disk, roughly.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    // ---------------------------------------------------------------- generic helpers
+
+    fn get<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        tree.get(key)?
+            .map(|v| codec::decode(&v).map_err(Error::codec(name)))
+            .transpose()
+    }
+
+    fn put<T: Serialize>(tree: &sled::Tree, name: &'static str, key: &[u8], v: &T) -> Result<()> {
+        let bytes = codec::encode(v).map_err(Error::codec(name))?;
+        tree.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn scan<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        name: &'static str,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(sled::IVec, T)>> {
+        tree.scan_prefix(prefix).map(move |r| {
+            let (k, v) = r?;
+            let t = codec::decode(&v).map_err(Error::codec(name))?;
+            Ok((k, t))
+        })
+    }
+
+    /// A daemon-wide value from the meta tree.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        Self::get(&self.meta, keys::META, key.as_bytes())
+    }
+
+    /// Sets a daemon-wide value (not flushed).
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub fn meta_put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
+        Self::put(&self.meta, keys::META, key.as_bytes(), v)
+    }
+
+    /// A secret kept in meta, encrypted with the vault (e.g. the generated `SECRET_KEY`).
+    ///
+    /// # Errors
+    /// sled, decode or decrypt failure.
+    pub fn meta_secret(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.meta.get(key.as_bytes())? {
+            Some(ct) => Ok(Some(self.vault.decrypt(&ct)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a secret in meta, encrypted, and flushes.
+    ///
+    /// # Errors
+    /// sled or encrypt failure.
+    pub async fn put_meta_secret(&self, key: &str, plaintext: &[u8]) -> Result<()> {
+        let ct = self.vault.encrypt(plaintext)?;
+        self.meta.insert(key.as_bytes(), ct)?;
+        self.flush().await
+    }
+
+    // ---------------------------------------------------------------- companies and tokens
+
+    /// One company.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn company(&self, realm: &str) -> Result<Option<Company>> {
+        Self::get(&self.companies, keys::COMPANIES, realm.as_bytes())
+    }
+
+    /// Every company, in realm order.
+    ///
+    /// # Errors
+    /// sled or decode failure of any record.
+    pub fn companies(&self) -> Result<Vec<Company>> {
+        Self::scan(&self.companies, keys::COMPANIES, b"")
+            .map(|r| r.map(|(_, c)| c))
+            .collect()
+    }
+
+    /// Writes a company record and flushes before returning.
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub async fn save_company(&self, c: &Company) -> Result<()> {
+        Self::put(&self.companies, keys::COMPANIES, c.realm_id.as_bytes(), c)?;
+        self.flush().await
+    }
+
+    /// Writes a company record together with its tokens (one transaction), then flushes.
+    ///
+    /// # Errors
+    /// sled, encode or encrypt failure.
+    pub async fn save_company_and_tokens(&self, c: &Company, t: &TokenSet) -> Result<()> {
+        let company = codec::encode(c).map_err(Error::codec(keys::COMPANIES))?;
+        let tokens = self.seal(t)?;
+        let key = c.realm_id.as_bytes();
+        (&self.companies, &self.tokens)
+            .transaction(|(ct, tt)| {
+                ct.insert(key, company.clone())?;
+                tt.insert(key, tokens.clone())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => Error::Sled(s),
+                TransactionError::Abort(()) => {
+                    Error::Sled(sled::Error::Unsupported("aborted".into()))
+                }
+            })?;
+        self.flush().await
+    }
+
+    fn seal(&self, t: &TokenSet) -> Result<Vec<u8>> {
+        let plain = codec::encode(t).map_err(Error::codec(keys::TOKENS))?;
+        Ok(self.vault.encrypt(&plain)?)
+    }
+
+    /// Stores a company's tokens (encrypted) and flushes before returning.
+    ///
+    /// # Errors
+    /// sled, encode or encrypt failure.
+    pub async fn save_tokens(&self, realm: &str, t: &TokenSet) -> Result<()> {
+        let ct = self.seal(t)?;
+        self.tokens.insert(realm.as_bytes(), ct)?;
+        self.flush().await
+    }
+
+    /// A company's tokens, decrypted.
+    ///
+    /// # Errors
+    /// sled, decrypt or decode failure.
+    pub fn tokens(&self, realm: &str) -> Result<Option<TokenSet>> {
+        match self.tokens.get(realm.as_bytes())? {
+            None => Ok(None),
+            Some(ct) => {
+                let plain = self.vault.decrypt(&ct)?;
+                Ok(Some(
+                    codec::decode(&plain).map_err(Error::codec(keys::TOKENS))?,
+                ))
+            }
+        }
+    }
+
+    /// Deletes a company's tokens and saves its record (disconnect), then flushes.
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub async fn save_company_without_tokens(&self, c: &Company) -> Result<()> {
+        Self::put(&self.companies, keys::COMPANIES, c.realm_id.as_bytes(), c)?;
+        self.tokens.remove(c.realm_id.as_bytes())?;
+        self.flush().await
+    }
+
+    /// Company counts for health and status.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn company_counts(&self) -> Result<CompanyCounts> {
+        let mut c = CompanyCounts::default();
+        for r in Self::scan::<Company>(&self.companies, keys::COMPANIES, b"") {
+            let (_, co) = r?;
+            c.total += 1;
+            if co.is_active {
+                c.active += 1;
+                if matches!(co.connection, Connection::ReconnectNeeded { .. }) {
+                    c.expired_tokens += 1;
+                }
+            }
+            if co.last_sync_at > c.last_sync {
+                c.last_sync = co.last_sync_at;
+            }
+        }
+        Ok(c)
+    }
+
+    // ---------------------------------------------------------------- per-company rates
+
+    /// Upserts a company's rates (not flushed: the caller flushes once per sync).
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub fn put_rates(&self, realm: &str, rates: &[CompanyRate]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in rates {
+            let v = codec::encode(r).map_err(Error::codec(keys::RATES))?;
+            batch.insert(keys::rate_key(realm, r.date, r.currency), v);
+        }
+        self.rates.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// A company's stored rates for one date.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn rates_on(&self, realm: &str, date: NaiveDate) -> Result<Vec<CompanyRate>> {
+        Self::scan(
+            &self.rates,
+            keys::RATES,
+            &keys::rate_date_prefix(realm, date),
+        )
+        .map(|r| r.map(|(_, v)| v))
+        .collect()
+    }
+
+    /// `(total, synced)` rate rows of a company.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn rate_counts(&self, realm: &str) -> Result<(u64, u64)> {
+        let (mut total, mut synced) = (0, 0);
+        for r in Self::scan::<CompanyRate>(&self.rates, keys::RATES, &keys::realm_prefix(realm)) {
+            let (_, v) = r?;
+            total += 1;
+            if v.synced {
+                synced += 1;
+            }
+        }
+        Ok((total, synced))
+    }
+
+    /// Dates for which a company has every stored rate confirmed in QuickBooks, oldest first.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn synced_dates(&self, realm: &str) -> Result<Vec<NaiveDate>> {
+        let mut out: Vec<(NaiveDate, bool)> = Vec::new();
+        for r in Self::scan::<CompanyRate>(&self.rates, keys::RATES, &keys::realm_prefix(realm)) {
+            let (_, v) = r?;
+            match out.last_mut() {
+                Some((d, ok)) if *d == v.date => *ok &= v.synced,
+                _ => out.push((v.date, v.synced)),
+            }
+        }
+        Ok(out
+            .into_iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    // ---------------------------------------------------------------- per-company log
+
+    /// Appends to a company's log (not flushed).
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub fn append_log(&self, realm: &str, rec: &LogRecord) -> Result<()> {
+        let id = self.db.generate_id()?;
+        Self::put(&self.logs, keys::LOGS, &keys::log_key(realm, id), rec)
+    }
+
+    /// A company's newest log records, newest first.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn logs(&self, realm: &str, limit: usize) -> Result<Vec<LogRecord>> {
+        Self::scan(&self.logs, keys::LOGS, &keys::realm_prefix(realm))
+            .rev()
+            .take(limit)
+            .map(|r| r.map(|(_, v)| v))
+            .collect()
+    }
+
+    /// `(attempts, successful)` of one kind in a company's log.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn log_counts(&self, realm: &str, kind: LogKind) -> Result<(u64, u64)> {
+        let (mut n, mut ok) = (0, 0);
+        for r in Self::scan::<LogRecord>(&self.logs, keys::LOGS, &keys::realm_prefix(realm)) {
+            let (_, v) = r?;
+            if v.kind == kind {
+                n += 1;
+                if v.success {
+                    ok += 1;
+                }
+            }
+        }
+        Ok((n, ok))
+    }
+
+    // ---------------------------------------------------------------- BoA fixings
+
+    /// Stores a scraped table: new date → stored; same rates → nothing; different rates → a
+    /// new revision (the old one kept). Not flushed.
+    ///
+    /// # Errors
+    /// sled, encode or decode failure.
+    pub fn put_table(
+        &self,
+        table: &FixingTable,
+        source: &FixingSource,
+        now: DateTime<Utc>,
+    ) -> Result<TableOutcome> {
+        let key = keys::fixing_key(table.kind, table.date);
+        let existing: Option<StoredTable> = Self::get(&self.fixings, keys::FIXINGS, &key)?;
+        let imported = matches!(source, FixingSource::Workbook { .. });
+        let (record, outcome) = match existing {
+            None => (
+                StoredTable {
+                    table: table.clone(),
+                    source: source.clone(),
+                    stored_at: now,
+                    previous: Vec::new(),
+                },
+                TableOutcome::New,
+            ),
+            Some(_) if imported => return Ok(TableOutcome::Skipped),
+            Some(old) if old.table.rates == table.rates => {
+                if old.table.published_time.is_none() && table.published_time.is_some() {
+                    // A scrape confirms an imported table: keep the page as the source.
+                    let mut rec = old;
+                    rec.table.published_time = table.published_time;
+                    rec.source = source.clone();
+                    Self::put(&self.fixings, keys::FIXINGS, &key, &rec)?;
+                }
+                return Ok(TableOutcome::Unchanged);
+            }
+            Some(old) => {
+                let mut previous = old.previous;
+                previous.push((old.table, old.source, old.stored_at));
+                (
+                    StoredTable {
+                        table: table.clone(),
+                        source: source.clone(),
+                        stored_at: now,
+                        previous,
+                    },
+                    TableOutcome::Revised,
+                )
+            }
+        };
+        Self::put(&self.fixings, keys::FIXINGS, &key, &record)?;
+        Ok(outcome)
+    }
+
+    /// The stored table of a kind for exactly `date`.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn table(&self, kind: TableKind, date: NaiveDate) -> Result<Option<StoredTable>> {
+        Self::get(&self.fixings, keys::FIXINGS, &keys::fixing_key(kind, date))
+    }
+
+    /// The newest stored table of a kind dated on or before `date`.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn table_on_or_before(
+        &self,
+        kind: TableKind,
+        date: NaiveDate,
+    ) -> Result<Option<StoredTable>> {
+        let start = vec![keys::kind_byte(kind)];
+        let end = keys::fixing_key(kind, date);
+        match self.fixings.range(start..=end).next_back() {
+            None => Ok(None),
+            Some(r) => {
+                let (_, v) = r?;
+                Ok(Some(
+                    codec::decode(&v).map_err(Error::codec(keys::FIXINGS))?,
+                ))
+            }
+        }
+    }
+
+    /// The newest stored table of a kind dated strictly after `date`.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn table_after(&self, kind: TableKind, date: NaiveDate) -> Result<Option<StoredTable>> {
+        let mut start = keys::fixing_key(kind, date);
+        start.push(0xff);
+        let end = vec![keys::kind_byte(kind) + 1];
+        match self.fixings.range(start..end).next() {
+            None => Ok(None),
+            Some(r) => {
+                let (_, v) = r?;
+                Ok(Some(
+                    codec::decode(&v).map_err(Error::codec(keys::FIXINGS))?,
+                ))
+            }
+        }
+    }
+
+    /// Dates of every stored table of a kind, oldest first.
+    ///
+    /// # Errors
+    /// sled failure or a malformed key.
+    pub fn table_dates(&self, kind: TableKind) -> Result<Vec<NaiveDate>> {
+        let mut out = Vec::new();
+        for r in self.fixings.scan_prefix([keys::kind_byte(kind)]) {
+            let (k, _) = r?;
+            let s = String::from_utf8_lossy(&k[1..]).into_owned();
+            if let Ok(d) = NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored tables (both kinds).
+    pub fn table_count(&self) -> usize {
+        self.fixings.len()
+    }
+
+    /// Appends to the global scrape log (not flushed).
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub fn append_scrape(&self, rec: &ScrapeRecord) -> Result<()> {
+        let id = self.db.generate_id()?;
+        Self::put(&self.scrapes, keys::SCRAPES, &id.to_be_bytes(), rec)
+    }
+
+    /// Newest scrape records, newest first.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn scrapes(&self, limit: usize) -> Result<Vec<ScrapeRecord>> {
+        Self::scan(&self.scrapes, keys::SCRAPES, b"")
+            .rev()
+            .take(limit)
+            .map(|r| r.map(|(_, v)| v))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- OAuth states
+
+    /// Records a pending state or invite, flushed.
+    ///
+    /// # Errors
+    /// sled or encode failure.
+    pub async fn put_pending(&self, key: &str, p: &PendingAuth) -> Result<()> {
+        Self::put(&self.oauth_states, keys::OAUTH_STATES, key.as_bytes(), p)?;
+        self.flush().await
+    }
+
+    /// Removes and returns a pending state or invite (single use).
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn take_pending(&self, key: &str) -> Result<Option<PendingAuth>> {
+        match self.oauth_states.remove(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                codec::decode(&v).map_err(Error::codec(keys::OAUTH_STATES))?,
+            )),
+        }
+    }
+
+    /// Drops expired states and invites; returns how many.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn purge_expired_pending(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut n = 0;
+        for r in Self::scan::<PendingAuth>(&self.oauth_states, keys::OAUTH_STATES, b"") {
+            let (k, p) = r?;
+            let exp = match p {
+                PendingAuth::State { expires_at, .. } | PendingAuth::Invite { expires_at, .. } => {
+                    expires_at
+                }
+            };
+            if exp < now {
+                self.oauth_states.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Upgrades a store written with schema `from` to [`SCHEMA_VERSION`]. Runs at open.
+///
+/// Version 1 is the first schema; there is nothing older to convert yet. A future version
+/// adds its step here (read each record in the old shape, write it in the new one).
+fn migrate(_store: &Store, from: u32) -> Result<()> {
+    tracing::info!(from, to = SCHEMA_VERSION, "migrating store schema");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,359 @@
+//! Store unit tests: round trips, reopen, per-company scans, identity and schema checks.
+
+use super::*;
+use crate::boa::model::PublishedRate;
+use crate::currency::Currency;
+use rust_decimal::Decimal;
+use std::str::FromStr;
+
+fn d(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+fn cur(s: &str) -> Currency {
+    Currency::new(s).unwrap()
+}
+
+pub(crate) fn company(realm: &str) -> Company {
+    let now = Utc::now();
+    Company {
+        realm_id: realm.into(),
+        company_name: format!("Company {realm}"),
+        home_currency: Currency::ALL,
+        is_active: true,
+        sync_enabled: true,
+        is_sandbox: true,
+        fill_non_business_days: true,
+        created_at: now,
+        updated_at: now,
+        last_sync_at: None,
+        connection: Connection::Connected,
+        tokens: None,
+        multicurrency: true,
+        active_currencies: vec![cur("EUR"), cur("USD")],
+        currencies_checked_at: None,
+    }
+}
+
+fn tokens(rt: &str) -> TokenSet {
+    let now = Utc::now();
+    TokenSet {
+        access_token: "AT-plain-123".into(),
+        refresh_token: rt.into(),
+        expiry: TokenExpiry {
+            access_expires_at: now,
+            refresh_expires_at: now,
+            hard_expires_at: None,
+            refreshed_at: now,
+        },
+    }
+}
+
+fn table(kind: TableKind, date: &str, eur: &str) -> FixingTable {
+    FixingTable {
+        kind,
+        date: d(date),
+        published_time: chrono::NaiveTime::from_hms_opt(12, 12, 23),
+        rates: vec![PublishedRate {
+            code: cur("EUR"),
+            units: 1,
+            published: Decimal::from_str(eur).unwrap(),
+        }],
+    }
+}
+
+fn page() -> FixingSource {
+    FixingSource::Page {
+        url: "http://x/".into(),
+        sha256: "ab".into(),
+        fetched_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn company_and_tokens_round_trip_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    {
+        let s = Store::open(dir.path(), &id).unwrap();
+        s.save_company_and_tokens(&company("111"), &tokens("RT-secret-xyz"))
+            .await
+            .unwrap();
+        s.append_log(
+            "111",
+            &LogRecord {
+                at: Utc::now(),
+                kind: LogKind::Syncing,
+                success: true,
+                date: Some(d("2026-05-22")),
+                message: "ok".into(),
+                rates_written: 2,
+                rates_unchanged: 0,
+                intuit_tids: vec![],
+            },
+        )
+        .unwrap();
+        s.flush().await.unwrap();
+    }
+    let s = Store::open(dir.path(), &id).unwrap();
+    assert_eq!(
+        s.company("111").unwrap().unwrap().company_name,
+        "Company 111"
+    );
+    assert_eq!(
+        s.tokens("111").unwrap().unwrap().refresh_token,
+        "RT-secret-xyz"
+    );
+    assert_eq!(s.logs("111", 10).unwrap().len(), 1);
+    drop(s);
+    // The plaintext never reaches the files.
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"RT-secret-xyz"),
+            "refresh token in plaintext in {}",
+            entry.display()
+        );
+        assert!(!bytes.windows(12).any(|w| w == b"AT-plain-123"));
+    }
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(p).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn wrong_or_missing_identity_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    {
+        let s = Store::open(dir.path(), &id).unwrap();
+        s.save_tokens("1", &tokens("rt")).await.unwrap();
+    }
+    std::fs::rename(&id, dir.path().join("saved.txt")).unwrap();
+    let e = Store::open(dir.path(), &id).unwrap_err();
+    assert!(matches!(e, Error::MissingIdentity(_)), "{e}");
+    assert!(
+        !id.exists(),
+        "a missing identity is never silently replaced"
+    );
+    Vault::create(&id).unwrap();
+    let e = Store::open(dir.path(), &id).unwrap_err();
+    assert!(matches!(e, Error::WrongIdentity { .. }), "{e}");
+    std::fs::remove_file(&id).unwrap();
+    std::fs::rename(dir.path().join("saved.txt"), &id).unwrap();
+    let s = Store::open(dir.path(), &id).unwrap();
+    assert_eq!(s.tokens("1").unwrap().unwrap().refresh_token, "rt");
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    {
+        let s = Store::open(dir.path(), &id).unwrap();
+        s.meta
+            .insert(META_SCHEMA, &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let e = Store::open(dir.path(), &id).unwrap_err();
+    assert!(matches!(e, Error::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1));
+    assert!(e
+        .to_string()
+        .contains("newer than this boa-exchange supports"));
+}
+
+#[test]
+fn older_schema_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    {
+        let s = Store::open(dir.path(), &id).unwrap();
+        s.meta.insert(META_SCHEMA, &0u32.to_be_bytes()).unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let s = Store::open(dir.path(), &id).unwrap();
+    let v = s.meta.get(META_SCHEMA).unwrap().unwrap();
+    assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes());
+}
+
+#[test]
+fn rates_and_logs_are_scanned_per_company() {
+    let s = Store::open_temporary().unwrap();
+    let mk = |date: &str, c: &str, synced: bool| CompanyRate {
+        date: d(date),
+        currency: cur(c),
+        rate: Decimal::from_str("95.4").unwrap(),
+        fixing: (TableKind::Main, d(date)),
+        synced,
+        synced_at: None,
+    };
+    s.put_rates(
+        "12",
+        &[mk("2026-05-22", "EUR", true), mk("2026-05-22", "USD", true)],
+    )
+    .unwrap();
+    s.put_rates(
+        "12",
+        &[
+            mk("2026-05-21", "EUR", true),
+            mk("2026-05-21", "USD", false),
+        ],
+    )
+    .unwrap();
+    s.put_rates("123", &[mk("2026-05-22", "EUR", false)])
+        .unwrap();
+    assert_eq!(s.rate_counts("12").unwrap(), (4, 3));
+    assert_eq!(s.rate_counts("123").unwrap(), (1, 0));
+    assert_eq!(s.rates_on("12", d("2026-05-22")).unwrap().len(), 2);
+    assert_eq!(s.synced_dates("12").unwrap(), vec![d("2026-05-22")]);
+    for i in 0..5 {
+        let rec = LogRecord {
+            at: Utc::now(),
+            kind: if i % 2 == 0 {
+                LogKind::Scraping
+            } else {
+                LogKind::Syncing
+            },
+            success: i != 4,
+            date: None,
+            message: format!("m{i}"),
+            rates_written: 0,
+            rates_unchanged: 0,
+            intuit_tids: vec![],
+        };
+        s.append_log("12", &rec).unwrap();
+    }
+    s.append_log("123", &s.logs("12", 1).unwrap()[0]).unwrap();
+    let logs = s.logs("12", 2).unwrap();
+    assert_eq!(
+        logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
+        ["m4", "m3"]
+    );
+    assert_eq!(s.log_counts("12", LogKind::Scraping).unwrap(), (3, 2));
+    assert_eq!(s.log_counts("12", LogKind::Syncing).unwrap(), (2, 2));
+    assert_eq!(s.logs("123", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn fixings_revisions_and_in_force_lookup() {
+    let s = Store::open_temporary().unwrap();
+    let now = Utc::now();
+    assert_eq!(
+        s.put_table(&table(TableKind::Main, "2026-05-21", "95.10"), &page(), now)
+            .unwrap(),
+        TableOutcome::New
+    );
+    assert_eq!(
+        s.put_table(&table(TableKind::Main, "2026-05-22", "95.40"), &page(), now)
+            .unwrap(),
+        TableOutcome::New
+    );
+    assert_eq!(
+        s.put_table(&table(TableKind::Main, "2026-05-22", "95.40"), &page(), now)
+            .unwrap(),
+        TableOutcome::Unchanged
+    );
+    assert_eq!(
+        s.put_table(&table(TableKind::Main, "2026-05-22", "95.41"), &page(), now)
+            .unwrap(),
+        TableOutcome::Revised
+    );
+    let wb = FixingSource::Workbook {
+        file: "x.xlsx".into(),
+        sha256: "cd".into(),
+    };
+    assert_eq!(
+        s.put_table(&table(TableKind::Main, "2026-05-22", "99"), &wb, now)
+            .unwrap(),
+        TableOutcome::Skipped
+    );
+    assert_eq!(
+        s.put_table(&table(TableKind::Minor, "2026-05-15", "1"), &page(), now)
+            .unwrap(),
+        TableOutcome::New
+    );
+    let t = s.table(TableKind::Main, d("2026-05-22")).unwrap().unwrap();
+    assert_eq!(t.table.rates[0].published.to_string(), "95.41");
+    assert_eq!(t.previous.len(), 1);
+    let sun = s
+        .table_on_or_before(TableKind::Main, d("2026-05-24"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(sun.table.date, d("2026-05-22"));
+    let minor = s
+        .table_on_or_before(TableKind::Minor, d("2026-05-24"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(minor.table.date, d("2026-05-15"));
+    assert!(s
+        .table_on_or_before(TableKind::Main, d("2026-05-20"))
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.table_after(TableKind::Main, d("2026-05-21"))
+            .unwrap()
+            .unwrap()
+            .table
+            .date,
+        d("2026-05-22")
+    );
+    assert!(s
+        .table_after(TableKind::Main, d("2026-05-22"))
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.table_dates(TableKind::Main).unwrap(),
+        vec![d("2026-05-21"), d("2026-05-22")]
+    );
+}
+
+#[tokio::test]
+async fn pending_states_are_single_use() {
+    let s = Store::open_temporary().unwrap();
+    let now = Utc::now();
+    let p = PendingAuth::State {
+        created_at: now,
+        expires_at: now + chrono::Duration::minutes(10),
+        browser_nonce: "n".into(),
+    };
+    s.put_pending("abc", &p).await.unwrap();
+    assert_eq!(s.take_pending("abc").unwrap(), Some(p));
+    assert_eq!(s.take_pending("abc").unwrap(), None);
+    let old = PendingAuth::Invite {
+        created_at: now,
+        expires_at: now - chrono::Duration::seconds(1),
+    };
+    s.put_pending("old", &old).await.unwrap();
+    assert_eq!(s.purge_expired_pending(now).unwrap(), 1);
+}
+
+#[tokio::test]
+async fn counts() {
+    let s = Store::open_temporary().unwrap();
+    let mut a = company("1");
+    a.last_sync_at = Some(Utc::now());
+    let mut b = company("2");
+    b.connection = Connection::ReconnectNeeded {
+        since: Utc::now(),
+        reason: "invalid_grant".into(),
+    };
+    let mut c = company("3");
+    c.is_active = false;
+    for x in [&a, &b, &c] {
+        s.save_company(x).await.unwrap();
+    }
+    let n = s.company_counts().unwrap();
+    assert_eq!((n.total, n.active, n.expired_tokens), (3, 2, 1));
+    assert_eq!(n.last_sync, a.last_sync_at);
+}

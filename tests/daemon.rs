@@ -1,0 +1,182 @@
+//! The daemon frame, black-box: the real binary, its HTTP API, control socket, systemd
+//! notifications, signals, restarts and config checking.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::daemon::{TestDaemon, BIN};
+
+fn get_json(url: &str) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new().get(url).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+#[test]
+fn health_status_and_ready_notification() {
+    let d = TestDaemon::start("");
+    let (status, body) = get_json(&d.url("/health"));
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["total_companies"], 0);
+    assert_eq!(body["active_companies"], 0);
+    assert_eq!(body["companies_with_expired_tokens"], 0);
+    assert!(body.get("last_sync").is_some());
+
+    let st = d.control("status", json!({}));
+    assert_eq!(st["ok"], true);
+    assert_eq!(st["data"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st["data"]["store"]["schema_version"], 1);
+
+    let (code, out, _) = d.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("version"), "{out}");
+    let (code, out, _) = d.cli(&["--json", "status"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"], true);
+
+    let (status, body) = get_json(&d.url("/no/such/endpoint"));
+    assert_eq!(status, 404);
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[test]
+fn bad_control_lines_get_errors_and_the_connection_goes_on() {
+    let d = TestDaemon::start("");
+    let answers = d.control_lines(&[
+        "this is not json",
+        "{\"cmd\": \"no-such-command\"}",
+        "{\"args\": {}}",
+        "[1,2,3]",
+        "{\"cmd\": \"status\"}",
+    ]);
+    for a in &answers[..4] {
+        assert_eq!(a["ok"], false, "{a}");
+        assert!(a["error"]["code"].is_string() && a["error"]["message"].is_string(), "{a}");
+    }
+    assert_eq!(answers[1]["error"]["code"], "unknown_command");
+    assert_eq!(answers[4]["ok"], true, "the same connection still works");
+    // An over-long line is refused without killing the daemon.
+    let long = format!("{{\"cmd\": \"{}\"}}", "x".repeat(9 * 1024 * 1024));
+    let a = d.control_lines(&[&long]);
+    assert_eq!(a[0]["ok"], false);
+    assert_eq!(d.control("status", json!({}))["ok"], true);
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_stopping_notification() {
+    let mut d = TestDaemon::start("");
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert!(d.notifications_until(|m| m.contains("STOPPING=1"), Duration::from_secs(20)));
+    let st = d.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "exit status {st}: {}", d.stderr());
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(!d.socket().exists(), "the control socket is removed on exit");
+    // The CLI now says the daemon is unreachable, with exit code 3.
+    let (code, _, err) = d.cli(&["status"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn kill_9_then_restart_on_the_same_data() {
+    let mut d = TestDaemon::start("");
+    let identity = std::fs::read(d.data_dir().join("identity.txt")).unwrap();
+    d.kill9();
+    assert!(d.socket().exists(), "a killed daemon leaves a stale socket behind");
+    d.spawn_and_wait_ready();
+    assert_eq!(d.control("status", json!({}))["ok"], true);
+    assert_eq!(std::fs::read(d.data_dir().join("identity.txt")).unwrap(), identity, "same identity kept");
+}
+
+#[test]
+fn second_daemon_on_the_same_socket_is_refused() {
+    let d = TestDaemon::start("");
+    let out = d
+        .command()
+        .arg("serve")
+        .arg("--config")
+        .arg(d.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use") || err.contains("another boa-exchange"), "{err}");
+    assert_eq!(d.control("status", json!({}))["ok"], true, "the first daemon is unharmed");
+}
+
+#[test]
+fn sighup_keeps_old_config_when_new_one_is_bad() {
+    let d = TestDaemon::start("");
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(d.config_path(), format!("{good}\n[schedule]\ntime = \"25:99\"\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.notifications_until(|m| m.contains("READY=1"), Duration::from_secs(10)));
+    assert_eq!(d.control("status", json!({}))["ok"], true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.stderr().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no refusal logged: {}", d.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.stderr().contains("schedule.time"), "{}", d.stderr());
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let run = |p: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(p)
+            .env_remove("SCHEDULE_TIME")
+            .env_remove("TIMEZONE")
+            .output()
+            .unwrap()
+    };
+    let out = run(&root.join("valid/example.toml"));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(&root.join("invalid/bad-time.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "schedule.time: \"25:99\" is not a time (expected HH:MM)"
+    );
+    let out = run(&root.join("invalid/unknown-key.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+    // serve refuses the same file with exit 2 and the same message.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(root.join("invalid/bad-time.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("schedule.time"));
+    // Usage errors exit 2.
+    let out = std::process::Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn wrong_identity_is_a_clear_startup_error() {
+    let mut d = TestDaemon::start("");
+    d.signal(libc::SIGTERM);
+    d.wait_exit(Duration::from_secs(20));
+    // Pretend tokens exist by recording them under the current identity, then swap the file.
+    let id = d.data_dir().join("identity.txt");
+    std::fs::remove_file(&id).unwrap();
+    let out = d.command().arg("serve").arg("--config").arg(d.config_path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("identity file") && err.contains("missing"), "{err}");
+    assert!(!id.exists(), "a new identity is never made up while encrypted data exists");
+}
