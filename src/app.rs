@@ -12,6 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::fixings::FetchGate;
+use crate::qbo::oauth::OAuthClient;
+use crate::qbo::tokens::TokenManager;
+use crate::qbo::QboClient;
+use crate::scheduler::clock::{Clock, SystemClock};
 use crate::logging::LogHandle;
 use crate::shutdown::{Event, Signals};
 use crate::store::Store;
@@ -33,19 +38,63 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every background task, joined at shutdown.
     pub tasks: TaskTracker,
+    /// Wall time (injected so tests can move the calendar).
+    pub clock: Arc<dyn Clock>,
+    /// One BoA scrape at a time; recent results reused.
+    pub fetch_gate: FetchGate,
+    /// The HTTP client for Intuit calls (connection pool shared by every company).
+    pub http_client: reqwest::Client,
+    /// Access tokens per company.
+    pub tokens: TokenManager,
+    /// Key of the HMAC that signs OAuth state cookies.
+    pub hmac_key: Vec<u8>,
+    /// Per-IP request limiter.
+    pub limiter: crate::http::limit::RateLimiter,
 }
 
 impl AppState {
     /// Builds the state around an open store.
-    pub fn new(config: Config, store: Arc<Store>, http_addr: SocketAddr) -> Arc<AppState> {
-        Arc::new(AppState {
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built, or the generated HMAC key cannot be stored.
+    pub async fn new(config: Config, store: Arc<Store>, http_addr: SocketAddr, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AppState>> {
+        let http_client = crate::qbo::http_client(Duration::from_secs(config.quickbooks.timeout_secs))?;
+        let tokens = TokenManager::new(store.clone(), OAuthClient::new(http_client.clone(), &config.quickbooks));
+        let hmac_key = match &config.secret_key {
+            Some(k) => k.expose().as_bytes().to_vec(),
+            None => match store.meta_secret("secret_key")? {
+                Some(k) => k,
+                None => {
+                    let k: [u8; 32] = rand::random();
+                    store.put_meta_secret("secret_key", &k).await?;
+                    k.to_vec()
+                }
+            },
+        };
+        Ok(Arc::new(AppState {
             config: RwLock::new(Arc::new(config)),
             store,
-            started_at: Utc::now(),
+            started_at: clock.now(),
             http_addr,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        })
+            clock,
+            fetch_gate: FetchGate::default(),
+            http_client,
+            tokens,
+            hmac_key,
+            limiter: crate::http::limit::RateLimiter::default(),
+        }))
+    }
+
+    /// The accounting API client for the current config.
+    pub fn qbo(&self) -> QboClient {
+        QboClient::new(self.http_client.clone(), &self.config().quickbooks)
+    }
+
+    /// Now, by the injected clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// The current configuration (swapped whole on SIGHUP).
@@ -65,9 +114,7 @@ impl AppState {
 
     /// Today's date in the configured zone (Europe/Tirane).
     pub fn today(&self) -> NaiveDate {
-        Utc::now()
-            .with_timezone(&self.config().schedule.timezone)
-            .date_naive()
+        self.now().with_timezone(&self.config().schedule.timezone).date_naive()
     }
 }
 
@@ -83,17 +130,26 @@ pub struct Listeners {
 ///
 /// # Errors
 /// Start-up failures (store, identity); a clean shutdown returns `Ok`.
-pub async fn run(
+pub async fn run(config: Config, listeners: Listeners, signals: Signals, log: LogHandle) -> anyhow::Result<()> {
+    run_with_clock(config, listeners, signals, log, Arc::new(SystemClock)).await
+}
+
+/// [`run`] with an injected clock (tests move the calendar with a manual clock).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_clock(
     config: Config,
     listeners: Listeners,
     mut signals: Signals,
     log: LogHandle,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.storage.data_dir, &config.storage.identity_file)
         .context("opening the store")?;
     let store = Arc::new(store);
     let http_addr = listeners.http.local_addr()?;
-    let state = AppState::new(config, store, http_addr);
+    let state = AppState::new(config, store, http_addr, clock).await?;
 
     state.tasks.spawn(http::serve(
         listeners.http,
@@ -148,6 +204,7 @@ fn reload(state: &AppState, log: &LogHandle) {
                 );
             }
             log.set_level(&new.log_level);
+            state.tokens.set_oauth(OAuthClient::new(state.http_client.clone(), &new.quickbooks));
             state.set_config(new);
             tracing::info!("configuration reloaded");
         }

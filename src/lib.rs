@@ -27,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod currency;
+pub mod fixings;
 pub mod http;
 pub mod logging;
 pub mod notify;

@@ -47,9 +47,15 @@ impl PublishedRate {
         self.code.iso()
     }
 
-    /// Lek per one unit of the currency, exact.
+    /// Lek per one unit of the currency, exact (the published figure itself when per 1).
     pub fn per_unit(&self) -> Decimal {
-        (self.published / Decimal::from(self.units)).normalize()
+        if self.units == 1 {
+            return self.published;
+        }
+        self.published
+            .checked_div(Decimal::from(self.units))
+            .map(|d| d.normalize())
+            .unwrap_or(self.published)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API's accept loop (hyper 1 + hyper-util): one task per connection, a header
 //! timeout, graceful drain on shutdown. Routing lives in [`routes`].
 
+pub mod limit;
 pub mod routes;
 
 use std::convert::Infallible;

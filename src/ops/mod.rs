@@ -2,6 +2,7 @@
 //! [`ApiError`]; the front ends only translate requests and answers.
 
 mod error;
+pub mod oauth;
 pub use error::ApiError;
 
 use chrono::{SecondsFormat, Utc};

@@ -1,0 +1,333 @@
+//! Connecting companies: the OAuth `state` (random, single-use, 10-minute expiry, bound to
+//! the browser by an HMAC-signed cookie), the callback that creates or re-activates a
+//! company, disconnect (revoke + soft delete), connection status, and invite links.
+
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use super::{ts, ApiError, OpResult};
+use crate::app::AppState;
+use crate::config::Enrollment;
+use crate::currency::Currency;
+use crate::qbo::tokens::HARD_EXPIRY_WARNING;
+use crate::store::records::{Company, Connection, LogKind, LogRecord, PendingAuth};
+
+/// Name of the cookie that binds a `state` to the browser that started the flow.
+pub const STATE_COOKIE: &str = "boa_oauth_state";
+/// Lifetime of a `state`.
+pub const STATE_TTL: Duration = Duration::minutes(10);
+/// Lifetime of an invite link from `connect-url`.
+pub const INVITE_TTL: Duration = Duration::days(7);
+
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+}
+
+fn sign(key: &[u8], msg: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    mac.update(msg.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn verify(key: &[u8], msg: &str, sig_hex: &str) -> bool {
+    let Ok(sig) = hex::decode(sig_hex) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return false };
+    mac.update(msg.as_bytes());
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// What `/oauth/connect` answers: where to send the browser and the cookie to set.
+#[derive(Debug)]
+pub struct ConnectStart {
+    /// Intuit's authorize URL with our `state`.
+    pub redirect: String,
+    /// `Set-Cookie` value.
+    pub cookie: String,
+}
+
+/// Starts a connection. Under `enrollment = "invite"` a valid, unused invite is required.
+///
+/// # Errors
+/// 403 without a valid invite; 503 when the Intuit app is not configured.
+pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectStart, ApiError> {
+    let config = state.config();
+    if config.quickbooks.client_id.is_empty() {
+        return Err(ApiError::new(503, "not_configured", "QuickBooks is not configured (quickbooks.client_id is empty)"));
+    }
+    let now = Utc::now();
+    if config.server.enrollment == Enrollment::Invite {
+        let Some(code) = invite else {
+            return Err(ApiError::new(403, "invite_required", "connections are by invitation only; ask your administrator for a link"));
+        };
+        match state.store.take_pending(&format!("invite:{code}"))? {
+            Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
+            _ => return Err(ApiError::new(403, "invalid_invite", "this invitation link is unknown, used or expired; ask for a new one")),
+        }
+    }
+    let st = random_token();
+    let nonce = random_token();
+    state
+        .store
+        .put_pending(&format!("state:{st}"), &PendingAuth::State { created_at: now, expires_at: now + STATE_TTL, browser_nonce: nonce.clone() })
+        .await?;
+    let value = format!("{st}.{nonce}");
+    let sig = sign(&state.hmac_key, &value);
+    let secure = if config.server.public_url.scheme() == "https" { "; Secure" } else { "" };
+    let cookie = format!(
+        "{STATE_COOKIE}={value}.{sig}; Path=/api/v1/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        STATE_TTL.num_seconds()
+    );
+    let redirect = state.tokens.oauth().authorize_url(&st).to_string();
+    Ok(ConnectStart { redirect, cookie })
+}
+
+/// A fresh single-use invite link (`connect-url`).
+///
+/// # Errors
+/// Store failure.
+pub async fn connect_url(state: &AppState) -> OpResult {
+    let now = Utc::now();
+    let code = random_token();
+    let expires_at = now + INVITE_TTL;
+    state.store.put_pending(&format!("invite:{code}"), &PendingAuth::Invite { created_at: now, expires_at }).await?;
+    let base = state.config().server.public_url.clone();
+    let mut url = base
+        .join("api/v1/oauth/connect")
+        .map_err(ApiError::internal)?;
+    url.query_pairs_mut().append_pair("invite", &code);
+    Ok(json!({"success": true, "url": url.to_string(), "expires_at": ts(expires_at), "single_use": true}))
+}
+
+fn cookie_value<'a>(cookie_header: Option<&'a str>) -> Option<&'a str> {
+    cookie_header?
+        .split(';')
+        .map(str::trim)
+        .find_map(|c| c.strip_prefix(STATE_COOKIE).and_then(|r| r.strip_prefix('=')))
+}
+
+/// The callback's query parameters.
+#[derive(Debug, Default)]
+pub struct CallbackParams<'a> {
+    /// Authorization code.
+    pub code: Option<&'a str>,
+    /// Our state.
+    pub state: Option<&'a str>,
+    /// The company id.
+    pub realm_id: Option<&'a str>,
+    /// `access_denied` etc.
+    pub error: Option<&'a str>,
+}
+
+fn refuse(code: &'static str, msg: &str) -> ApiError {
+    ApiError::bad_request(code, msg)
+}
+
+/// Completes a connection: checks the state, exchanges the code, reads the company from
+/// QuickBooks, stores the company and its tokens (encrypted, flushed). Stores nothing on any
+/// failure.
+///
+/// # Errors
+/// 400 for a bad/missing/reused/expired/foreign state, a denial or a refused code; 502 when
+/// Intuit fails.
+pub async fn callback(state: &AppState, p: &CallbackParams<'_>, cookie_header: Option<&str>) -> Result<Company, ApiError> {
+    let now = Utc::now();
+    let Some(st) = p.state.filter(|s| !s.is_empty()) else {
+        return Err(refuse("missing_state", "the authorization answer has no state; start again from the Connect button"));
+    };
+    if let Some(err) = p.error {
+        // Consume the state so it cannot be replayed.
+        let _ = state.store.take_pending(&format!("state:{st}"))?;
+        let msg = if err == "access_denied" {
+            "the connection was not authorized in QuickBooks (access denied)".to_string()
+        } else {
+            format!("QuickBooks did not authorize the connection ({err})")
+        };
+        return Err(refuse("access_denied", &msg));
+    }
+    // The cookie proves this browser started this flow.
+    let bound = cookie_value(cookie_header).and_then(|v| {
+        let mut parts = v.rsplitn(2, '.');
+        let sig = parts.next()?;
+        let value = parts.next()?;
+        verify(&state.hmac_key, value, sig).then_some(value)
+    });
+    let Some(bound) = bound else {
+        return Err(refuse("invalid_state", "this authorization was not started from this browser (missing or invalid state cookie); start again"));
+    };
+    let Some((cookie_state, nonce)) = bound.split_once('.') else {
+        return Err(refuse("invalid_state", "malformed state cookie; start again"));
+    };
+    if cookie_state != st {
+        return Err(refuse("invalid_state", "the state does not match this browser's; start again"));
+    }
+    match state.store.take_pending(&format!("state:{st}"))? {
+        Some(PendingAuth::State { expires_at, browser_nonce, .. }) => {
+            if browser_nonce != nonce {
+                return Err(refuse("invalid_state", "the state does not match this browser's; start again"));
+            }
+            if expires_at < now {
+                return Err(refuse("expired_state", "the authorization took longer than 10 minutes; start again"));
+            }
+        }
+        _ => return Err(refuse("invalid_state", "unknown or already used state; start again")),
+    }
+    let (Some(code), Some(realm)) = (p.code.filter(|c| !c.is_empty()), p.realm_id.filter(|r| !r.is_empty())) else {
+        return Err(refuse("missing_code", "the authorization answer has no code or realmId"));
+    };
+    if !realm.chars().all(|c| c.is_ascii_alphanumeric()) || realm.len() > 64 {
+        return Err(refuse("bad_realm", "realmId is not a QuickBooks company id"));
+    }
+    let (tokens, tid) = state.tokens.oauth().exchange_code(code, now).await.map_err(|e| {
+        if e.is_invalid_grant() {
+            refuse("invalid_code", "the authorization code was refused (already used or expired); start again")
+        } else {
+            ApiError::upstream(e.code(), format!("exchanging the authorization code: {e}"))
+        }
+    })?;
+    let qbo = state.qbo();
+    let at = tokens.access_token.as_str();
+    let up = |what: &str| {
+        let what = what.to_string();
+        move |e: crate::qbo::Error| ApiError::upstream(e.code(), format!("reading {what} from QuickBooks: {e}"))
+    };
+    let name = qbo.company_name(realm, at).await.map_err(up("CompanyInfo"))?.value;
+    let prefs = qbo.preferences(realm, at).await.map_err(up("Preferences"))?.value;
+    let currencies = qbo.company_currencies(realm, at).await.map_err(up("currencies"))?.value;
+    let home = prefs.home.unwrap_or(Currency::ALL);
+    let active: Vec<Currency> = currencies.iter().filter(|c| c.active && c.code != home).map(|c| c.code).collect();
+
+    let config = state.config();
+    let existing = state.store.company(realm)?;
+    let reconnect = existing.is_some();
+    let mut company = existing.unwrap_or_else(|| Company {
+        realm_id: realm.to_string(),
+        company_name: name.clone(),
+        home_currency: home,
+        is_active: true,
+        sync_enabled: true,
+        is_sandbox: config.quickbooks.sandbox,
+        fill_non_business_days: true,
+        created_at: now,
+        updated_at: now,
+        last_sync_at: None,
+        connection: Connection::Connected,
+        tokens: None,
+        multicurrency: prefs.multicurrency,
+        active_currencies: vec![],
+        currencies_checked_at: None,
+    });
+    company.company_name = name;
+    company.home_currency = home;
+    company.is_active = true;
+    company.is_sandbox = config.quickbooks.sandbox;
+    company.connection = Connection::Connected;
+    company.tokens = Some(tokens.expiry.clone());
+    company.multicurrency = prefs.multicurrency;
+    company.active_currencies = active;
+    company.currencies_checked_at = Some(now);
+    company.updated_at = now;
+    state.store.append_log(
+        realm,
+        &LogRecord {
+            at: now,
+            kind: LogKind::Connection,
+            success: true,
+            date: None,
+            message: if reconnect { "reconnected to QuickBooks".into() } else { "connected to QuickBooks".into() },
+            rates_written: 0,
+            rates_unchanged: 0,
+            intuit_tids: tid.into_iter().collect(),
+        },
+    )?;
+    state.store.save_company_and_tokens(&company, &tokens).await?;
+    tracing::info!(realm_id = realm, reconnect, "Company {realm}: connected ({})", company.company_name);
+    Ok(company)
+}
+
+fn connection_status(c: &Company) -> &'static str {
+    if !c.is_active {
+        return "disconnected";
+    }
+    match c.connection {
+        Connection::Connected => "connected",
+        Connection::ReconnectNeeded { .. } => "reconnect_needed",
+        Connection::Disconnected { .. } => "disconnected",
+    }
+}
+
+/// `GET /api/v1/oauth/status/{id}`: connection state and token expiries (never the tokens).
+///
+/// # Errors
+/// 404 unknown company.
+pub fn status(state: &AppState, realm: &str) -> OpResult {
+    let c = state.store.company(realm)?.ok_or_else(|| ApiError::unknown_company(realm))?;
+    let now = Utc::now();
+    let t = c.tokens.as_ref();
+    let hard: Option<DateTime<Utc>> = t.and_then(|t| t.hard_expires_at);
+    let reason = match &c.connection {
+        Connection::ReconnectNeeded { reason, since } => json!({"since": ts(*since), "reason": reason}),
+        _ => Value::Null,
+    };
+    Ok(json!({
+        "success": true,
+        "company_id": c.realm_id,
+        "company_name": c.company_name,
+        "status": connection_status(&c),
+        "connected": c.is_connected(),
+        "is_active": c.is_active,
+        "reconnect_needed": matches!(c.connection, Connection::ReconnectNeeded { .. }),
+        "reconnect_reason": reason,
+        "is_sandbox": c.is_sandbox,
+        "access_token_expires_at": t.map(|t| ts(t.access_expires_at)),
+        "refresh_token_expires_at": t.map(|t| ts(t.refresh_expires_at)),
+        "refresh_token_hard_expires_at": hard.map(ts),
+        "hard_expiry_warning": hard.is_some_and(|h| h - now < HARD_EXPIRY_WARNING),
+        "last_refreshed_at": t.map(|t| ts(t.refreshed_at)),
+    }))
+}
+
+/// `GET /api/v1/oauth/disconnect/{id}` and `disconnect REALM`: revoke at Intuit, delete the
+/// tokens here, keep the company and its history (`is_active` false).
+///
+/// # Errors
+/// 404 unknown company; 502 when Intuit cannot be reached (nothing changed then).
+pub async fn disconnect(state: &AppState, realm: &str) -> OpResult {
+    let mut c = state.store.company(realm)?.ok_or_else(|| ApiError::unknown_company(realm))?;
+    if let Some(tokens) = state.store.tokens(realm)? {
+        state
+            .tokens
+            .oauth()
+            .revoke(&tokens.refresh_token)
+            .await
+            .map_err(|e| ApiError::upstream(e.code(), format!("revoking the grant at Intuit: {e}; nothing was changed, try again")))?;
+    }
+    let now = Utc::now();
+    c.is_active = false;
+    c.connection = Connection::Disconnected { at: now };
+    c.tokens = None;
+    c.updated_at = now;
+    state.store.append_log(
+        realm,
+        &LogRecord {
+            at: now,
+            kind: LogKind::Connection,
+            success: true,
+            date: None,
+            message: "disconnected (grant revoked at Intuit)".into(),
+            rates_written: 0,
+            rates_unchanged: 0,
+            intuit_tids: vec![],
+        },
+    )?;
+    state.store.save_company_without_tokens(&c).await?;
+    tracing::info!(realm_id = realm, "Company {realm}: disconnected");
+    Ok(json!({
+        "success": true,
+        "message": format!("Disconnected {} from QuickBooks; its history is kept", c.company_name),
+        "company_id": c.realm_id,
+        "is_active": false,
+    }))
+}
