@@ -52,6 +52,9 @@ pub struct AppState {
     pub limiter: crate::http::limit::RateLimiter,
     /// The sync engine's shared state.
     pub sync: crate::sync::SyncEngine,
+    /// Alerts raised and not yet cleared.
+    pub alerts: crate::alerts::Alerts,
+    next_run: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl AppState {
@@ -96,12 +99,30 @@ impl AppState {
             hmac_key,
             limiter: crate::http::limit::RateLimiter::default(),
             sync: crate::sync::SyncEngine::default(),
+            alerts: crate::alerts::Alerts::default(),
+            next_run: std::sync::Mutex::new(None),
         }))
     }
 
     /// The accounting API client for the current config.
     pub fn qbo(&self) -> QboClient {
         QboClient::new(self.http_client.clone(), &self.config().quickbooks)
+    }
+
+    /// The next scheduled run, as the scheduler computed it.
+    pub fn next_run(&self) -> Option<DateTime<Utc>> {
+        match self.next_run.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// Records the next scheduled run (scheduler only).
+    pub fn set_next_run(&self, at: Option<DateTime<Utc>>) {
+        match self.next_run.lock() {
+            Ok(mut g) => *g = at,
+            Err(p) => *p.into_inner() = at,
+        }
     }
 
     /// Now, by the injected clock.
@@ -169,7 +190,10 @@ pub async fn run(
         state.clone(),
         state.shutdown.child_token(),
     ));
-    spawn_watchdog(&state);
+    state.tasks.spawn(crate::scheduler::runner::run(
+        state.clone(),
+        state.shutdown.child_token(),
+    ));
 
     tracing::info!(listen = %http_addr, socket = %state.config().control_socket.display(), "boa-exchange ready");
     notify::ready(&format!("serving on {http_addr}"));
@@ -229,21 +253,4 @@ fn reload(state: &AppState, log: Option<&LogHandle>) {
         }
     }
     notify::reloaded();
-}
-
-/// Until the scheduler owns the watchdog, a plain ticker keeps systemd informed.
-fn spawn_watchdog(state: &Arc<AppState>) {
-    let Some(every) = notify::watchdog_interval() else {
-        return;
-    };
-    let token = state.shutdown.child_token();
-    state.tasks.spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tick.tick() => notify::watchdog(),
-            }
-        }
-    });
 }

@@ -123,6 +123,10 @@ impl FetchReport {
 #[derive(Default)]
 pub struct FetchGate {
     last: tokio::sync::Mutex<Option<(Instant, Result<FetchReport, FixingError>)>>,
+    /// Scrapes that stored a fixing (metrics).
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Scrapes that failed (metrics).
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 /// Fetches the page, stores every official table that validates, logs the attempt.
@@ -141,6 +145,12 @@ pub async fn fetch(state: &AppState, force: bool) -> Result<FetchReport, FixingE
         }
     }
     let result = fetch_uncached(state).await;
+    let counter = if result.is_ok() {
+        &state.fetch_gate.ok
+    } else {
+        &state.fetch_gate.failed
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     *last = Some((Instant::now(), result.clone()));
     result
 }

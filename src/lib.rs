@@ -19,6 +19,7 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod alerts;
 pub mod app;
 pub mod boa;
 pub mod cli;

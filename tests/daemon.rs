@@ -22,11 +22,34 @@ fn get_json(url: &str) -> (u16, Value) {
 }
 
 #[test]
+fn health_is_degraded_without_a_fixing_while_the_schedule_runs() {
+    // The BoA URL points at a closed port: the start-up scrape fails, nothing is stored.
+    let d = TestDaemon::start("[boa]\nurl = \"http://127.0.0.1:9/\"\ntimeout_secs = 1\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get_json(&d.url("/health"));
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "degraded");
+        let reasons = body["reasons"].to_string();
+        assert!(reasons.contains("no BoA fixing is stored"), "{body}");
+        if reasons.contains("last BoA scrape failed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed start-up scrape never showed: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn health_status_and_ready_notification() {
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start("[schedule]\nenabled = false\n");
     let (status, body) = get_json(&d.url("/health"));
     assert_eq!(status, 200);
-    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["status"], "healthy", "{body}");
+    assert_eq!(body["reasons"], json!([]));
     assert_eq!(body["total_companies"], 0);
     assert_eq!(body["active_companies"], 0);
     assert_eq!(body["companies_with_expired_tokens"], 0);
@@ -225,4 +248,21 @@ fn wrong_identity_is_a_clear_startup_error() {
         !id.exists(),
         "a new identity is never made up while encrypted data exists"
     );
+}
+
+#[test]
+fn watchdog_pings_when_systemd_asks_for_them() {
+    let d = TestDaemon::start_with_env(
+        "[schedule]\nenabled = false\n",
+        &[("WATCHDOG_USEC", "1000000")],
+    );
+    assert!(
+        d.notifications_until(|m| m.contains("WATCHDOG=1"), Duration::from_secs(5)),
+        "no WATCHDOG=1 within 5 s"
+    );
+    // Without WATCHDOG_USEC there are none (and a reader that stops reading never blocks it).
+    let quiet = TestDaemon::start("[schedule]\nenabled = false\n");
+    assert!(!quiet.notifications_until(|m| m.contains("WATCHDOG=1"), Duration::from_secs(2)));
+    let (status, _) = get_json(&quiet.url("/health"));
+    assert_eq!(status, 200);
 }

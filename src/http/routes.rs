@@ -117,6 +117,24 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
             json(status, &body)
         }
         [""] if m == Method::GET => html(200, &pages::index(state)),
+        ["metrics"] if m == Method::GET => {
+            if !state.http_addr.ip().is_loopback() {
+                if let Err(e) = admin(state, &req) {
+                    return error(&e);
+                }
+            }
+            match ops::metrics::render(state) {
+                Ok(text) => {
+                    let mut r = Response::new(Full::new(Bytes::from(text)));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                }
+                Err(e) => error(&ApiError::internal(e)),
+            }
+        }
         ["api", "v1", "rates"] if m == Method::GET => {
             answer(crate::fixings::rates_answer(state, req.query("date")))
         }
@@ -176,7 +194,7 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
             guarded(state, &req, |st| ops::oauth::status(st, id))
         }
         ["api", "v1", "companies", ..] => companies(state, &req, &segs[3..]).await,
-        ["health"] | [""] | ["api", "v1", "rates"] | ["api", "v1", "oauth", ..] => {
+        ["health"] | ["metrics"] | [""] | ["api", "v1", "rates"] | ["api", "v1", "oauth", ..] => {
             error(&method_not_allowed())
         }
         _ => error(&ApiError::new(

@@ -1,8 +1,9 @@
 //! When the daemon fetches and syncs.
 //!
 //! [`time`] holds the pure calendar and wall-clock arithmetic (next run, business days,
-//! catch-up dates); [`clock`] the injectable source of "now". Neither sleeps nor does I/O:
-//! the loop that drives them lives here later and must keep all date logic in [`time`].
+//! catch-up dates); [`clock`] the injectable source of "now"; [`runner`] the loop that
+//! drives them (daily run, polling, catch-up, keep-alive, watchdog).
 
 pub mod clock;
+pub mod runner;
 pub mod time;

@@ -428,6 +428,15 @@ pub async fn sync_company(
         }
         Some(e) => {
             state.sync.syncs_failed.fetch_add(1, Relaxed);
+            if e.code == "reconnect_needed" {
+                crate::alerts::raise(
+                    state,
+                    &format!("token:{realm}"),
+                    "token_refresh_failed",
+                    Some(realm),
+                    "Token refresh failed; the company must reconnect to QuickBooks",
+                );
+            }
             tracing::warn!(realm_id = realm, fixing_date = %date, error = %e.message, "Company {realm}: Sync failed for {date}: {}", e.message);
         }
     }
@@ -703,6 +712,27 @@ pub async fn sync_one_op(
 /// 400 bad date; 409 a run for another date is in progress.
 pub async fn sync_all_op(state: &Arc<AppState>, date: Option<&str>) -> Result<Value, ApiError> {
     let date = target_date(state, date)?;
+    sync_all_for(state, date, Scope::All).await
+}
+
+/// Which companies a sync-all covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every active, sync-enabled, connected company.
+    All,
+    /// Those, restricted to companies that want weekend/holiday dates filled.
+    FillNonBusinessDays,
+}
+
+/// Runs (or joins) the one sync-all for `date`.
+///
+/// # Errors
+/// 409 when a run for another date is in progress; 503 when the daemon stops meanwhile.
+pub async fn sync_all_for(
+    state: &Arc<AppState>,
+    date: NaiveDate,
+    scope: Scope,
+) -> Result<Value, ApiError> {
     let mut rx = {
         let mut running = lock(&state.sync.running);
         match running.as_ref() {
@@ -720,7 +750,7 @@ pub async fn sync_all_op(state: &Arc<AppState>, date: Option<&str>) -> Result<Va
                 *running = Some((date, rx.clone()));
                 let st = state.clone();
                 state.tasks.spawn(async move {
-                    let result = run_all(&st, date).await;
+                    let result = run_all(&st, date, scope).await;
                     *lock(&st.sync.running) = None;
                     let _ = tx.send(Some(Arc::new(result)));
                 });
@@ -743,12 +773,13 @@ pub async fn sync_all_op(state: &Arc<AppState>, date: Option<&str>) -> Result<Va
 }
 
 /// Runs one sync-all to completion (bounded concurrency; failures isolated).
-pub async fn run_all(state: &Arc<AppState>, date: NaiveDate) -> Value {
+pub async fn run_all(state: &Arc<AppState>, date: NaiveDate, scope: Scope) -> Value {
     let started = std::time::Instant::now();
     let companies: Vec<Company> = match state.store.companies() {
         Ok(c) => c
             .into_iter()
             .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
+            .filter(|c| scope == Scope::All || c.fill_non_business_days)
             .collect(),
         Err(e) => {
             return ApiError::internal(e).body();
@@ -829,6 +860,18 @@ pub async fn run_all(state: &Arc<AppState>, date: NaiveDate) -> Value {
         seconds: secs,
     });
     tracing::info!(fixing_date = %date, successful = ok, failed, seconds = secs, "Synced {ok}/{total} companies successfully");
+    let key = format!("sync_failures:{date}");
+    if failed >= 2 {
+        crate::alerts::raise(
+            state,
+            &key,
+            "sync_failures",
+            None,
+            &format!("sync of {date} failed for {failed} of {total} companies"),
+        );
+    } else {
+        crate::alerts::clear(state, &key);
+    }
     json!({
         "success": true,
         "message": format!("Synced {ok}/{total} companies successfully"),
@@ -841,8 +884,8 @@ pub async fn run_all(state: &Arc<AppState>, date: NaiveDate) -> Value {
     })
 }
 
-/// A company was connected or re-activated: sync it for today at once (unless automatic
-/// syncs are off).
+/// A company was connected, re-activated or re-enabled: sync it at once for today and for
+/// any missed fixing of the last 31 days (unless automatic syncs are off).
 pub fn on_connected(state: &Arc<AppState>, realm: &str) {
     if !state.config().schedule.enabled {
         return;
@@ -850,12 +893,8 @@ pub fn on_connected(state: &Arc<AppState>, realm: &str) {
     let st = state.clone();
     let realm = realm.to_string();
     state.tasks.spawn(async move {
-        let date = match target_date(&st, None) {
-            Ok(d) => d,
-            Err(_) => return,
-        };
-        if let Err(e) = sync_company(&st, &realm, date).await {
-            tracing::warn!(realm_id = %realm, error = %e, "first sync after connecting failed");
+        if let Err(e) = crate::scheduler::runner::catch_up_company(&st, &realm, true).await {
+            tracing::warn!(realm_id = %realm, error = %e, "catch-up after connecting failed");
         }
     });
 }

@@ -8,4 +8,4 @@
 pub mod engine;
 pub mod rates;
 
-pub use engine::{on_connected, sync_all_op, sync_one_op, SyncEngine};
+pub use engine::{on_connected, sync_all_for, sync_all_op, sync_one_op, Scope, SyncEngine};
