@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::control::client::{self, Client};
@@ -188,18 +189,45 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
         Command::Fetch => ("fetch", json!({})),
         Command::ConnectUrl => ("connect_url", json!({})),
         Command::Logs { realm, limit } => ("logs", json!({"realm": realm, "limit": limit})),
-        Command::ImportArchive { file } => {
-            return Err(format!(
-                "{}: workbook import is not available in this build",
-                file.display()
-            ));
-        }
+        Command::ImportArchive { file } => ("import_tables", import_request(file)?),
+    }))
+}
+
+/// Reads a BoA yearly workbook into the `import_tables` request: the file is read here, on
+/// the admin's side, so the daemon never opens paths an admin names.
+///
+/// # Errors
+/// The file cannot be read or is not a BoA workbook (message for stderr, naming the file).
+pub fn import_request(file: &Path) -> Result<Value, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let tables =
+        crate::boa::read_workbook(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let tables = serde_json::to_value(&tables).map_err(|e| format!("{}: {e}", file.display()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string());
+    Ok(json!({
+        "file": name,
+        "sha256": hex::encode(Sha256::digest(&bytes)),
+        "tables": tables,
     }))
 }
 
 /// Runs an admin command against the daemon.
 pub async fn run_admin(cli: &Cli) -> ExitCode {
-    let (cmd, args) = match request_for(&cli.command) {
+    let request = match &cli.command {
+        // An unreadable or foreign workbook is a failed operation, not a usage error.
+        Command::ImportArchive { file } => match import_request(file) {
+            Ok(args) => Ok(Some(("import_tables", args))),
+            Err(msg) => {
+                eprintln!("{msg}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        other => request_for(other),
+    };
+    let (cmd, args) = match request {
         Ok(Some(r)) => r,
         Ok(None) => return ExitCode::from(EXIT_USAGE),
         Err(msg) => {

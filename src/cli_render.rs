@@ -169,6 +169,27 @@ pub fn render(cmd: &str, data: &Value) -> String {
             out.push_str(&table(&["COMPANY", "NAME", "OK", "RATES", "ERROR"], &rows));
             out
         }
+        "import_tables" => {
+            let mut out = format!(
+                "{}\ndates: {} to {}\n",
+                s(&data["message"]),
+                s(&data["first_date"]),
+                s(&data["last_date"])
+            );
+            let holidays: Vec<String> = data["holidays"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            if !holidays.is_empty() {
+                out.push_str(&format!(
+                    "weekdays without a fixing (holidays): {}\n",
+                    holidays.join(", ")
+                ));
+            }
+            out
+        }
         "connect_url" => format!("{}\n", s(&data["url"])),
         _ => match data.get("message") {
             Some(Value::String(m)) if data.as_object().map(|o| o.len() <= 2).unwrap_or(false) => {

@@ -166,16 +166,21 @@ async fn fetch_uncached(state: &AppState) -> Result<FetchReport, FixingError> {
     let outcome = async {
         let page = client.fetch().await?;
         let parsed = boa::parse_page(&page.body)?;
-        let previous = |kind: TableKind, date: NaiveDate| -> Option<StoredTable> {
-            state
-                .store
-                .table_on_or_before(kind, date.pred_opt().unwrap_or(date))
-                .ok()
-                .flatten()
+        // The jump check compares a table with the previous fixing of its kind or, when none
+        // is stored before its date, with the stored fixing of that same date: a revision of
+        // the only stored fixing must not skip the check. A store failure fails the fetch.
+        let previous = |kind: TableKind, date: NaiveDate| -> Result<Option<StoredTable>, store::Error> {
+            let before = match date.pred_opt() {
+                Some(d) => state.store.table_on_or_before(kind, d)?,
+                None => None,
+            };
+            match before {
+                Some(t) => Ok(Some(t)),
+                None => state.store.table(kind, date),
+            }
         };
-        // Compare each table with the previous fixing of its kind (jump check).
         for table in &parsed.tables {
-            let prev = previous(table.kind, table.date);
+            let prev = previous(table.kind, table.date)?;
             let single = boa::ParsedPage { tables: vec![table.clone()] };
             let lookup = |code| prev.as_ref().and_then(|p| p.table.rate(code)).map(|r| r.published);
             boa::validate(&single, today, &lookup, config.boa.max_jump_percent)?;

@@ -315,7 +315,11 @@ fn lek_value(cell: &Data) -> Option<Decimal> {
         Data::String(s) => Decimal::from_str(s.trim()).ok()?,
         _ => return None,
     };
-    Some(exact.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero))
+    let mut rounded = exact.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    // Two decimals as the page prints them (`94.40`, not `94.4`): the figure is served as a
+    // string, and an imported fixing must read like a scraped one.
+    rounded.rescale(2);
+    Some(rounded)
 }
 
 /// The code a workbook row is about: its last three-capital-letter token (`(JPY)`,
@@ -455,8 +459,12 @@ mod tests {
         assert_eq!(get(t, "XAU").published, dec!(193869.19));
         assert_eq!(get(t, "XAG").published, dec!(2208.02));
         assert_eq!(get(t, "SDR").iso_code().as_str(), "XDR");
-        // 2 decimals, whatever the float noise.
-        assert!(t.rates.iter().all(|r| r.published.scale() <= 2));
+        // 2 decimals, whatever the float noise, and always two as on the page.
+        assert!(tables
+            .iter()
+            .flat_map(|t| &t.rates)
+            .all(|r| r.published.scale() == 2));
+        assert_eq!(get(t, "USD").published.to_string(), "94.40");
 
         let t = on(tables, date(2024, 6, 14));
         assert_eq!(get(t, "EUR").published, dec!(100.48));
@@ -496,6 +504,17 @@ mod tests {
         assert_eq!(lek_value(&Data::Float(1.005)), Some(dec!(1.01)));
         assert_eq!(lek_value(&Data::Float(2.675)), Some(dec!(2.68)));
         assert_eq!(lek_value(&Data::Int(14)), Some(dec!(14)));
+        for (cell, text) in [
+            (Data::Float(94.4), "94.40"),
+            (Data::Int(14), "14.00"),
+            (Data::String(" 13.3 ".into()), "13.30"),
+            (Data::Float(0.1 + 0.2), "0.30"),
+        ] {
+            assert_eq!(
+                lek_value(&cell).map(|d| d.to_string()).as_deref(),
+                Some(text)
+            );
+        }
         assert_eq!(lek_value(&Data::String(" 13.3 ".into())), Some(dec!(13.3)));
         assert_eq!(lek_value(&Data::Float(f64::NAN)), None);
         assert_eq!(lek_value(&Data::String("n/a".into())), None);
