@@ -1138,6 +1138,97 @@ async fn disconnect_revokes_at_intuit_and_keeps_the_data() {
     assert!(page.text.contains("<html"), "{}", page.text);
 }
 
+/// A sync that is running when the admin disconnects must not bring the company back when
+/// it saves its results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_during_a_running_sync_stays_disconnected() {
+    let w = World::start("").await;
+    assert_eq!(w.fetch()["ok"], true);
+    assert_eq!(w.connect(spec("1323", "Racing Co")).await.status, 200);
+    w.intuit
+        .set_realm_latency("1323", Duration::from_millis(400));
+    let http = w.http.clone();
+    let url = w.url(&sync_path("1323"));
+    let sync = tokio::spawn(async move {
+        let r = http
+            .post(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("send");
+        r.status().as_u16()
+    });
+    // The sync is waiting on QuickBooks.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let d = w.admin_get("/api/v1/oauth/disconnect/1323").await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    let _ = sync.await.expect("join");
+
+    let st = w.admin_get("/api/v1/oauth/status/1323").await.json();
+    assert_eq!(st["is_active"], false, "{st}");
+    assert_eq!(st["status"], "disconnected", "{st}");
+    let list = w.admin_get("/api/v1/companies/list").await.json();
+    assert_eq!(list["count"], 0, "{list}");
+    let h = w.get("/health").await.json();
+    assert_eq!(h["active_companies"], 0, "{h}");
+    let s = w.admin_post(&sync_path("1323")).await;
+    assert_eq!(s.status, 409, "{}", s.text);
+    assert_eq!(
+        s.json()["error"]["code"],
+        "company_disconnected",
+        "{}",
+        s.text
+    );
+}
+
+/// A sync saves the company record when it ends; it must not put back what changed while it
+/// ran (here an acknowledged settings change; the token expiries case is in
+/// `oauth_status_shows_expiries_and_hard_expiry_never_tokens`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_change_during_a_running_sync_is_kept() {
+    let w = World::start("").await;
+    assert_eq!(w.fetch()["ok"], true);
+    assert_eq!(
+        w.connect(spec("1333", "Busy Settings Co")).await.status,
+        200
+    );
+    w.intuit
+        .set_realm_latency("1333", Duration::from_millis(300));
+    let http = w.http.clone();
+    let url = w.url(&sync_path("1333"));
+    let sync = tokio::spawn(async move {
+        let r = http
+            .post(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("send");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let set = w
+        .admin_put(
+            "/api/v1/companies/1333/settings",
+            r#"{"sync_enabled": false, "fill_non_business_days": false}"#,
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    let (status, body) = sync.await.expect("join");
+    assert_eq!(status, 200, "{body}");
+
+    let list = w
+        .admin_get("/api/v1/companies/list?active_only=false")
+        .await
+        .json();
+    let co = &list["companies"][0];
+    assert_eq!(co["sync_enabled"], false, "{co}");
+    assert_eq!(co["fill_non_business_days"], false, "{co}");
+    assert!(
+        co["last_sync_at"].is_string(),
+        "the sync's own result is saved: {co}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_the_same_realm_reactivates_the_same_record() {
     let w = World::start("").await;
@@ -1488,17 +1579,26 @@ async fn oauth_status_shows_expiries_and_hard_expiry_never_tokens() {
     assert_eq!(s["hard_expiry_warning"], true, "{s}");
     assert!(s["last_refreshed_at"].is_string(), "{s}");
 
-    // A refresh keeps tracking it.
-    w.intuit.rotate_now("1717");
+    // Two days later Intuit says two days fewer remain (the fake's clock moved, the daemon's
+    // did not): the refresh tracks min(previous, now + value), and the status shows it.
+    w.intuit.advance(Duration::from_secs(2 * 24 * 3600));
     w.intuit.expire_access_tokens("1717");
-    assert_eq!(w.admin_post(&sync_path("1717")).await.status, 200);
+    let synced = w.admin_post(&sync_path("1717")).await;
+    assert_eq!(synced.status, 200, "{}", synced.text);
     assert_eq!(w.intuit.refreshes("1717"), 1);
     let b = w.admin_get("/api/v1/oauth/status/1717").await;
     let s2 = b.json();
+    let earlier = hard - chrono::Duration::days(2);
     assert_near(
         "hard expiry after refresh",
         ts(&s2["refresh_token_hard_expires_at"]),
-        hard,
+        earlier,
+        5,
+    );
+    assert_near(
+        "refresh expiry after refresh",
+        ts(&s2["refresh_token_expires_at"]),
+        earlier,
         5,
     );
     assert_eq!(s2["hard_expiry_warning"], true);
