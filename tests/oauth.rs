@@ -547,6 +547,28 @@ async fn access_denied_is_refused_stores_nothing_and_burns_the_state() {
     assert_eq!(company_count(&w).await, 0);
 }
 
+/// A denial that does not come from the browser that started the flow (no or another
+/// cookie) is refused and cannot cancel that browser's flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_denial_does_not_cancel_someone_elses_flow() {
+    let w = World::start("").await;
+    w.intuit.add_company(spec("3223", "Victim Co"));
+    w.intuit.set_next_realm("3223");
+    let (cookie_a, query_a) = w.authorize().await;
+    let (cookie_b, _) = w.authorize().await;
+    let state = param(&query_a, "state").expect("state");
+    let denial = format!("error=access_denied&state={state}");
+    assert_refused_json(&callback_json(&w, &denial, None).await, "access_denied");
+    assert_refused_json(
+        &callback_json(&w, &denial, Some(&cookie_b)).await,
+        "access_denied",
+    );
+
+    let ok = w.callback(&query_a, Some(&cookie_a)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(company_count(&w).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_authorization_code_is_refused_and_changes_nothing() {
     let w = World::start("").await;
