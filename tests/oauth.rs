@@ -14,7 +14,7 @@ use boa_exchange::config::{Config, ProcessEnv};
 use boa_exchange::currency::Currency;
 use boa_exchange::qbo::oauth::OAuthClient;
 use boa_exchange::qbo::tokens::TokenManager;
-use boa_exchange::scheduler::clock::ManualClock;
+use boa_exchange::scheduler::clock::{Clock, ManualClock};
 use boa_exchange::store::records::{Company, Connection, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use chrono::{DateTime, Utc};
@@ -514,6 +514,31 @@ async fn state_expires_after_ten_minutes_by_the_daemon_clock() {
     let list = d.control("companies", json!({"all": true})).await;
     assert_eq!(list["data"]["count"], 1, "{list}");
     d.stop().await;
+}
+
+/// Anyone may start a connect (open enrollment); abandoned states must not pile up in the
+/// store forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_states_do_not_pile_up_in_the_store() {
+    let intuit = inproc_intuit().await;
+    let clock = ManualClock::new(Utc::now());
+    let d = InProcDaemon::start(&inproc_toml(&intuit, ""), clock.clone()).await;
+    let http = browser();
+    let connect = format!("{}/api/v1/oauth/connect", d.http);
+    for _ in 0..5 {
+        assert_eq!(send(http.get(&connect)).await.status, 302);
+    }
+    clock.advance(chrono::Duration::minutes(11));
+    // One more visitor, who is still within their 10 minutes when the daemon stops.
+    assert_eq!(send(http.get(&connect)).await.status, 302);
+    let dir = d.stop().await;
+
+    let data = dir.path().join("data");
+    let store = Store::open(&data, &data.join("identity.txt")).expect("store");
+    let left = store
+        .purge_expired_pending(clock.now() + chrono::Duration::minutes(11))
+        .expect("purge");
+    assert_eq!(left, 1, "only the live state is still stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,11 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
             }
         }
     }
+    // Anyone may start a flow and most abandoned ones are never seen again: drop expired
+    // states and invites here so the store does not grow without bound.
+    if let Err(e) = state.store.purge_expired_pending(now) {
+        tracing::warn!(error = %e, "purging expired OAuth states failed");
+    }
     let st = random_token();
     let nonce = random_token();
     state
