@@ -191,6 +191,17 @@ fn last_refresh_sent(intuit: &FakeIntuit) -> String {
     param(&body, "refresh_token").expect("refresh_token in the form")
 }
 
+/// Waits until the fake has received an accounting call for `realm` (a sync is in flight).
+async fn wait_for_api_call(intuit: &FakeIntuit, realm: &str) {
+    for _ in 0..500 {
+        if !intuit.requests_for(realm).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no QuickBooks call for {realm} within 5 s");
+}
+
 /// SIGTERM, and wait for a clean exit.
 fn stop(w: &mut World) {
     tokio::task::block_in_place(|| {
@@ -1053,6 +1064,50 @@ async fn token_manager_gives_ten_concurrent_callers_one_refresh() {
     assert_eq!(intuit.concurrent_refreshes(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_endpoint_is_not_a_revoked_grant() {
+    let w = World::start("").await;
+    assert_eq!(w.fetch()["ok"], true);
+    assert_eq!(w.connect(spec("1818", "Patient Co")).await.status, 200);
+
+    // Intuit's token endpoint fails three times (the first refresh and its two retries).
+    w.intuit.expire_access_tokens("1818");
+    w.intuit.fail_next_token_calls(3, 500);
+    let calls = w.intuit.token_calls();
+    let s = w.admin_post(&sync_path("1818")).await;
+    assert_eq!(s.status, 502, "{}", s.text);
+    assert_eq!(w.intuit.token_calls() - calls, 3, "bounded retries");
+    let st = w.admin_get("/api/v1/oauth/status/1818").await.json();
+    assert_eq!(st["status"], "connected", "{st}");
+
+    // Our app's credentials refused: not the company's fault either.
+    w.intuit.fail_next_token_calls(1, 401);
+    let s = w.admin_post(&sync_path("1818")).await;
+    assert_eq!(s.status, 502, "{}", s.text);
+    let st = w.admin_get("/api/v1/oauth/status/1818").await.json();
+    assert_eq!(st["status"], "connected", "{st}");
+    let h = w.get("/health").await.json();
+    assert_eq!(h["companies_with_expired_tokens"], 0, "{h}");
+
+    // Once Intuit is back, the same grant works.
+    let s = w.admin_post(&sync_path("1818")).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    assert_eq!(w.intuit.refreshes("1818"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_started_before_a_restart_completes_after_it() {
+    let mut w = World::start("").await;
+    w.intuit.add_company(spec("1919", "Patient Browser Co"));
+    w.intuit.set_next_realm("1919");
+    let (cookie, query) = w.authorize().await;
+    stop(&mut w);
+    start_again(&mut w);
+    let c = w.callback(&query, Some(&cookie)).await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(company_count(&w).await, 1);
+}
+
 // ------------------------------------------------------------------------------------------
 // Revocation, disconnect, reconnect
 // ------------------------------------------------------------------------------------------
@@ -1166,6 +1221,17 @@ async fn disconnect_revokes_at_intuit_and_keeps_the_data() {
     let h = w.get("/health").await.json();
     assert_eq!(h["total_companies"], 1, "{h}");
     assert_eq!(h["active_companies"], 0, "{h}");
+    let put = w
+        .admin_put(
+            "/api/v1/companies/1313/settings",
+            r#"{"fill_non_business_days": false}"#,
+        )
+        .await;
+    assert_eq!(
+        put.status, 200,
+        "settings of a disconnected company: {}",
+        put.text
+    );
 
     // A sync of a disconnected company is refused without calling QuickBooks.
     let reqs = w.intuit.requests_for("1313").len();
@@ -1194,6 +1260,7 @@ async fn a_disconnect_during_a_running_sync_stays_disconnected() {
     assert_eq!(w.connect(spec("1323", "Racing Co")).await.status, 200);
     w.intuit
         .set_realm_latency("1323", Duration::from_millis(400));
+    w.intuit.clear_requests();
     let http = w.http.clone();
     let url = w.url(&sync_path("1323"));
     let sync = tokio::spawn(async move {
@@ -1206,7 +1273,7 @@ async fn a_disconnect_during_a_running_sync_stays_disconnected() {
         r.status().as_u16()
     });
     // The sync is waiting on QuickBooks.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_for_api_call(&w.intuit, "1323").await;
     let d = w.admin_get("/api/v1/oauth/disconnect/1323").await;
     assert_eq!(d.status, 200, "{}", d.text);
     let _ = sync.await.expect("join");
@@ -1241,6 +1308,7 @@ async fn a_settings_change_during_a_running_sync_is_kept() {
     );
     w.intuit
         .set_realm_latency("1333", Duration::from_millis(300));
+    w.intuit.clear_requests();
     let http = w.http.clone();
     let url = w.url(&sync_path("1333"));
     let sync = tokio::spawn(async move {
@@ -1252,7 +1320,7 @@ async fn a_settings_change_during_a_running_sync_is_kept() {
             .expect("send");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_api_call(&w.intuit, "1333").await;
     let set = w
         .admin_put(
             "/api/v1/companies/1333/settings",
@@ -1274,6 +1342,39 @@ async fn a_settings_change_during_a_running_sync_is_kept() {
         co["last_sync_at"].is_string(),
         "the sync's own result is saved: {co}"
     );
+}
+
+/// When Intuit cannot be reached, a disconnect changes nothing (and says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_that_cannot_revoke_changes_nothing() {
+    let mut w = World::start("").await;
+    assert_eq!(w.fetch()["ok"], true);
+    assert_eq!(w.connect(spec("1343", "Unreachable Co")).await.status, 200);
+
+    // Point the revoke endpoint at a closed port (config reload).
+    let revoke = w.intuit.revoke_url();
+    assert!(w.daemon.extra_config.contains(&revoke));
+    w.daemon.extra_config = w
+        .daemon
+        .extra_config
+        .replace(&revoke, "http://127.0.0.1:9/v2/oauth2/tokens/revoke");
+    w.daemon.write_config();
+    tokio::task::block_in_place(|| {
+        w.daemon.signal(libc::SIGHUP);
+        assert!(w
+            .daemon
+            .notifications_until(|m| m.contains("READY=1"), Duration::from_secs(10)));
+    });
+
+    let d = w.admin_get("/api/v1/oauth/disconnect/1343").await;
+    assert_eq!(d.status, 502, "{}", d.text);
+    assert_eq!(d.json()["success"], false);
+    let st = w.admin_get("/api/v1/oauth/status/1343").await.json();
+    assert_eq!(st["status"], "connected", "{st}");
+    assert_eq!(st["is_active"], true, "{st}");
+    assert!(w.intuit.is_connected("1343"));
+    let s = w.admin_post(&sync_path("1343")).await;
+    assert_eq!(s.status, 200, "the tokens are still there: {}", s.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
