@@ -87,6 +87,11 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
             }
         }
     }
+    // Anyone may start a flow and most abandoned ones are never seen again: drop expired
+    // states and invites here so the store does not grow without bound.
+    if let Err(e) = state.store.purge_expired_pending(now) {
+        tracing::warn!(error = %e, "purging expired OAuth states failed");
+    }
     let st = random_token();
     let nonce = random_token();
     state
@@ -186,9 +191,20 @@ pub async fn callback(
             "the authorization answer has no state; start again from the Connect button",
         ));
     };
+    // The cookie proves this browser started this flow.
+    let bound = cookie_value(cookie_header).and_then(|v| {
+        let (value, sig) = v.rsplit_once('.')?;
+        verify(&state.hmac_key, value, sig).then_some(value)
+    });
     if let Some(err) = p.error {
-        // Consume the state so it cannot be replayed.
-        let _ = state.store.take_pending(&format!("state:{st}"))?;
+        // Consume the state so it cannot be replayed, but only for the browser that started
+        // the flow: a forged denial must not cancel someone else's connection.
+        if bound
+            .and_then(|b| b.split_once('.'))
+            .is_some_and(|(s, _)| s == st)
+        {
+            let _ = state.store.take_pending(&format!("state:{st}"))?;
+        }
         let msg = if err == "access_denied" {
             "the connection was not authorized in QuickBooks (access denied)".to_string()
         } else {
@@ -196,11 +212,6 @@ pub async fn callback(
         };
         return Err(refuse("access_denied", &msg));
     }
-    // The cookie proves this browser started this flow.
-    let bound = cookie_value(cookie_header).and_then(|v| {
-        let (value, sig) = v.rsplit_once('.')?;
-        verify(&state.hmac_key, value, sig).then_some(value)
-    });
     let Some(bound) = bound else {
         return Err(refuse("invalid_state", "this authorization was not started from this browser (missing or invalid state cookie); start again"));
     };

@@ -344,6 +344,29 @@ async fn refresh_company_cache(
     Ok(())
 }
 
+/// Saves what a sync owns (the currency cache and the last sync time) onto the company record
+/// as it is now. The copy a sync read when it began is stale by the time it saves: a token
+/// refresh, a disconnect or a settings change may have been stored meanwhile, and writing
+/// the whole copy back would undo them.
+///
+/// # Errors
+/// Store failure.
+async fn save_sync_fields(state: &AppState, synced: &Company) -> Result<(), crate::store::Error> {
+    let Some(mut current) = state.store.company(&synced.realm_id)? else {
+        return Ok(());
+    };
+    // The cache fields only when this sync re-read them from QuickBooks.
+    if synced.currencies_checked_at > current.currencies_checked_at {
+        current.multicurrency = synced.multicurrency;
+        current.home_currency = synced.home_currency;
+        current.active_currencies = synced.active_currencies.clone();
+        current.currencies_checked_at = synced.currencies_checked_at;
+    }
+    current.last_sync_at = current.last_sync_at.max(synced.last_sync_at);
+    current.updated_at = current.updated_at.max(synced.updated_at);
+    state.store.save_company(&current).await
+}
+
 /// Syncs one company for one date and records the attempt. Never panics; every failure is
 /// an [`Outcome`] with an error (and recorded), except an unknown company (404).
 ///
@@ -519,7 +542,7 @@ async fn run_sync(
     if stale {
         refresh_company_cache(state, &mut company, &mut token, tids).await?;
         company.updated_at = state.now();
-        state.store.save_company(&company).await?;
+        save_sync_fields(state, &company).await?;
     }
     if !company.multicurrency {
         return Err(ApiError::unprocessable("multicurrency_disabled", "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set").into());
@@ -628,7 +651,7 @@ async fn run_sync(
                         cache_refreshed = true;
                         refresh_company_cache(state, &mut company, &mut token, tids).await?;
                         company.updated_at = state.now();
-                        state.store.save_company(&company).await?;
+                        save_sync_fields(state, &company).await?;
                     }
                     let still =
                         company_rates(&in_force, company.home_currency, &company.active_currencies)
@@ -659,10 +682,10 @@ async fn run_sync(
     if failures.is_empty() {
         company.last_sync_at = Some(state.now());
         company.updated_at = state.now();
-        state.store.save_company(&company).await?;
+        save_sync_fields(state, &company).await?;
         Ok(())
     } else {
-        state.store.save_company(&company).await?;
+        save_sync_fields(state, &company).await?;
         Err(ApiError::upstream(
             "quickbooks_write_failed",
             format!(
