@@ -269,7 +269,17 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
         }
     };
     if cli.json {
-        println!("{raw}");
+        // The operation's JSON, as the HTTP API would answer it: the data on success, the
+        // SPEC §6 error body on failure.
+        let _ = raw;
+        let out = match (&answer.data, &answer.error) {
+            (Some(d), _) if answer.ok => d.clone(),
+            (_, Some(e)) => {
+                json!({"success": false, "error": {"code": e.code, "message": e.message}})
+            }
+            _ => json!({"success": answer.ok}),
+        };
+        println!("{out}");
     } else if answer.ok {
         print!(
             "{}",

@@ -320,11 +320,10 @@ async fn rates_on_the_cli_as_table_and_json() {
     let latest = cli_ok(&w, &["rates"]);
     assert!(latest.contains("main table, 2026-05-22"), "{latest}");
 
-    // --json: the daemon's answer line unchanged; its data is the HTTP answer.
+    // --json: exactly the HTTP answer (SPEC §5 "rates --json").
     let out = cli_ok(&w, &["--json", "rates", "--date", "2026-05-22"]);
     let v: Value = serde_json::from_str(out.trim()).expect("--json prints JSON");
-    assert_eq!(v["ok"], true);
-    assert_eq!(v["data"], friday_answer("2026-05-22", &w.boa.url()));
+    assert_eq!(v, friday_answer("2026-05-22", &w.boa.url()));
 
     // No fixing / bad date: exit 1 with the daemon's message.
     let (code, out, err) = cli(&w, &["rates", "--date", "2026-05-21"]);
@@ -339,6 +338,7 @@ async fn rates_on_the_cli_as_table_and_json() {
     let (code, out, _) = cli(&w, &["--json", "rates", "--date", "22.05.2026"]);
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(out.trim()).expect("error JSON on stdout");
+    assert_eq!(v["success"], false, "{v}");
     assert_eq!(v["error"]["code"], "bad_date", "{v}");
 }
 
@@ -703,8 +703,8 @@ async fn the_2024_workbook_is_imported_from_the_cli() {
     let file = workbook_path();
     let out = cli_ok(&w, &["--json", "import-archive", &file]);
     let v: Value = serde_json::from_str(out.trim()).expect("JSON");
-    assert_eq!(v["ok"], true, "{v}");
-    let first = &v["data"];
+    assert_eq!(v["success"], true, "{v}");
+    let first = &v;
     let imported = first["imported"].as_u64().expect("imported");
     assert!((240..=252).contains(&imported), "{first}");
     assert_eq!(first["skipped"], 0);
@@ -772,8 +772,8 @@ async fn the_2024_workbook_is_imported_from_the_cli() {
     assert!(out.contains("imported 0"), "{out}");
     let out = cli_ok(&w, &["--json", "import-archive", &file]);
     let v: Value = serde_json::from_str(out.trim()).expect("JSON");
-    assert_eq!(v["data"]["imported"], 0, "{v}");
-    assert_eq!(v["data"]["skipped"], imported);
+    assert_eq!(v["imported"], 0, "{v}");
+    assert_eq!(v["skipped"], imported);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,7 +788,7 @@ async fn import_never_overwrites_a_scraped_fixing() {
 
     let out = cli_ok(&w, &["--json", "import-archive", &workbook_path()]);
     let v: Value = serde_json::from_str(out.trim()).expect("JSON");
-    assert_eq!(v["data"]["skipped"], 1, "{v}");
+    assert_eq!(v["skipped"], 1, "{v}");
 
     let after = rates(&w, "2024-01-03").await;
     assert_eq!(after, scraped);
