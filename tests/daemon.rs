@@ -270,3 +270,20 @@ fn watchdog_pings_when_systemd_asks_for_them() {
     let (status, _) = get_json(&quiet.url("/health"));
     assert_eq!(status, 200);
 }
+
+#[test]
+fn an_acknowledged_import_survives_kill_9() {
+    let mut d = TestDaemon::start("[schedule]\nenabled = false\n");
+    let workbook = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/boa/archive-2024.xlsx");
+    let (code, out, err) = d.cli(&["--json", "import-archive", workbook.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["imported"].as_u64().unwrap() > 200, "{v}");
+    // Acknowledged means flushed: a kill -9 right after the answer loses nothing.
+    d.kill9();
+    d.spawn_and_wait_ready();
+    let r = d.control("rates", json!({"date": "2024-12-31"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["data"]["tables"][0]["date"], "2024-12-31");
+}
