@@ -373,17 +373,6 @@ pub async fn callback(
     Ok(company)
 }
 
-fn connection_status(c: &Company) -> &'static str {
-    if !c.is_active {
-        return "disconnected";
-    }
-    match c.connection {
-        Connection::Connected => "connected",
-        Connection::ReconnectNeeded { .. } => "reconnect_needed",
-        Connection::Disconnected { .. } => "disconnected",
-    }
-}
-
 /// `GET /api/v1/oauth/status/{id}`: connection state and token expiries (never the tokens).
 ///
 /// # Errors
@@ -406,7 +395,7 @@ pub fn status(state: &AppState, realm: &str) -> OpResult {
         "success": true,
         "company_id": c.realm_id,
         "company_name": c.company_name,
-        "status": connection_status(&c),
+        "status": super::companies::connection_word(&c),
         "connected": c.is_connected(),
         "is_active": c.is_active,
         "reconnect_needed": matches!(c.connection, Connection::ReconnectNeeded { .. }),

@@ -288,7 +288,7 @@ impl Drop for TestDaemon {
 }
 
 /// The body lines of `[name]` in a TOML snippet.
-fn section_body(toml: &str, name: &str) -> String {
+pub fn section_body(toml: &str, name: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in toml.lines() {
@@ -306,7 +306,7 @@ fn section_body(toml: &str, name: &str) -> String {
 }
 
 /// The snippet without the named sections.
-fn without_sections(toml: &str, names: &[&str]) -> String {
+pub fn without_sections(toml: &str, names: &[&str]) -> String {
     let mut out = String::new();
     let mut skip = false;
     for line in toml.lines() {

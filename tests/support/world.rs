@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
-use super::daemon::TestDaemon;
+use super::daemon::{section_body, without_sections, TestDaemon};
 use super::fake_boa::FakeBoa;
 use super::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 
@@ -58,8 +58,8 @@ impl World {
         let toml = format!(
             "[server]\nadmin_api_key = \"{ADMIN_KEY}\"\n{rate_limit}{server_extra}\n\
              [quickbooks]\nclient_id = \"{cid}\"\nclient_secret = \"{cs}\"\nredirect_uri = \"{REDIRECT}\"\n\
-             authorize_url = \"{au}\"\ntoken_url = \"{tu}\"\nrevoke_url = \"{ru}\"\napi_base = \"{api}\"\ntimeout_secs = 10\n{qb_extra}\n\
-             [boa]\nurl = \"{boa}\"\ntimeout_secs = 5\n{boa_extra}\n{schedule}{rest}",
+             authorize_url = \"{au}\"\ntoken_url = \"{tu}\"\nrevoke_url = \"{ru}\"\napi_base = \"{api}\"\n{qb_extra}\n\
+             [boa]\nurl = \"{boa}\"\n{boa_extra}\n{schedule}{rest}",
             cid = intuit.client_id(),
             cs = intuit.client_secret(),
             au = intuit.authorize_url(),
@@ -67,10 +67,10 @@ impl World {
             ru = intuit.revoke_url(),
             api = intuit.api_base(),
             boa = boa.url(),
-            server_extra = section(extra, "server"),
-            qb_extra = section(extra, "quickbooks"),
-            boa_extra = section(extra, "boa"),
-            rest = without(extra, &["server", "quickbooks", "boa"]),
+            server_extra = section_body(extra, "server"),
+            qb_extra = with_default(&section_body(extra, "quickbooks"), "timeout_secs", "10"),
+            boa_extra = with_default(&section_body(extra, "boa"), "timeout_secs", "5"),
+            rest = without_sections(extra, &["server", "quickbooks", "boa"]),
         );
         let daemon = tokio::task::block_in_place(|| TestDaemon::start(&toml));
         let http = reqwest::Client::builder()
@@ -195,35 +195,11 @@ impl World {
     }
 }
 
-fn section(toml: &str, name: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for line in toml.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            inside = t == format!("[{name}]");
-            continue;
-        }
-        if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
+/// A section body with `key = value` added unless the caller set the key.
+fn with_default(body: &str, key: &str, value: &str) -> String {
+    if body.lines().any(|l| l.trim_start().starts_with(key)) {
+        body.to_string()
+    } else {
+        format!("{key} = {value}\n{body}")
     }
-    out
-}
-
-fn without(toml: &str, names: &[&str]) -> String {
-    let mut out = String::new();
-    let mut skip = false;
-    for line in toml.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            skip = names.iter().any(|n| t == format!("[{n}]"));
-        }
-        if !skip {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
