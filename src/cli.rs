@@ -106,10 +106,18 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Import BoA history from a yearly workbook (.xlsx).
+    /// Import BoA history from a yearly workbook (.xlsx): a local FILE, or `--year YYYY`
+    /// downloaded from BoA's archive; `--list` shows the workbooks BoA offers.
     ImportArchive {
         /// The workbook.
-        file: PathBuf,
+        #[arg(required_unless_present_any = ["year", "list"], conflicts_with_all = ["year", "list"])]
+        file: Option<PathBuf>,
+        /// Download this year's workbook from BoA's archive index and import it.
+        #[arg(long, conflicts_with = "list")]
+        year: Option<i32>,
+        /// List the workbooks on BoA's archive index page.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -189,7 +197,14 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
         Command::Fetch => ("fetch", json!({})),
         Command::ConnectUrl => ("connect_url", json!({})),
         Command::Logs { realm, limit } => ("logs", json!({"realm": realm, "limit": limit})),
-        Command::ImportArchive { file } => ("import_tables", import_request(file)?),
+        Command::ImportArchive { list: true, .. } => ("archive_index", json!({})),
+        Command::ImportArchive { year: Some(y), .. } => ("import_year", json!({"year": y})),
+        Command::ImportArchive {
+            file: Some(file), ..
+        } => ("import_tables", import_request(file)?),
+        Command::ImportArchive { .. } => {
+            return Err("import-archive: give FILE, --year YYYY or --list".into())
+        }
     }))
 }
 
@@ -218,7 +233,11 @@ pub fn import_request(file: &Path) -> Result<Value, String> {
 pub async fn run_admin(cli: &Cli) -> ExitCode {
     let request = match &cli.command {
         // An unreadable or foreign workbook is a failed operation, not a usage error.
-        Command::ImportArchive { file } => match import_request(file) {
+        Command::ImportArchive {
+            file: Some(file),
+            year: None,
+            list: false,
+        } => match import_request(file) {
             Ok(args) => Ok(Some(("import_tables", args))),
             Err(msg) => {
                 eprintln!("{msg}");

@@ -169,7 +169,16 @@ pub fn render(cmd: &str, data: &Value) -> String {
             out.push_str(&table(&["COMPANY", "NAME", "OK", "RATES", "ERROR"], &rows));
             out
         }
-        "import_tables" => {
+        "archive_index" => {
+            let rows: Vec<Vec<String>> = data["workbooks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| vec![s(&w["year"]), s(&w["name"]), s(&w["url"])])
+                .collect();
+            table(&["YEAR", "WORKBOOK", "URL"], &rows)
+        }
+        "import_tables" | "import_year" => {
             let mut out = format!(
                 "{}\ndates: {} to {}\n",
                 s(&data["message"]),

@@ -557,6 +557,66 @@ pub async fn import_tables(
     }))
 }
 
+/// The path of BoA's yearly workbook index (the site's own spelling), on the page's host.
+pub const ARCHIVE_INDEX_PATH: &str = "/Markets/Official_exchange_rate/Exchage_rate_archive/";
+
+fn boa_client(state: &AppState) -> Result<BoaClient, ApiError> {
+    let config = state.config();
+    let mut cc = BoaClientConfig::new(config.boa.url.as_str());
+    cc.timeout = Duration::from_secs(config.boa.timeout_secs);
+    BoaClient::new(cc).map_err(|e| ApiError::from(FixingError::from(e)))
+}
+
+async fn archive_links(state: &AppState) -> Result<Vec<boa::WorkbookLink>, ApiError> {
+    let index = state
+        .config()
+        .boa
+        .url
+        .join(ARCHIVE_INDEX_PATH)
+        .map_err(ApiError::internal)?;
+    let page = boa_client(state)?
+        .fetch_url(index.as_str())
+        .await
+        .map_err(|e| ApiError::from(FixingError::from(e)))?;
+    let base = url::Url::parse(&page.url).unwrap_or(index);
+    Ok(boa::parse_archive_index(&page.body, &base))
+}
+
+/// `import-archive --list`: the yearly workbooks BoA's archive index links to.
+///
+/// # Errors
+/// 502 when the index cannot be fetched.
+pub async fn archive_index(state: &AppState) -> Result<Value, ApiError> {
+    let links = archive_links(state).await?;
+    Ok(json!({
+        "success": true,
+        "workbooks": links.iter().map(|l| json!({"year": l.year, "name": l.name, "url": l.url})).collect::<Vec<_>>(),
+    }))
+}
+
+/// `import-archive --year YYYY`: downloads that year's workbook from BoA and imports it.
+///
+/// # Errors
+/// 404 when the index lists no workbook for the year; 502 when BoA fails; 400 when the
+/// workbook cannot be read.
+pub async fn import_year(state: &AppState, year: i32) -> Result<Value, ApiError> {
+    let links = archive_links(state).await?;
+    let link = links.iter().find(|l| l.year == Some(year)).ok_or_else(|| {
+        ApiError::new(
+            404,
+            "no_workbook",
+            format!("BoA's archive index lists no workbook for {year}"),
+        )
+    })?;
+    let file = boa_client(state)?
+        .fetch_bytes(&link.url)
+        .await
+        .map_err(|e| ApiError::from(FixingError::from(e)))?;
+    let tables = boa::read_workbook(&file.bytes)
+        .map_err(|e| ApiError::bad_request("bad_workbook", format!("{}: {e}", link.name)))?;
+    import_tables(state, &link.name, &file.sha256, &tables).await
+}
+
 /// Recent scrape attempts (global log).
 ///
 /// # Errors

@@ -816,3 +816,28 @@ async fn import_archive_of_a_missing_or_broken_file_fails_clearly() {
     assert!(err.contains("workbook"), "{err}");
     rates_refused(&w, "2024-01-03", 422).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_index_is_listed_and_a_year_imported_from_boa() {
+    let w = World::start("").await;
+    let out = cli_ok(&w, &["import-archive", "--list"]);
+    assert!(
+        out.contains("2024") && out.contains("Kursi_i_kembimit_2024_29746.xlsx"),
+        "{out}"
+    );
+    let out = cli_ok(&w, &["--json", "import-archive", "--list"]);
+    let v: Value = serde_json::from_str(out.trim()).expect("JSON");
+    let n = v["workbooks"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(n >= 30, "{v}");
+    // --year downloads the workbook the index links to (the fake serves the real 2024 one).
+    let out = cli_ok(&w, &["--json", "import-archive", "--year", "2024"]);
+    let v: Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(v["imported"], 246, "{v}");
+    assert_eq!(v["file"], "Kursi_i_kembimit_2024_29746.xlsx");
+    let r = rates(&w, "2024-01-03").await;
+    assert_eq!(rate(&r, "EUR")["published"], "103.24");
+    // A year the index does not list: exit 1, nothing imported.
+    let (code, _, err) = cli(&w, &["import-archive", "--year", "1990"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no workbook for 1990"), "{err}");
+}

@@ -256,6 +256,14 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request) -> Response {
             Err(e) => Err(e),
         },
         "import_tables" => import(state, a).await,
+        "archive_index" => crate::fixings::archive_index(state).await,
+        "import_year" => match a.get("year").and_then(Value::as_i64) {
+            Some(y) => crate::fixings::import_year(state, y as i32).await,
+            None => Err(ApiError::bad_request(
+                "missing_argument",
+                "argument \"year\" is required",
+            )),
+        },
         other => Err(ApiError::bad_request(
             "unknown_command",
             format!("unknown command {other:?}"),
