@@ -176,11 +176,7 @@ impl QboClient {
         token: &str,
     ) -> Result<Traced<Vec<CompanyCurrency>>, Error> {
         let t = self
-            .query(
-                realm,
-                token,
-                "select * from companycurrency maxresults 1000",
-            )
+            .query(realm, token, "select * from companycurrency")
             .await?;
         let list = t.value["QueryResponse"]["CompanyCurrency"]
             .as_array()
@@ -202,8 +198,10 @@ impl QboClient {
         })
     }
 
-    /// Every exchange rate QuickBooks holds for `date` (one metered query; up to 1000 rows,
-    /// far more than the currencies any company has).
+    /// The exchange rates QuickBooks holds for `date` and `codes`, in the query form of
+    /// Intuit's documentation (`select * from exchangerate where sourcecurrencycode in
+    /// ('EUR','USD') and asofdate='2025-03-14'`): one metered read per 100 codes (QuickBooks'
+    /// default page size), so one read for any real company.
     ///
     /// # Errors
     /// Any [`Error`].
@@ -212,28 +210,35 @@ impl QboClient {
         realm: &str,
         token: &str,
         date: NaiveDate,
+        codes: &[Currency],
     ) -> Result<Traced<Vec<QboRate>>, Error> {
-        let q = format!(
-            "select * from exchangerate where asofdate = '{}' startposition 1 maxresults 1000",
-            date.format("%Y-%m-%d")
-        );
-        let t = self.query(realm, token, &q).await?;
         let mut out = Vec::new();
-        if let Some(a) = t.value["QueryResponse"]["ExchangeRate"].as_array() {
-            for r in a {
-                let raw: RawRate = serde_json::from_value(r.clone())
-                    .map_err(|e| Error::Decode(format!("ExchangeRate: {e}")))?;
-                let rate = raw.parse().map_err(Error::Decode)?;
-                // Only rows for exactly this date count (QuickBooks may fall back).
-                if rate.date == date {
-                    out.push(rate);
+        let mut tid = None;
+        for chunk in codes.chunks(100) {
+            let list = chunk
+                .iter()
+                .map(|c| format!("'{c}'"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let q = format!(
+                "select * from exchangerate where sourcecurrencycode in ({list}) and asofdate='{}'",
+                date.format("%Y-%m-%d")
+            );
+            let t = self.query(realm, token, &q).await?;
+            tid = tid.or(t.tid);
+            if let Some(a) = t.value["QueryResponse"]["ExchangeRate"].as_array() {
+                for r in a {
+                    let raw: RawRate = serde_json::from_value(r.clone())
+                        .map_err(|e| Error::Decode(format!("ExchangeRate: {e}")))?;
+                    let rate = raw.parse().map_err(Error::Decode)?;
+                    // Only rows for exactly this date count (QuickBooks may fall back).
+                    if rate.date == date {
+                        out.push(rate);
+                    }
                 }
             }
         }
-        Ok(Traced {
-            value: out,
-            tid: t.tid,
-        })
+        Ok(Traced { value: out, tid })
     }
 
     /// Creates or updates one rate (`POST exchangerate?requestid=`).

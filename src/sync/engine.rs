@@ -550,12 +550,20 @@ async fn run_sync(
     let wanted = company_rates(&in_force, company.home_currency, &company.active_currencies)
         .map_err(|e| ApiError::unprocessable("home_currency_not_fixed", e.to_string()))?;
 
-    // 4. One metered read: what QuickBooks holds for that date.
+    // 4. One metered read: what QuickBooks holds for that date and those currencies.
+    let codes: Vec<Currency> = wanted.iter().map(|w| w.currency).collect();
+    if codes.is_empty() {
+        tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
+        company.last_sync_at = Some(state.now());
+        save_sync_fields(state, &company).await?;
+        return Ok(());
+    }
     let qbo = state.qbo();
     let read = call(state, &realm, &mut token, "read", |t| {
         let q = qbo.clone();
         let r = realm.clone();
-        async move { q.rates_on(&r, &t, date).await }
+        let c = codes.clone();
+        async move { q.rates_on(&r, &t, date, &c).await }
     })
     .await
     .map_err(|e| qbo_fail(&e, "reading QuickBooks exchange rates"))?;
@@ -629,7 +637,8 @@ async fn run_sync(
                     let again = call(state, &realm, &mut token, "read", |t| {
                         let q = qbo.clone();
                         let r = realm.clone();
-                        async move { q.rates_on(&r, &t, date).await }
+                        let c = codes.clone();
+                        async move { q.rates_on(&r, &t, date, &c).await }
                     })
                     .await
                     .map_err(|e| qbo_fail(&e, "re-reading QuickBooks exchange rates"))?;
