@@ -21,7 +21,8 @@ pub const SCOPE: &str = "com.intuit.quickbooks.accounting";
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-    refresh_token: String,
+    /// Intuit always sends it; an answer without one keeps the refresh token we sent.
+    refresh_token: Option<String>,
     expires_in: i64,
     x_refresh_token_expires_in: Option<i64>,
     x_refresh_token_hard_expires_in: Option<i64>,
@@ -94,7 +95,7 @@ impl OAuthClient {
             ("code", code),
             ("redirect_uri", self.redirect_uri.as_str()),
         ];
-        self.token_call(&form, None, now).await
+        self.token_call(&form, None, None, now).await
     }
 
     /// Refreshes with the latest refresh token. `previous_hard` keeps the earliest known
@@ -112,13 +113,15 @@ impl OAuthClient {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
         ];
-        self.token_call(&form, previous_hard, now).await
+        self.token_call(&form, previous_hard, Some(refresh_token), now)
+            .await
     }
 
     async fn token_call(
         &self,
         form: &[(&str, &str)],
         previous_hard: Option<DateTime<Utc>>,
+        sent_refresh: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(TokenSet, Option<String>), Error> {
         let resp = self
@@ -145,7 +148,13 @@ impl OAuthClient {
             };
             let set = TokenSet {
                 access_token: t.access_token,
-                refresh_token: t.refresh_token,
+                refresh_token: match (t.refresh_token, sent_refresh) {
+                    (Some(rt), _) => rt,
+                    (None, Some(old)) => old.to_string(),
+                    (None, None) => {
+                        return Err(Error::Decode("token response without refresh_token".into()))
+                    }
+                },
                 expiry: TokenExpiry {
                     access_expires_at: now + secs(t.expires_in),
                     // Intuit always sends it; 100 days is its documented rolling window.
