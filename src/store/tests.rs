@@ -1,4 +1,5 @@
-//! Store unit tests: round trips, reopen, per-company scans, identity and schema checks.
+//! Store unit tests (compiled only under #[cfg(test)]): round trips, reopen, per-company
+//! scans, identity and schema checks.
 
 use super::*;
 use crate::boa::model::PublishedRate;
