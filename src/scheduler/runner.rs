@@ -136,8 +136,8 @@ pub async fn run(state: Arc<AppState>, token: CancellationToken) {
     }
 }
 
-/// At start: runs a missed daily run at once and syncs every date of the last 31 days an
-/// active company has not received.
+/// At start: syncs every date of the last 31 days an active company has not received,
+/// oldest first, then runs a missed daily run for today at once.
 async fn startup_catch_up(state: &Arc<AppState>, token: &CancellationToken) {
     let config = state.config();
     let tz = config.schedule.timezone;
@@ -145,13 +145,16 @@ async fn startup_catch_up(state: &Arc<AppState>, token: &CancellationToken) {
     let today = local_date(now, tz);
     let todays_run = local_instant(today, config.schedule.time, tz);
     let done = last_run(state).map(|r| r.date);
+    // Refresh the archive so catch-up sees the newest fixing. The dates before today go
+    // first: the missed run for today is the newest date, so it comes last.
+    if watched(token, fixings::fetch(state, false)).await.is_none()
+        || watched(token, catch_up_all(state)).await.is_none()
+    {
+        return;
+    }
     if now >= todays_run && done.is_none_or(|d| d < today) {
         tracing::info!(date = %today, "running the missed daily run now");
         daily_run(state, token, today).await;
-    } else {
-        // Still refresh the archive so catch-up sees the newest fixing.
-        let _ = watched(token, fixings::fetch(state, false)).await;
-        let _ = watched(token, catch_up_all(state)).await;
     }
 }
 
