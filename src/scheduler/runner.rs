@@ -159,20 +159,27 @@ async fn startup_catch_up(state: &Arc<AppState>, token: &CancellationToken) {
 }
 
 /// The daily run for `date`: fetch; on a business day poll until the fixing appears or
-/// `give_up_at` (then it is a holiday); sync every company; record the outcome.
+/// `give_up_at` (then it is a holiday, provided the page could be read at least once: a
+/// day on which BoA could not be read is not known to have had no fixing); sync every
+/// company; record the outcome.
 pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: NaiveDate) {
     let started_at = state.now();
     notify::status(&format!("daily run for {date}"));
     let holidays = fixings::holidays(state).unwrap_or_default();
     let business = is_business_day(date) && !holidays.contains(&date);
     let mut have = has_main(state, date);
+    // Whether a fetch of this run read the page (so a missing fixing means "none published").
+    let mut page_read = false;
     if !have {
-        if let Some(Err(e)) = watched(token, fixings::fetch(state, true)).await {
-            tracing::warn!(error = %e, "scheduled BoA fetch failed");
+        match watched(token, fixings::fetch(state, true)).await {
+            Some(Err(e)) => tracing::warn!(error = %e, "scheduled BoA fetch failed"),
+            Some(Ok(_)) => page_read = true,
+            None => {}
         }
         have = has_main(state, date);
     }
     let mut no_fixing = false;
+    let mut unread = false;
     if business && !have {
         loop {
             let config = state.config();
@@ -181,9 +188,15 @@ pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: N
                 config.schedule.give_up_at,
                 config.schedule.timezone,
             ) {
-                tracing::warn!(date = %date, "no BoA fixing for {date} by {}; treating it as a holiday", config.schedule.give_up_at.format("%H:%M"));
-                if let Err(e) = fixings::mark_holiday(state, date) {
-                    tracing::error!(error = %e, "recording the holiday failed");
+                let by = config.schedule.give_up_at.format("%H:%M");
+                if page_read {
+                    tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
+                    if let Err(e) = fixings::mark_holiday(state, date) {
+                        tracing::error!(error = %e, "recording the holiday failed");
+                    }
+                } else {
+                    tracing::error!(date = %date, "the BoA page could not be read on {date} by {by}; not treating it as a holiday");
+                    unread = true;
                 }
                 no_fixing = true;
                 break;
@@ -198,7 +211,7 @@ pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: N
                 match watched(token, fixings::fetch(state, true)).await {
                     None => return,
                     Some(Err(e)) => tracing::warn!(error = %e, "BoA poll failed"),
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => page_read = true,
                 }
             }
             if has_main(state, date) {
@@ -215,7 +228,9 @@ pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: N
     let outcome = match watched(token, sync_all_for(state, date, scope)).await {
         None => return,
         Some(Ok(v)) => {
-            let prefix = if no_fixing {
+            let prefix = if unread {
+                "no fixing today (the BoA page could not be read); "
+            } else if no_fixing {
                 "no fixing today; "
             } else if !business {
                 "non-business day; "
