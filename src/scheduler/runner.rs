@@ -80,7 +80,7 @@ async fn wait_until(state: &AppState, token: &CancellationToken, at: DateTime<Ut
 /// watchdog and the token keep-alive always run).
 pub async fn run(state: Arc<AppState>, token: CancellationToken) {
     if state.config().schedule.enabled {
-        startup_catch_up(&state, &token).await;
+        catch_up_missed(&state, &token).await;
     }
     let mut next_keep_alive = state.now() + chrono::Duration::minutes(1);
     let mut next_alert_check = state.now() + chrono::Duration::minutes(5);
@@ -115,7 +115,14 @@ pub async fn run(state: Arc<AppState>, token: CancellationToken) {
             }
             if now >= next {
                 let date = local_date(next, tz);
-                daily_run(&state, &token, date).await;
+                let today = local_date(now, tz);
+                if date < today && now >= local_instant(today, at, tz) {
+                    // The wall clock jumped over several runs (host suspended, clock
+                    // stepped): today's run is due, so catch up as after downtime.
+                    catch_up_missed(&state, &token).await;
+                } else {
+                    daily_run(&state, &token, date).await;
+                }
                 break;
             }
         }
@@ -136,9 +143,10 @@ pub async fn run(state: Arc<AppState>, token: CancellationToken) {
     }
 }
 
-/// At start: syncs every date of the last 31 days an active company has not received,
-/// oldest first, then runs a missed daily run for today at once.
-async fn startup_catch_up(state: &Arc<AppState>, token: &CancellationToken) {
+/// After downtime (at start, or when the wall clock jumped over runs): syncs every date of
+/// the last 31 days an active company has not received, oldest first, then runs today's
+/// daily run at once when its time has passed and it has not run.
+async fn catch_up_missed(state: &Arc<AppState>, token: &CancellationToken) {
     let config = state.config();
     let tz = config.schedule.timezone;
     let now = state.now();
