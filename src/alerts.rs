@@ -1,7 +1,7 @@
 //! Alerts (the brief's list): token refresh failures, sync failures for several companies,
 //! companies not synced for over 24 business hours. Each is logged once (WARN/ERROR, with
 //! the company) until it clears, and optionally POSTed as JSON to `[alerts] webhook_url`
-//! with bounded retries in the background — never blocking a sync.
+//! with bounded retries in the background — never blocking a sync or shutdown.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -48,7 +48,9 @@ pub fn raise(state: &AppState, key: &str, kind: &str, realm: Option<&str>, messa
         "at": ts(state.now()),
     });
     let client = state.http_client.clone();
-    state.tasks.spawn(async move {
+    let stop = state.shutdown.clone();
+    let kind = kind.to_string();
+    let deliver = async move {
         for attempt in 0..3u32 {
             let r = client
                 .post(url.clone())
@@ -65,6 +67,16 @@ pub fn raise(state: &AppState, key: &str, kind: &str, realm: Option<&str>, messa
                 Err(e) => tracing::warn!(error = %e.without_url(), "alert webhook unreachable"),
             }
             tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+        }
+    };
+    // The delivery runs on the task tracker, so a webhook that hangs would hold shutdown
+    // for the whole drain budget: it gives up when the daemon stops (the alert is logged).
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = deliver => {}
+            _ = stop.cancelled() => {
+                tracing::warn!(alert = %kind, "alert webhook delivery abandoned: the daemon is stopping");
+            }
         }
     });
 }

@@ -80,7 +80,7 @@ async fn wait_until(state: &AppState, token: &CancellationToken, at: DateTime<Ut
 /// watchdog and the token keep-alive always run).
 pub async fn run(state: Arc<AppState>, token: CancellationToken) {
     if state.config().schedule.enabled {
-        startup_catch_up(&state, &token).await;
+        catch_up_missed(&state, &token).await;
     }
     let mut next_keep_alive = state.now() + chrono::Duration::minutes(1);
     let mut next_alert_check = state.now() + chrono::Duration::minutes(5);
@@ -115,7 +115,14 @@ pub async fn run(state: Arc<AppState>, token: CancellationToken) {
             }
             if now >= next {
                 let date = local_date(next, tz);
-                daily_run(&state, &token, date).await;
+                let today = local_date(now, tz);
+                if date < today && now >= local_instant(today, at, tz) {
+                    // The wall clock jumped over several runs (host suspended, clock
+                    // stepped): today's run is due, so catch up as after downtime.
+                    catch_up_missed(&state, &token).await;
+                } else {
+                    daily_run(&state, &token, date).await;
+                }
                 break;
             }
         }
@@ -136,40 +143,51 @@ pub async fn run(state: Arc<AppState>, token: CancellationToken) {
     }
 }
 
-/// At start: runs a missed daily run at once and syncs every date of the last 31 days an
-/// active company has not received.
-async fn startup_catch_up(state: &Arc<AppState>, token: &CancellationToken) {
+/// After downtime (at start, or when the wall clock jumped over runs): syncs every date of
+/// the last 31 days an active company has not received, oldest first, then runs today's
+/// daily run at once when its time has passed and it has not run.
+async fn catch_up_missed(state: &Arc<AppState>, token: &CancellationToken) {
     let config = state.config();
     let tz = config.schedule.timezone;
     let now = state.now();
     let today = local_date(now, tz);
     let todays_run = local_instant(today, config.schedule.time, tz);
     let done = last_run(state).map(|r| r.date);
+    // Refresh the archive so catch-up sees the newest fixing. The dates before today go
+    // first: the missed run for today is the newest date, so it comes last.
+    if watched(token, fixings::fetch(state, false)).await.is_none()
+        || watched(token, catch_up_all(state)).await.is_none()
+    {
+        return;
+    }
     if now >= todays_run && done.is_none_or(|d| d < today) {
         tracing::info!(date = %today, "running the missed daily run now");
         daily_run(state, token, today).await;
-    } else {
-        // Still refresh the archive so catch-up sees the newest fixing.
-        let _ = watched(token, fixings::fetch(state, false)).await;
-        let _ = watched(token, catch_up_all(state)).await;
     }
 }
 
 /// The daily run for `date`: fetch; on a business day poll until the fixing appears or
-/// `give_up_at` (then it is a holiday); sync every company; record the outcome.
+/// `give_up_at` (then it is a holiday, provided the page could be read at least once: a
+/// day on which BoA could not be read is not known to have had no fixing); sync every
+/// company; record the outcome.
 pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: NaiveDate) {
     let started_at = state.now();
     notify::status(&format!("daily run for {date}"));
     let holidays = fixings::holidays(state).unwrap_or_default();
     let business = is_business_day(date) && !holidays.contains(&date);
     let mut have = has_main(state, date);
+    // Whether a fetch of this run read the page (so a missing fixing means "none published").
+    let mut page_read = false;
     if !have {
-        if let Some(Err(e)) = watched(token, fixings::fetch(state, true)).await {
-            tracing::warn!(error = %e, "scheduled BoA fetch failed");
+        match watched(token, fixings::fetch(state, true)).await {
+            Some(Err(e)) => tracing::warn!(error = %e, "scheduled BoA fetch failed"),
+            Some(Ok(_)) => page_read = true,
+            None => {}
         }
         have = has_main(state, date);
     }
     let mut no_fixing = false;
+    let mut unread = false;
     if business && !have {
         loop {
             let config = state.config();
@@ -178,9 +196,15 @@ pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: N
                 config.schedule.give_up_at,
                 config.schedule.timezone,
             ) {
-                tracing::warn!(date = %date, "no BoA fixing for {date} by {}; treating it as a holiday", config.schedule.give_up_at.format("%H:%M"));
-                if let Err(e) = fixings::mark_holiday(state, date) {
-                    tracing::error!(error = %e, "recording the holiday failed");
+                let by = config.schedule.give_up_at.format("%H:%M");
+                if page_read {
+                    tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
+                    if let Err(e) = fixings::mark_holiday(state, date) {
+                        tracing::error!(error = %e, "recording the holiday failed");
+                    }
+                } else {
+                    tracing::error!(date = %date, "the BoA page could not be read on {date} by {by}; not treating it as a holiday");
+                    unread = true;
                 }
                 no_fixing = true;
                 break;
@@ -195,7 +219,7 @@ pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: N
                 match watched(token, fixings::fetch(state, true)).await {
                     None => return,
                     Some(Err(e)) => tracing::warn!(error = %e, "BoA poll failed"),
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => page_read = true,
                 }
             }
             if has_main(state, date) {
@@ -212,7 +236,9 @@ pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: N
     let outcome = match watched(token, sync_all_for(state, date, scope)).await {
         None => return,
         Some(Ok(v)) => {
-            let prefix = if no_fixing {
+            let prefix = if unread {
+                "no fixing today (the BoA page could not be read); "
+            } else if no_fixing {
                 "no fixing today; "
             } else if !business {
                 "non-business day; "
