@@ -55,6 +55,9 @@ pub struct AppState {
     /// Alerts raised and not yet cleared.
     pub alerts: crate::alerts::Alerts,
     next_run: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Set when synced rates were superseded (a revised or late fixing); the scheduler then
+    /// runs a catch-up.
+    pub resync_needed: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ impl AppState {
             sync: crate::sync::SyncEngine::default(),
             alerts: crate::alerts::Alerts::default(),
             next_run: std::sync::Mutex::new(None),
+            resync_needed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

@@ -192,6 +192,7 @@ async fn fetch_uncached(state: &AppState) -> Result<FetchReport, FixingError> {
             if o == TableOutcome::Revised {
                 tracing::warn!(fixing_date = %table.date, table = table.kind.as_str(), "BoA published different rates for an already stored fixing; kept as a new revision");
             }
+            supersede(state, table, &o, today)?;
             tables.push((table.kind, table.date, o));
         }
         Ok::<_, FixingError>(FetchReport { tables, url: page.url, sha256: page.sha256 })
@@ -284,6 +285,43 @@ impl Resolved {
         }
         rates_in_force(&tables, self.date)
     }
+}
+
+/// After storing `table`: a revision, or a fixing that arrived late (for a past date, or a
+/// day already filled as a holiday), makes company rates computed without it stale. They
+/// are marked not synced and the scheduler re-syncs them, so no superseded rate stays in a
+/// ledger.
+fn supersede(
+    state: &AppState,
+    table: &FixingTable,
+    outcome: &TableOutcome,
+    today: NaiveDate,
+) -> Result<(), store::Error> {
+    let revised = *outcome == TableOutcome::Revised;
+    let mut late = false;
+    if *outcome == TableOutcome::New && table.kind == TableKind::Main {
+        let mut h = holidays(state)?;
+        if h.remove(&table.date) {
+            state.store.meta_put(META_HOLIDAYS, &h)?;
+            late = true;
+        }
+    }
+    if *outcome == TableOutcome::New && table.date < today {
+        late = true;
+    }
+    if !(revised || late) {
+        return Ok(());
+    }
+    let n = state
+        .store
+        .invalidate_rates(table.kind, table.date, revised)?;
+    if n > 0 {
+        tracing::warn!(fixing_date = %table.date, table = table.kind.as_str(), rates = n, "{n} synced company rates are superseded by the {} fixing of {}; they will be re-synced", table.kind.as_str(), table.date);
+        state
+            .resync_needed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Business days known to have had no fixing.

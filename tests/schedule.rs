@@ -890,3 +890,60 @@ async fn a_dead_webhook_never_blocks_a_sync() {
     );
     held.abort();
 }
+
+/// A fixing BoA revises after it was synced is re-synced to every company that got the old
+/// figure (a superseded rate must not stay in a ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revised_fixing_is_resynced() {
+    let f = fakes(friday_page()).await;
+    let clock = ManualClock::new(tirane(FRI, 14, 0, 0));
+    let d = InProcDaemon::start(&config(&f, true, ""), clock.clone()).await;
+    add_and_connect(&d, &f.intuit, "5001").await;
+    wait_eur(&f.intuit, "5001", FRI, "95.40").await;
+
+    // BoA republishes Friday with EUR 95.45; an admin fetch stores it as revision 2.
+    f.boa.set_page(page(FRI, "95.45"));
+    let r = d.control("fetch", json!({})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["data"]["tables"][0]["outcome"], "revised", "{r}");
+    wait_eur(&f.intuit, "5001", FRI, "95.45").await;
+    let usd = f
+        .intuit
+        .exchange_rate("5001", "USD", day(FRI))
+        .expect("USD");
+    assert_eq!(
+        usd.rate,
+        dec("82.24"),
+        "unchanged currencies keep their value"
+    );
+    d.stop().await;
+}
+
+/// A fixing that appears after its day was filled as a holiday replaces the filled rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_fixing_replaces_a_holiday_fill() {
+    let f = fakes(thursday_page()).await;
+    let clock = ManualClock::new(tirane(FRI, 12, 59, 50));
+    let d = InProcDaemon::start(&config(&f, true, ""), clock.clone()).await;
+    wait_next_run(&d, "2026-05-22T11:00:00Z").await;
+    add_and_connect(&d, &f.intuit, "5101").await;
+    wait_eur(&f.intuit, "5101", THU, "95.30").await;
+    clock.set(tirane(FRI, 13, 0, 1));
+    wait_scrape(&d).await;
+    clock.set(tirane(FRI, 18, 0, 1));
+    wait_last_run(&d, FRI).await;
+    wait_eur(&f.intuit, "5101", FRI, "95.30").await;
+
+    // Friday's fixing turns up late (Saturday morning): Friday is re-synced with it.
+    clock.set(tirane(SAT, 9, 0, 0));
+    f.boa.set_page(friday_page());
+    let r = d.control("fetch", json!({})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    wait_eur(&f.intuit, "5101", FRI, "95.40").await;
+    let r = d.control("rates", json!({"date": FRI})).await;
+    assert_eq!(
+        r["data"]["tables"][0]["date"], FRI,
+        "no longer a holiday: {r}"
+    );
+    d.stop().await;
+}

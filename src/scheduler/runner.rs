@@ -109,6 +109,16 @@ pub async fn run(state: Arc<AppState>, token: CancellationToken) {
                 next_alert_check = now + ALERT_CHECK_EVERY;
                 crate::alerts::check_health(&state);
             }
+            if state
+                .resync_needed
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+                && state.config().schedule.enabled
+            {
+                tracing::info!("re-syncing company rates superseded by a revised or late fixing");
+                if watched(&token, catch_up_all(&state)).await.is_none() {
+                    return;
+                }
+            }
             let c = state.config();
             if c.schedule.time != at || c.schedule.timezone != tz || !c.schedule.enabled {
                 break;
@@ -314,15 +324,21 @@ pub async fn catch_up_company(
     let received: BTreeSet<NaiveDate> = state.store.synced_dates(realm)?.into_iter().collect();
     let holidays = fixings::holidays(state)?;
     let mut dates = Vec::new();
+    // Today belongs to the daily run until it has happened; after that, a date of today that
+    // is not (or no longer) synced is caught up like any other.
+    let today_done = last_run(state).is_some_and(|r| r.date >= today);
     let mut d = today - chrono::Duration::days(CATCH_UP_DAYS);
-    while d < today {
+    while d < today || (today_done && d == today) {
         if d >= created && !received.contains(&d) {
             let business = is_business_day(d) && !holidays.contains(&d);
             if (business || c.fill_non_business_days) && fixings::resolve(state, d).is_ok() {
                 dates.push(d);
             }
         }
-        d = d.succ_opt().unwrap_or(today);
+        match d.succ_opt() {
+            Some(n) => d = n,
+            None => break,
+        }
     }
     if include_today {
         let t = engine::target_date(state, None)?;
@@ -335,10 +351,9 @@ pub async fn catch_up_company(
         let out = engine::sync_company(state, realm, d).await?;
         if out.error.is_none() {
             n += 1;
-        } else if matches!(
-            out.error.as_ref().map(|e| e.code),
-            Some("reconnect_needed" | "company_disconnected")
-        ) {
+        } else {
+            // A failure (reconnect needed, multicurrency off, QuickBooks down…) would repeat
+            // for every later date: stop here; the next pass tries again, oldest first.
             break;
         }
     }

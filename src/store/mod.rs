@@ -498,6 +498,39 @@ impl Store {
         Ok(())
     }
 
+    /// Marks as not synced every company rate that the stored table of `kind` dated `date`
+    /// supersedes: with `revised`, rates computed from that table's earlier revision; always,
+    /// rates dated on or after `date` that were computed from an older table of that kind
+    /// (written before this one was known, e.g. a holiday fill). The caller then re-syncs
+    /// them. Returns how many rows changed (not flushed).
+    ///
+    /// # Errors
+    /// sled or codec failure.
+    pub fn invalidate_rates(
+        &self,
+        kind: TableKind,
+        date: NaiveDate,
+        revised: bool,
+    ) -> Result<usize> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for r in Self::scan::<CompanyRate>(&self.rates, keys::RATES, b"") {
+            let (k, mut row) = r?;
+            let (k_kind, k_date) = row.fixing;
+            let stale = k_kind == kind
+                && row.synced
+                && ((revised && k_date == date) || (k_date < date && row.date >= date));
+            if stale {
+                row.synced = false;
+                row.synced_at = None;
+                batch.insert(k, codec::encode(&row).map_err(Error::codec(keys::RATES))?);
+                n += 1;
+            }
+        }
+        self.rates.apply_batch(batch)?;
+        Ok(n)
+    }
+
     /// A company's stored rates for one date.
     ///
     /// # Errors
