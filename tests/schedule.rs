@@ -348,11 +348,14 @@ async fn syncs_on_its_own_at_the_scheduled_instant() {
         Some(dec("95.30")),
         "Thursday kept"
     );
-    let usd = f
-        .intuit
-        .exchange_rate("1001", "USD", day(FRI))
-        .expect("USD for Friday");
-    assert_eq!(usd.rate, dec("82.24"));
+    // Currencies are written one after another: wait for the last one too.
+    wait_for("USD for Friday", 15, || {
+        f.intuit
+            .exchange_rate("1001", "USD", day(FRI))
+            .map(|r| r.rate)
+            == Some(dec("82.24"))
+    })
+    .await;
     assert_eq!(written_dates(&f.intuit, "1001"), vec![FRI.to_string()]);
 
     let s = wait_last_run(&d, FRI).await;

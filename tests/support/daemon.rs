@@ -78,7 +78,13 @@ impl TestDaemon {
             sock = self.socket().display(),
         );
         let rest = without_sections(&self.extra_config, &["server", "storage", "control"]);
-        std::fs::write(self.config_path(), format!("{base}{rest}")).expect("write config");
+        // Hermetic by default: never the real BoA site (a closed local port instead).
+        let boa = if self.extra_config.contains("[boa]") {
+            ""
+        } else {
+            "[boa]\nurl = \"http://127.0.0.1:9/\"\n"
+        };
+        std::fs::write(self.config_path(), format!("{base}{rest}{boa}")).expect("write config");
     }
 
     pub fn command(&self) -> Command {
