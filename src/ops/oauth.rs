@@ -12,7 +12,7 @@ use crate::app::AppState;
 use crate::config::Enrollment;
 use crate::currency::Currency;
 use crate::qbo::tokens::HARD_EXPIRY_WARNING;
-use crate::store::records::{Company, Connection, LogKind, LogRecord, PendingAuth};
+use crate::store::records::{Company, Connection, LogRecord, PendingAuth};
 
 /// Name of the cookie that binds a `state` to the browser that started the flow.
 pub const STATE_COOKIE: &str = "boa_oauth_state";
@@ -343,22 +343,14 @@ pub async fn callback(
     company.active_currencies = active;
     company.currencies_checked_at = Some(now);
     company.updated_at = now;
+    let message = if reconnect {
+        "reconnected to QuickBooks"
+    } else {
+        "connected to QuickBooks"
+    };
     state.store.append_log(
         realm,
-        &LogRecord {
-            at: now,
-            kind: LogKind::Connection,
-            success: true,
-            date: None,
-            message: if reconnect {
-                "reconnected to QuickBooks".into()
-            } else {
-                "connected to QuickBooks".into()
-            },
-            rates_written: 0,
-            rates_unchanged: 0,
-            intuit_tids: tid.into_iter().collect(),
-        },
+        &LogRecord::connection(now, true, message, tid.into_iter().collect()),
     )?;
     state
         .store
@@ -439,16 +431,7 @@ pub async fn disconnect(state: &AppState, realm: &str) -> OpResult {
     c.updated_at = now;
     state.store.append_log(
         realm,
-        &LogRecord {
-            at: now,
-            kind: LogKind::Connection,
-            success: true,
-            date: None,
-            message: "disconnected (grant revoked at Intuit)".into(),
-            rates_written: 0,
-            rates_unchanged: 0,
-            intuit_tids: vec![],
-        },
+        &LogRecord::connection(now, true, "disconnected (grant revoked at Intuit)", vec![]),
     )?;
     state.store.save_company_without_tokens(&c).await?;
     tracing::info!(realm_id = realm, "Company {realm}: disconnected");

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::error::Error;
 use super::oauth::OAuthClient;
-use crate::store::records::{Connection, LogKind, LogRecord, TokenSet};
+use crate::store::records::{Connection, LogRecord, TokenSet};
 use crate::store::Store;
 
 /// Refresh when less than this much access-token life remains.
@@ -200,16 +200,12 @@ impl TokenManager {
                     company.updated_at = Utc::now();
                     self.store.append_log(
                         realm,
-                        &LogRecord {
-                            at: Utc::now(),
-                            kind: LogKind::Connection,
-                            success: false,
-                            date: None,
-                            message: format!("token refresh failed: {e}; reconnect needed"),
-                            rates_written: 0,
-                            rates_unchanged: 0,
-                            intuit_tids: vec![],
-                        },
+                        &LogRecord::connection(
+                            Utc::now(),
+                            false,
+                            format!("token refresh failed: {e}; reconnect needed"),
+                            vec![],
+                        ),
                     )?;
                     self.store.save_company(&company).await?;
                 }

@@ -155,6 +155,27 @@ pub struct LogRecord {
     pub intuit_tids: Vec<String>,
 }
 
+impl LogRecord {
+    /// A connection event (connect, reconnect, refresh failure, disconnect).
+    pub fn connection(
+        at: DateTime<Utc>,
+        success: bool,
+        message: impl Into<String>,
+        intuit_tids: Vec<String>,
+    ) -> Self {
+        LogRecord {
+            at,
+            kind: LogKind::Connection,
+            success,
+            date: None,
+            message: message.into(),
+            rates_written: 0,
+            rates_unchanged: 0,
+            intuit_tids,
+        }
+    }
+}
+
 /// A stored BoA table with its revisions (kept forever).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredTable {
