@@ -512,7 +512,6 @@ impl Store {
         date: NaiveDate,
         revised: bool,
     ) -> Result<usize> {
-        let mut batch = sled::Batch::default();
         let mut n = 0;
         for r in Self::scan::<CompanyRate>(&self.rates, keys::RATES, b"") {
             let (k, mut row) = r?;
@@ -523,11 +522,11 @@ impl Store {
             if stale {
                 row.synced = false;
                 row.synced_at = None;
-                batch.insert(k, codec::encode(&row).map_err(Error::codec(keys::RATES))?);
+                // Row by row, not a sled batch (batches take sled's global exclusive lock).
+                self.rates.insert(k, codec::encode(&row).map_err(Error::codec(keys::RATES))?)?;
                 n += 1;
             }
         }
-        self.rates.apply_batch(batch)?;
         Ok(n)
     }
 
