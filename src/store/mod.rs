@@ -396,6 +396,37 @@ impl Store {
         self.flush().await
     }
 
+    /// Changes fields of the company's *current* record atomically (compare-and-swap, retried
+    /// when another writer got in between), then flushes. For writers that hold an older copy
+    /// of the record (a sync, a settings change) and must not undo what others wrote
+    /// meanwhile. `change` may run more than once. `None` when the company does not exist.
+    ///
+    /// # Errors
+    /// sled, encode or decode failure.
+    pub async fn update_company(
+        &self,
+        realm: &str,
+        mut change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let key = realm.as_bytes();
+        loop {
+            let Some(old) = self.companies.get(key)? else {
+                return Ok(None);
+            };
+            let mut c: Company = codec::decode(&old).map_err(Error::codec(keys::COMPANIES))?;
+            change(&mut c);
+            let new = codec::encode(&c).map_err(Error::codec(keys::COMPANIES))?;
+            if self
+                .companies
+                .compare_and_swap(key, Some(old), Some(new))?
+                .is_ok()
+            {
+                self.flush().await?;
+                return Ok(Some(c));
+            }
+        }
+    }
+
     /// Writes a company record together with its tokens (one transaction), then flushes.
     ///
     /// # Errors

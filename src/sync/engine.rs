@@ -344,6 +344,24 @@ async fn refresh_company_cache(
     Ok(())
 }
 
+/// Stores what [`refresh_company_cache`] read into the company's *current* record. The sync
+/// works on a copy taken when it started; saving that whole copy would undo a settings
+/// change, a token refresh or a disconnect made while the sync was running.
+async fn save_company_cache(state: &AppState, company: &Company) -> Result<(), Fail> {
+    let now = state.now();
+    state
+        .store
+        .update_company(&company.realm_id, |c| {
+            c.multicurrency = company.multicurrency;
+            c.home_currency = company.home_currency;
+            c.active_currencies.clone_from(&company.active_currencies);
+            c.currencies_checked_at = company.currencies_checked_at;
+            c.updated_at = now;
+        })
+        .await?;
+    Ok(())
+}
+
 /// Syncs one company for one date and records the attempt. Never panics; every failure is
 /// an [`Outcome`] with an error (and recorded), except an unknown company (404).
 ///
@@ -509,8 +527,7 @@ async fn run_sync(
         .is_none_or(|t| state.now() - t > CURRENCY_CACHE);
     if stale {
         refresh_company_cache(state, &mut company, &mut token, tids).await?;
-        company.updated_at = state.now();
-        state.store.save_company(&company).await?;
+        save_company_cache(state, &company).await?;
     }
     if !company.multicurrency {
         return Err(ApiError::unprocessable("multicurrency_disabled", "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set").into());
@@ -618,8 +635,7 @@ async fn run_sync(
                     if !cache_refreshed {
                         cache_refreshed = true;
                         refresh_company_cache(state, &mut company, &mut token, tids).await?;
-                        company.updated_at = state.now();
-                        state.store.save_company(&company).await?;
+                        save_company_cache(state, &company).await?;
                     }
                     let still =
                         company_rates(&in_force, company.home_currency, &company.active_currencies)
@@ -648,12 +664,16 @@ async fn run_sync(
     }
     state.store.put_rates(&realm, &rows)?;
     if failures.is_empty() {
-        company.last_sync_at = Some(state.now());
-        company.updated_at = state.now();
-        state.store.save_company(&company).await?;
+        let now = state.now();
+        state
+            .store
+            .update_company(&realm, |c| {
+                c.last_sync_at = Some(now);
+                c.updated_at = now;
+            })
+            .await?;
         Ok(())
     } else {
-        state.store.save_company(&company).await?;
         Err(ApiError::upstream(
             "quickbooks_write_failed",
             format!(
