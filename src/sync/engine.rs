@@ -193,6 +193,13 @@ fn qbo_fail(e: &qbo::Error, what: &str) -> ApiError {
     ApiError::upstream(e.code(), format!("{what}: {e}"))
 }
 
+fn multicurrency_disabled() -> ApiError {
+    ApiError::unprocessable(
+        "multicurrency_disabled",
+        "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set",
+    )
+}
+
 fn token_fail(e: TokenError) -> ApiError {
     match e {
         TokenError::NotConnected => ApiError::conflict(
@@ -530,7 +537,7 @@ async fn run_sync(
         save_company_cache(state, &company).await?;
     }
     if !company.multicurrency {
-        return Err(ApiError::unprocessable("multicurrency_disabled", "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set").into());
+        return Err(multicurrency_disabled().into());
     }
     let wanted = company_rates(&in_force, company.home_currency, &company.active_currencies)
         .map_err(|e| ApiError::unprocessable("home_currency_not_fixed", e.to_string()))?;
@@ -636,6 +643,11 @@ async fn run_sync(
                         cache_refreshed = true;
                         refresh_company_cache(state, &mut company, &mut token, tids).await?;
                         save_company_cache(state, &company).await?;
+                        // Switched off since the cache was read: every write will be
+                        // refused, and "synced 0 rates" would hide it.
+                        if !company.multicurrency {
+                            return Err(multicurrency_disabled().into());
+                        }
                     }
                     let still =
                         company_rates(&in_force, company.home_currency, &company.active_currencies)
