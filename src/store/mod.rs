@@ -4,6 +4,12 @@
 //! The rest of the crate never sees a raw `sled::Tree`; it calls intent-level methods here.
 //! Token plaintext exists only in memory: [`Store::save_tokens`] encrypts with the vault
 //! before anything reaches sled.
+//!
+//! No sled transactions and no `apply_batch`: in sled 0.34 both take a process-wide
+//! exclusive lock, and one waiting for it while other tasks flush deadlocks the whole daemon
+//! (flushers hold the shared side while they wait for their buffer to become stable; the IO
+//! threads that would make it stable queue behind the waiting writer). Multi-record updates
+//! are ordered instead so that any durable prefix is harmless; see each method.
 
 pub mod codec;
 pub mod keys;
@@ -14,8 +20,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use crate::boa::model::{FixingSource, FixingTable, TableKind};
 use crate::crypto::{self, Vault};
@@ -73,6 +77,9 @@ pub enum Error {
     /// Vault failure.
     #[error(transparent)]
     Crypto(#[from] crypto::Error),
+    /// The blocking flush did not finish (it panicked, or the runtime is shutting down).
+    #[error("store flush did not complete: {0}")]
+    FlushTask(String),
 }
 
 impl Error {
@@ -281,8 +288,17 @@ impl Store {
     ///
     /// # Errors
     /// sled I/O failure.
+    ///
+    /// Runs sled's blocking `flush` on tokio's blocking pool, never `flush_async`: that one
+    /// parks each caller on a thread of sled's own small IO pool, and with ~8 flushes in
+    /// flight (a sync-all flushes once per company, 16 companies at a time) every pool thread
+    /// waits for a buffer write that is queued behind them on the same pool, and the daemon
+    /// hangs for good. Concurrent flushes still share one write and fsync inside sled.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| Error::FlushTask(e.to_string()))??;
         Ok(())
     }
 
@@ -427,7 +443,10 @@ impl Store {
         }
     }
 
-    /// Writes a company record together with its tokens (one transaction), then flushes.
+    /// Writes a company's tokens, then its record, then flushes. sled persists writes in log
+    /// order, so a crash leaves none, the tokens alone (a rotated refresh token is never
+    /// lost; an unconnected company's orphan ciphertext is never read), or both. Not a sled
+    /// transaction: see the module docs.
     ///
     /// # Errors
     /// sled, encode or encrypt failure.
@@ -435,18 +454,8 @@ impl Store {
         let company = codec::encode(c).map_err(Error::codec(keys::COMPANIES))?;
         let tokens = self.seal(t)?;
         let key = c.realm_id.as_bytes();
-        (&self.companies, &self.tokens)
-            .transaction(|(ct, tt)| {
-                ct.insert(key, company.clone())?;
-                tt.insert(key, tokens.clone())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => Error::Sled(s),
-                TransactionError::Abort(()) => {
-                    Error::Sled(sled::Error::Unsupported("aborted".into()))
-                }
-            })?;
+        self.tokens.insert(key, tokens)?;
+        self.companies.insert(key, company)?;
         self.flush().await
     }
 
@@ -515,17 +524,18 @@ impl Store {
 
     // ---------------------------------------------------------------- per-company rates
 
-    /// Upserts a company's rates (not flushed: the caller flushes once per sync).
+    /// Upserts a company's rates (not flushed: the caller flushes once per sync). One insert
+    /// per row, not a sled batch (see the module docs): each row stands alone, and a row lost
+    /// in a crash is written again by the next sync.
     ///
     /// # Errors
     /// sled or encode failure.
     pub fn put_rates(&self, realm: &str, rates: &[CompanyRate]) -> Result<()> {
-        let mut batch = sled::Batch::default();
         for r in rates {
             let v = codec::encode(r).map_err(Error::codec(keys::RATES))?;
-            batch.insert(keys::rate_key(realm, r.date, r.currency), v);
+            self.rates
+                .insert(keys::rate_key(realm, r.date, r.currency), v)?;
         }
-        self.rates.apply_batch(batch)?;
         Ok(())
     }
 
