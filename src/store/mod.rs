@@ -26,6 +26,11 @@ use crate::crypto::{self, Vault};
 pub use codec::CodecError;
 use records::*;
 
+/// sled's page cache (its default is 1 GiB, and a sync-all touching every company keeps
+/// growing into it). The working set of a daily run is each company's record, tokens and
+/// a few new rows, read once; pages that fall out are read back from the OS page cache.
+const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
+
 /// The schema this build writes. Bump with a migration in [`migrate`] when records change.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -176,6 +181,7 @@ impl Store {
         let db_path = data_dir.join("db");
         let db = sled::Config::new()
             .path(&db_path)
+            .cache_capacity(CACHE_CAPACITY)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) => Error::DataDir {
