@@ -428,6 +428,21 @@ impl Store {
     pub async fn update_company(
         &self,
         realm: &str,
+        change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let c = self.update_company_unflushed(realm, change)?;
+        self.flush().await?;
+        Ok(c)
+    }
+
+    /// [`Store::update_company`] without the flush, for a caller that flushes once after
+    /// several writes (a company sync) before acknowledging.
+    ///
+    /// # Errors
+    /// sled, encode or decode failure.
+    pub fn update_company_unflushed(
+        &self,
+        realm: &str,
         mut change: impl FnMut(&mut Company),
     ) -> Result<Option<Company>> {
         let key = realm.as_bytes();
@@ -443,7 +458,6 @@ impl Store {
                 .compare_and_swap(key, Some(old), Some(new))?
                 .is_ok()
             {
-                self.flush().await?;
                 return Ok(Some(c));
             }
         }

@@ -711,13 +711,11 @@ async fn run_sync(
     state.store.put_rates(&realm, &rows)?;
     if failures.is_empty() {
         let now = state.now();
-        state
-            .store
-            .update_company(&realm, |c| {
-                c.last_sync_at = Some(now);
-                c.updated_at = now;
-            })
-            .await?;
+        // Flushed with the attempt's log records by `sync_company`, before the answer.
+        state.store.update_company_unflushed(&realm, |c| {
+            c.last_sync_at = Some(now);
+            c.updated_at = now;
+        })?;
         Ok(())
     } else {
         Err(ApiError::upstream(
