@@ -1292,3 +1292,50 @@ async fn a_disconnect_during_a_sync_is_not_undone() {
     assert_eq!(st["status"], "disconnected", "{st}");
     assert_eq!(sync_all(&w, FRIDAY).await.json()["total_companies"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_sync_all_finishes_and_every_company_is_synced() {
+    // Many companies finishing at once flush the store at once. sled's flush_async parked
+    // every caller on sled's own small IO pool, starving the write they waited for: the
+    // daemon hung for good (found by the sync-all benchmark).
+    let w = World::start("[quickbooks]\nmax_concurrent_companies = 64\n").await;
+    assert_eq!(w.fetch()["ok"], true);
+    let n = 160;
+    for i in 0..n {
+        let a = w
+            .connect(spec(
+                &format!("{}", 7_000 + i),
+                &format!("Co {i}"),
+                "ALL",
+                &["EUR", "USD"],
+            ))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    // As on a real daily run, every access token has expired: each sync also refreshes (and
+    // stores) its token.
+    for i in 0..n {
+        w.intuit.expire_access_tokens(&format!("{}", 7_000 + i));
+    }
+    w.intuit.set_latency(Duration::from_millis(20));
+    let a = tokio::time::timeout(Duration::from_secs(120), sync_all(&w, FRIDAY))
+        .await
+        .expect("the sync-all finished (the daemon did not hang)");
+    w.intuit.set_latency(Duration::ZERO);
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
+    assert_eq!(
+        (v["successful"].as_u64(), v["failed"].as_u64()),
+        (Some(n), Some(0)),
+        "{}",
+        v["message"]
+    );
+    for i in [0, n / 2, n - 1] {
+        assert_eq!(
+            rate(&w, &format!("{}", 7_000 + i), "USD", FRIDAY),
+            Some(dec("82.24"))
+        );
+    }
+    // And it still answers.
+    assert_eq!(w.control("status", json!({}))["ok"], true);
+}
