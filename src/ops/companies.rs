@@ -104,11 +104,23 @@ pub async fn update_settings(state: &AppState, realm: &str, body: &Value) -> OpR
             "settings must be a JSON object",
         ));
     };
-    let mut c = company(state, realm)?;
-    let was_enabled = c.sync_enabled;
-    apply(&mut c, obj)?;
-    c.updated_at = Utc::now();
-    state.store.save_company(&c).await?;
+    // Validate on a copy first (a bad field changes nothing), then apply to the current
+    // record atomically, so a sync or token refresh finishing meanwhile is not undone.
+    let mut checked = company(state, realm)?;
+    apply(&mut checked, obj)?;
+    let now = Utc::now();
+    let mut was_enabled = true;
+    let c = state
+        .store
+        .update_company(realm, |c| {
+            was_enabled = c.sync_enabled;
+            // Cannot fail: the same fields and values were accepted above, and validation
+            // does not depend on the record.
+            let _ = apply(c, obj);
+            c.updated_at = now;
+        })
+        .await?
+        .ok_or_else(|| ApiError::unknown_company(realm))?;
     tracing::info!(realm_id = realm, "Company {realm}: settings updated");
     Ok(json!({
         "success": true,

@@ -174,11 +174,18 @@ impl TokenManager {
         };
         match result {
             Ok((new, tid)) => {
-                // Stored and flushed before anyone uses the new access token.
-                let mut company = self.store.company(realm)?.ok_or(TokenError::NotConnected)?;
-                company.tokens = Some(new.expiry.clone());
-                company.updated_at = Utc::now();
-                self.store.save_company_and_tokens(&company, &new).await?;
+                // Stored and flushed before anyone uses the new access token: the tokens
+                // first, then the expiries on the company's current record (compare-and-swap,
+                // so a settings change made meanwhile is kept), one flush for both.
+                self.store.put_tokens_unflushed(realm, &new)?;
+                let expiry = new.expiry.clone();
+                let now = Utc::now();
+                self.store
+                    .update_company(realm, |c| {
+                        c.tokens = Some(expiry.clone());
+                        c.updated_at = now;
+                    })
+                    .await?;
                 self.stats.ok.fetch_add(1, Relaxed);
                 let rotated = new.refresh_token != tokens.refresh_token;
                 tracing::info!(
@@ -192,23 +199,26 @@ impl TokenManager {
             Err(e) if e.is_invalid_grant() => {
                 self.stats.invalid_grant.fetch_add(1, Relaxed);
                 tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
-                if let Some(mut company) = self.store.company(realm)? {
-                    company.connection = Connection::ReconnectNeeded {
-                        since: Utc::now(),
-                        reason: e.to_string(),
-                    };
-                    company.updated_at = Utc::now();
-                    self.store.append_log(
-                        realm,
-                        &LogRecord::connection(
-                            Utc::now(),
-                            false,
-                            format!("token refresh failed: {e}; reconnect needed"),
-                            vec![],
-                        ),
-                    )?;
-                    self.store.save_company(&company).await?;
-                }
+                let now = Utc::now();
+                self.store.append_log(
+                    realm,
+                    &LogRecord::connection(
+                        now,
+                        false,
+                        format!("token refresh failed: {e}; reconnect needed"),
+                        vec![],
+                    ),
+                )?;
+                let reason = e.to_string();
+                self.store
+                    .update_company(realm, |c| {
+                        c.connection = Connection::ReconnectNeeded {
+                            since: now,
+                            reason: reason.clone(),
+                        };
+                        c.updated_at = now;
+                    })
+                    .await?;
                 Err(TokenError::ReconnectNeeded)
             }
             Err(e) => {

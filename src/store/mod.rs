@@ -4,6 +4,12 @@
 //! The rest of the crate never sees a raw `sled::Tree`; it calls intent-level methods here.
 //! Token plaintext exists only in memory: [`Store::save_tokens`] encrypts with the vault
 //! before anything reaches sled.
+//!
+//! No sled transactions and no `apply_batch`: in sled 0.34 both take a process-wide
+//! exclusive lock, and one waiting for it while other tasks flush deadlocks the whole daemon
+//! (flushers hold the shared side while they wait for their buffer to become stable; the IO
+//! threads that would make it stable queue behind the waiting writer). Multi-record updates
+//! are ordered instead so that any durable prefix is harmless; see each method.
 
 pub mod codec;
 pub mod keys;
@@ -14,13 +20,16 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use crate::boa::model::{FixingSource, FixingTable, TableKind};
 use crate::crypto::{self, Vault};
 pub use codec::CodecError;
 use records::*;
+
+/// sled's page cache (its default is 1 GiB, and a sync-all touching every company keeps
+/// growing into it). The working set of a daily run is each company's record, tokens and
+/// a few new rows, read once; pages that fall out are read back from the OS page cache.
+const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 /// The schema this build writes. Bump with a migration in [`migrate`] when records change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -73,6 +82,9 @@ pub enum Error {
     /// Vault failure.
     #[error(transparent)]
     Crypto(#[from] crypto::Error),
+    /// The blocking flush did not finish (it panicked, or the runtime is shutting down).
+    #[error("store flush did not complete: {0}")]
+    FlushTask(String),
 }
 
 impl Error {
@@ -169,6 +181,7 @@ impl Store {
         let db_path = data_dir.join("db");
         let db = sled::Config::new()
             .path(&db_path)
+            .cache_capacity(CACHE_CAPACITY)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) => Error::DataDir {
@@ -281,8 +294,17 @@ impl Store {
     ///
     /// # Errors
     /// sled I/O failure.
+    ///
+    /// Runs sled's blocking `flush` on tokio's blocking pool, never `flush_async`: that one
+    /// parks each caller on a thread of sled's own small IO pool, and with ~8 flushes in
+    /// flight (a sync-all flushes once per company, 16 companies at a time) every pool thread
+    /// waits for a buffer write that is queued behind them on the same pool, and the daemon
+    /// hangs for good. Concurrent flushes still share one write and fsync inside sled.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| Error::FlushTask(e.to_string()))??;
         Ok(())
     }
 
@@ -396,7 +418,55 @@ impl Store {
         self.flush().await
     }
 
-    /// Writes a company record together with its tokens (one transaction), then flushes.
+    /// Changes fields of the company's *current* record atomically (compare-and-swap, retried
+    /// when another writer got in between), then flushes. For writers that hold an older copy
+    /// of the record (a sync, a settings change) and must not undo what others wrote
+    /// meanwhile. `change` may run more than once. `None` when the company does not exist.
+    ///
+    /// # Errors
+    /// sled, encode or decode failure.
+    pub async fn update_company(
+        &self,
+        realm: &str,
+        change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let c = self.update_company_unflushed(realm, change)?;
+        self.flush().await?;
+        Ok(c)
+    }
+
+    /// [`Store::update_company`] without the flush, for a caller that flushes once after
+    /// several writes (a company sync) before acknowledging.
+    ///
+    /// # Errors
+    /// sled, encode or decode failure.
+    pub fn update_company_unflushed(
+        &self,
+        realm: &str,
+        mut change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let key = realm.as_bytes();
+        loop {
+            let Some(old) = self.companies.get(key)? else {
+                return Ok(None);
+            };
+            let mut c: Company = codec::decode(&old).map_err(Error::codec(keys::COMPANIES))?;
+            change(&mut c);
+            let new = codec::encode(&c).map_err(Error::codec(keys::COMPANIES))?;
+            if self
+                .companies
+                .compare_and_swap(key, Some(old), Some(new))?
+                .is_ok()
+            {
+                return Ok(Some(c));
+            }
+        }
+    }
+
+    /// Writes a company's tokens, then its record, then flushes. sled persists writes in log
+    /// order, so a crash leaves none, the tokens alone (a rotated refresh token is never
+    /// lost; an unconnected company's orphan ciphertext is never read), or both. Not a sled
+    /// transaction: see the module docs.
     ///
     /// # Errors
     /// sled, encode or encrypt failure.
@@ -404,18 +474,8 @@ impl Store {
         let company = codec::encode(c).map_err(Error::codec(keys::COMPANIES))?;
         let tokens = self.seal(t)?;
         let key = c.realm_id.as_bytes();
-        (&self.companies, &self.tokens)
-            .transaction(|(ct, tt)| {
-                ct.insert(key, company.clone())?;
-                tt.insert(key, tokens.clone())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => Error::Sled(s),
-                TransactionError::Abort(()) => {
-                    Error::Sled(sled::Error::Unsupported("aborted".into()))
-                }
-            })?;
+        self.tokens.insert(key, tokens)?;
+        self.companies.insert(key, company)?;
         self.flush().await
     }
 
@@ -429,9 +489,19 @@ impl Store {
     /// # Errors
     /// sled, encode or encrypt failure.
     pub async fn save_tokens(&self, realm: &str, t: &TokenSet) -> Result<()> {
+        self.put_tokens_unflushed(realm, t)?;
+        self.flush().await
+    }
+
+    /// Stores a company's tokens (encrypted) without flushing; the caller flushes before the
+    /// new tokens are used or acknowledged.
+    ///
+    /// # Errors
+    /// sled, encode or encrypt failure.
+    pub fn put_tokens_unflushed(&self, realm: &str, t: &TokenSet) -> Result<()> {
         let ct = self.seal(t)?;
         self.tokens.insert(realm.as_bytes(), ct)?;
-        self.flush().await
+        Ok(())
     }
 
     /// A company's tokens, decrypted.
@@ -484,17 +554,18 @@ impl Store {
 
     // ---------------------------------------------------------------- per-company rates
 
-    /// Upserts a company's rates (not flushed: the caller flushes once per sync).
+    /// Upserts a company's rates (not flushed: the caller flushes once per sync). One insert
+    /// per row, not a sled batch (see the module docs): each row stands alone, and a row lost
+    /// in a crash is written again by the next sync.
     ///
     /// # Errors
     /// sled or encode failure.
     pub fn put_rates(&self, realm: &str, rates: &[CompanyRate]) -> Result<()> {
-        let mut batch = sled::Batch::default();
         for r in rates {
             let v = codec::encode(r).map_err(Error::codec(keys::RATES))?;
-            batch.insert(keys::rate_key(realm, r.date, r.currency), v);
+            self.rates
+                .insert(keys::rate_key(realm, r.date, r.currency), v)?;
         }
-        self.rates.apply_batch(batch)?;
         Ok(())
     }
 
@@ -523,7 +594,8 @@ impl Store {
                 row.synced = false;
                 row.synced_at = None;
                 // Row by row, not a sled batch (batches take sled's global exclusive lock).
-                self.rates.insert(k, codec::encode(&row).map_err(Error::codec(keys::RATES))?)?;
+                self.rates
+                    .insert(k, codec::encode(&row).map_err(Error::codec(keys::RATES))?)?;
                 n += 1;
             }
         }

@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sha2::Digest;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::app::AppState;
 use crate::boa::model::TableKind;
@@ -110,11 +110,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SyncEngine {
-    fn company_lock(&self, realm: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.locks)
+    fn company_lock(&self, realm: &str) -> CompanyLock<'_> {
+        let mutex = lock(&self.locks)
             .entry(realm.to_string())
             .or_default()
-            .clone()
+            .clone();
+        CompanyLock {
+            engine: self,
+            realm: realm.to_string(),
+            mutex,
+        }
     }
 
     fn count_call(&self, kind: &str, status: &str) {
@@ -126,6 +131,35 @@ impl SyncEngine {
     /// Whether a sync-all is running, and for which date.
     pub fn running_date(&self) -> Option<NaiveDate> {
         lock(&self.running).as_ref().map(|(d, _)| *d)
+    }
+}
+
+/// A company's sync lock, taken from the engine's map; the map entry goes when its last
+/// user is done, so the map does not keep one entry for every company ever synced.
+struct CompanyLock<'a> {
+    engine: &'a SyncEngine,
+    realm: String,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl CompanyLock<'_> {
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.mutex.lock().await
+    }
+}
+
+impl Drop for CompanyLock<'_> {
+    fn drop(&mut self) {
+        // The guard borrowed from `self` is gone by now. Clones are only made under the map
+        // lock: a count of 2 (the map's and ours) means no one else holds or waits for it,
+        // and the next user creates a fresh one.
+        let mut map = lock(&self.engine.locks);
+        if map
+            .get(&self.realm)
+            .is_some_and(|m| Arc::ptr_eq(m, &self.mutex) && Arc::strong_count(m) == 2)
+        {
+            map.remove(&self.realm);
+        }
     }
 }
 
@@ -191,6 +225,13 @@ fn qbo_fail(e: &qbo::Error, what: &str) -> ApiError {
         );
     }
     ApiError::upstream(e.code(), format!("{what}: {e}"))
+}
+
+fn multicurrency_disabled() -> ApiError {
+    ApiError::unprocessable(
+        "multicurrency_disabled",
+        "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set",
+    )
 }
 
 fn token_fail(e: TokenError) -> ApiError {
@@ -344,27 +385,22 @@ async fn refresh_company_cache(
     Ok(())
 }
 
-/// Saves what a sync owns (the currency cache and the last sync time) onto the company record
-/// as it is now. The copy a sync read when it began is stale by the time it saves: a token
-/// refresh, a disconnect or a settings change may have been stored meanwhile, and writing
-/// the whole copy back would undo them.
-///
-/// # Errors
-/// Store failure.
-async fn save_sync_fields(state: &AppState, synced: &Company) -> Result<(), crate::store::Error> {
-    let Some(mut current) = state.store.company(&synced.realm_id)? else {
-        return Ok(());
-    };
-    // The cache fields only when this sync re-read them from QuickBooks.
-    if synced.currencies_checked_at > current.currencies_checked_at {
-        current.multicurrency = synced.multicurrency;
-        current.home_currency = synced.home_currency;
-        current.active_currencies = synced.active_currencies.clone();
-        current.currencies_checked_at = synced.currencies_checked_at;
-    }
-    current.last_sync_at = current.last_sync_at.max(synced.last_sync_at);
-    current.updated_at = current.updated_at.max(synced.updated_at);
-    state.store.save_company(&current).await
+/// Stores what [`refresh_company_cache`] read into the company's *current* record. The sync
+/// works on a copy taken when it started; saving that whole copy would undo a settings
+/// change, a token refresh or a disconnect made while the sync was running.
+async fn save_company_cache(state: &AppState, company: &Company) -> Result<(), Fail> {
+    let now = state.now();
+    state
+        .store
+        .update_company(&company.realm_id, |c| {
+            c.multicurrency = company.multicurrency;
+            c.home_currency = company.home_currency;
+            c.active_currencies.clone_from(&company.active_currencies);
+            c.currencies_checked_at = company.currencies_checked_at;
+            c.updated_at = now;
+        })
+        .await?;
+    Ok(())
 }
 
 /// Syncs one company for one date and records the attempt. Never panics; every failure is
@@ -541,11 +577,10 @@ async fn run_sync(
         .is_none_or(|t| state.now() - t > CURRENCY_CACHE);
     if stale {
         refresh_company_cache(state, &mut company, &mut token, tids).await?;
-        company.updated_at = state.now();
-        save_sync_fields(state, &company).await?;
+        save_company_cache(state, &company).await?;
     }
     if !company.multicurrency {
-        return Err(ApiError::unprocessable("multicurrency_disabled", "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set").into());
+        return Err(multicurrency_disabled().into());
     }
     let wanted = company_rates(&in_force, company.home_currency, &company.active_currencies)
         .map_err(|e| ApiError::unprocessable("home_currency_not_fixed", e.to_string()))?;
@@ -554,8 +589,11 @@ async fn run_sync(
     let codes: Vec<Currency> = wanted.iter().map(|w| w.currency).collect();
     if codes.is_empty() {
         tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
-        company.last_sync_at = Some(state.now());
-        save_sync_fields(state, &company).await?;
+        let now = state.now();
+        state.store.update_company_unflushed(&realm, |c| {
+            c.last_sync_at = Some(now);
+            c.updated_at = now;
+        })?;
         return Ok(());
     }
     let qbo = state.qbo();
@@ -659,8 +697,12 @@ async fn run_sync(
                     if !cache_refreshed {
                         cache_refreshed = true;
                         refresh_company_cache(state, &mut company, &mut token, tids).await?;
-                        company.updated_at = state.now();
-                        save_sync_fields(state, &company).await?;
+                        save_company_cache(state, &company).await?;
+                        // Switched off since the cache was read: every write will be
+                        // refused, and "synced 0 rates" would hide it.
+                        if !company.multicurrency {
+                            return Err(multicurrency_disabled().into());
+                        }
                     }
                     let still =
                         company_rates(&in_force, company.home_currency, &company.active_currencies)
@@ -689,12 +731,14 @@ async fn run_sync(
     }
     state.store.put_rates(&realm, &rows)?;
     if failures.is_empty() {
-        company.last_sync_at = Some(state.now());
-        company.updated_at = state.now();
-        save_sync_fields(state, &company).await?;
+        let now = state.now();
+        // Flushed with the attempt's log records by `sync_company`, before the answer.
+        state.store.update_company_unflushed(&realm, |c| {
+            c.last_sync_at = Some(now);
+            c.updated_at = now;
+        })?;
         Ok(())
     } else {
-        save_sync_fields(state, &company).await?;
         Err(ApiError::upstream(
             "quickbooks_write_failed",
             format!(
@@ -791,8 +835,12 @@ pub async fn sync_all_for(
         }
     };
     loop {
-        if let Some(v) = rx.borrow().as_ref() {
-            return Ok((**v).clone());
+        let done = rx.borrow().clone();
+        if let Some(v) = done {
+            // The last caller holding the channel takes the answer without a copy (10,000
+            // companies' results are ~15 MB as JSON values); a joined caller copies.
+            drop(rx);
+            return Ok(Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()));
         }
         if rx.changed().await.is_err() {
             return Err(ApiError::new(
@@ -804,14 +852,39 @@ pub async fn sync_all_for(
     }
 }
 
+/// One company's line of a sync-all answer.
+struct RunEntry {
+    realm: String,
+    name: String,
+    synced: usize,
+    written: usize,
+    unchanged: usize,
+    error: Option<ApiError>,
+}
+
+impl RunEntry {
+    fn into_json(self) -> Value {
+        match self.error {
+            None => {
+                json!({"company_id": self.realm, "company_name": self.name, "success": true, "rates_synced": self.synced, "rates_written": self.written, "rates_unchanged": self.unchanged})
+            }
+            Some(e) => {
+                json!({"company_id": self.realm, "company_name": self.name, "success": false, "rates_synced": self.synced, "error": {"code": e.code, "message": e.message}})
+            }
+        }
+    }
+}
+
 /// Runs one sync-all to completion (bounded concurrency; failures isolated).
 pub async fn run_all(state: &Arc<AppState>, date: NaiveDate, scope: Scope) -> Value {
     let started = std::time::Instant::now();
-    let companies: Vec<Company> = match state.store.companies() {
+    // Only what the run needs of each company (the records are re-read one by one).
+    let companies: Vec<(String, String)> = match state.store.companies() {
         Ok(c) => c
             .into_iter()
             .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
             .filter(|c| scope == Scope::All || c.fill_non_business_days)
+            .map(|c| (c.realm_id, c.company_name))
             .collect(),
         Err(e) => {
             return ApiError::internal(e).body();
@@ -823,62 +896,76 @@ pub async fn run_all(state: &Arc<AppState>, date: NaiveDate, scope: Scope) -> Va
     p.done.store(0, Relaxed);
     p.failed.store(0, Relaxed);
     tracing::info!(companies = total, fixing_date = %date, "Syncing rates for {date} to {total} companies");
-    let limit = Arc::new(Semaphore::new(
-        state.config().quickbooks.max_concurrent_companies,
-    ));
+    // At most `limit` company syncs exist at a time: a task (and its future, several KiB)
+    // is spawned only when one finishes, so memory does not grow with the number of
+    // companies (10,000 tasks spawned up front held ~100 MB).
+    let limit = state.config().quickbooks.max_concurrent_companies.max(1);
+    let mut pending = companies
+        .into_iter()
+        .enumerate()
+        .map(|(idx, (realm, name))| (idx, realm, name));
     let mut set = tokio::task::JoinSet::new();
-    for (idx, c) in companies.into_iter().enumerate() {
-        let st = state.clone();
-        let permit_src = limit.clone();
-        set.spawn(async move {
-            let Ok(_permit) = permit_src.acquire_owned().await else {
-                return (
-                    idx,
-                    c.realm_id.clone(),
-                    c.company_name.clone(),
-                    Err(ApiError::internal("semaphore closed")),
-                );
+    let mut running: HashMap<tokio::task::Id, (usize, String, String)> = HashMap::new();
+    // Compact while the run goes on; JSON only once at the end.
+    let mut results: Vec<(usize, RunEntry)> = Vec::with_capacity(total);
+    let (mut ok, mut failed) = (0usize, 0usize);
+    loop {
+        while set.len() < limit {
+            let Some((idx, realm, name)) = pending.next() else {
+                break;
             };
-            if st.shutdown.is_cancelled() {
-                return (
-                    idx,
-                    c.realm_id.clone(),
-                    c.company_name.clone(),
-                    Err(ApiError::new(
+            let st = state.clone();
+            let r = realm.clone();
+            let handle = set.spawn(async move {
+                if st.shutdown.is_cancelled() {
+                    return Err(ApiError::new(
                         503,
                         "shutting_down",
                         "not synced: the daemon is stopping",
-                    )),
-                );
-            }
-            let r = sync_company(&st, &c.realm_id, date).await;
-            (idx, c.realm_id, c.company_name, r)
-        });
-    }
-    let mut results: Vec<(usize, Value)> = Vec::with_capacity(total);
-    let (mut ok, mut failed) = (0usize, 0usize);
-    while let Some(j) = set.join_next().await {
-        let Ok((idx, realm, name, r)) = j else {
+                    ));
+                }
+                sync_company(&st, &r, date).await
+            });
+            running.insert(handle.id(), (idx, realm, name));
+        }
+        let Some(joined) = set.join_next_with_id().await else {
+            break;
+        };
+        let (id, r) = match joined {
+            Ok((id, r)) => (id, r),
+            // A panicked sync is a failed company, not a lost one.
+            Err(e) => (
+                e.id(),
+                Err(ApiError::internal(format!("the sync task failed: {e}"))),
+            ),
+        };
+        let Some((idx, realm, name)) = running.remove(&id) else {
             continue;
         };
         let entry = match r {
-            Ok(o) if o.error.is_none() => {
-                ok += 1;
-                json!({"company_id": realm, "company_name": o.company_name, "success": true, "rates_synced": o.rates_synced, "rates_written": o.rates_written, "rates_unchanged": o.rates_unchanged})
-            }
-            Ok(o) => {
-                failed += 1;
-                let e = o.error.unwrap_or_else(|| ApiError::internal("unknown"));
-                json!({"company_id": realm, "company_name": o.company_name, "success": false, "rates_synced": o.rates_synced, "error": {"code": e.code, "message": e.message}})
-            }
-            Err(e) => {
-                failed += 1;
-                json!({"company_id": realm, "company_name": name, "success": false, "rates_synced": 0, "error": {"code": e.code, "message": e.message}})
-            }
+            Ok(o) => RunEntry {
+                realm,
+                name: o.company_name,
+                synced: o.rates_synced,
+                written: o.rates_written,
+                unchanged: o.rates_unchanged,
+                error: o.error,
+            },
+            Err(e) => RunEntry {
+                realm,
+                name,
+                synced: 0,
+                written: 0,
+                unchanged: 0,
+                error: Some(e),
+            },
         };
         p.done.fetch_add(1, Relaxed);
-        if entry["success"] == false {
+        if entry.error.is_some() {
+            failed += 1;
             p.failed.fetch_add(1, Relaxed);
+        } else {
+            ok += 1;
         }
         results.push((idx, entry));
     }
@@ -904,7 +991,7 @@ pub async fn run_all(state: &Arc<AppState>, date: NaiveDate, scope: Scope) -> Va
     } else {
         crate::alerts::clear(state, &key);
     }
-    json!({
+    let mut answer = json!({
         "success": true,
         "message": format!("Synced {ok}/{total} companies successfully"),
         "date": date.to_string(),
@@ -912,8 +999,10 @@ pub async fn run_all(state: &Arc<AppState>, date: NaiveDate, scope: Scope) -> Va
         "successful": ok,
         "failed": failed,
         "duration_secs": (secs * 1000.0).round() / 1000.0,
-        "results": results.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
-    })
+    });
+    // Moved in, not through `json!` (which would serialize a copy of every result).
+    answer["results"] = Value::Array(results.into_iter().map(|(_, e)| e.into_json()).collect());
+    answer
 }
 
 /// A company was connected, re-activated or re-enabled: sync it at once for today and for
