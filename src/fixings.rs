@@ -127,6 +127,8 @@ pub struct FetchGate {
     pub ok: std::sync::atomic::AtomicU64,
     /// Scrapes that failed (metrics).
     pub failed: std::sync::atomic::AtomicU64,
+    /// The BoA client, reused across scrapes.
+    client: std::sync::Mutex<Option<BoaClient>>,
 }
 
 /// Fetches the page, stores every official table that validates, logs the attempt.
@@ -157,9 +159,7 @@ pub async fn fetch(state: &AppState, force: bool) -> Result<FetchReport, FixingE
 
 async fn fetch_uncached(state: &AppState) -> Result<FetchReport, FixingError> {
     let config = state.config();
-    let mut cc = BoaClientConfig::new(config.boa.url.as_str());
-    cc.timeout = Duration::from_secs(config.boa.timeout_secs);
-    let client = BoaClient::new(cc)?;
+    let client = boa_client(state)?;
     let now = state.now();
     let today = state.today();
     let url = config.boa.url.to_string();
@@ -598,11 +598,22 @@ pub async fn import_tables(
 /// The path of BoA's yearly workbook index (the site's own spelling), on the page's host.
 pub const ARCHIVE_INDEX_PATH: &str = "/Markets/Official_exchange_rate/Exchage_rate_archive/";
 
-fn boa_client(state: &AppState) -> Result<BoaClient, ApiError> {
+/// The BoA client for the current config, built once and reused (one connection pool)
+/// until a reload changes `boa.url` or `boa.timeout_secs`.
+fn boa_client(state: &AppState) -> Result<BoaClient, FetchError> {
     let config = state.config();
     let mut cc = BoaClientConfig::new(config.boa.url.as_str());
     cc.timeout = Duration::from_secs(config.boa.timeout_secs);
-    BoaClient::new(cc).map_err(|e| ApiError::from(FixingError::from(e)))
+    let mut cached = match state.fetch_gate.client.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(c) = cached.as_ref().filter(|c| *c.config() == cc) {
+        return Ok(c.clone());
+    }
+    let c = BoaClient::new(cc)?;
+    *cached = Some(c.clone());
+    Ok(c)
 }
 
 async fn archive_links(state: &AppState) -> Result<Vec<boa::WorkbookLink>, ApiError> {
@@ -612,7 +623,8 @@ async fn archive_links(state: &AppState) -> Result<Vec<boa::WorkbookLink>, ApiEr
         .url
         .join(ARCHIVE_INDEX_PATH)
         .map_err(ApiError::internal)?;
-    let page = boa_client(state)?
+    let page = boa_client(state)
+        .map_err(|e| ApiError::from(FixingError::from(e)))?
         .fetch_url(index.as_str())
         .await
         .map_err(|e| ApiError::from(FixingError::from(e)))?;
@@ -646,7 +658,8 @@ pub async fn import_year(state: &AppState, year: i32) -> Result<Value, ApiError>
             format!("BoA's archive index lists no workbook for {year}"),
         )
     })?;
-    let file = boa_client(state)?
+    let file = boa_client(state)
+        .map_err(|e| ApiError::from(FixingError::from(e)))?
         .fetch_bytes(&link.url)
         .await
         .map_err(|e| ApiError::from(FixingError::from(e)))?;
