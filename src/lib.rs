@@ -9,8 +9,12 @@
 //! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
 //! - [`app`]: wiring and shutdown; [`http`]: the API; [`control`]: the Unix socket; [`ops`]: operations both share.
 //! - [`cli`]: the command line; [`logging`], [`notify`] (sd_notify), [`shutdown`] (signals).
-//! - [`sync`]: rates in force and per-company rates; later the sync engine.
-//! - [`scheduler`]: next run, business days, catch-up dates, the injectable clock.
+//! - [`fixings`]: the archive as the daemon uses it — fetch/validate/store, rate in force,
+//!   the rates answer, workbook import.
+//! - [`qbo`]: the QuickBooks accounting client, Intuit OAuth, the token manager.
+//! - [`sync`]: rates in force and per-company rates (pure), and the sync engine.
+//! - [`scheduler`]: next run, business days, the injectable clock, and the daily loop.
+//! - [`alerts`]: alerts logged once and sent to the webhook.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
