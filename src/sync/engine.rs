@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::boa::model::TableKind;
 use crate::currency::Currency;
 use crate::fixings::{self, parse_date, NoFixing};
-use crate::ops::{ts, ApiError};
+use crate::ops::ApiError;
 use crate::qbo::model::{rate_body, QboRate};
 use crate::qbo::tokens::TokenError;
 use crate::qbo::{self, Traced};
@@ -1018,11 +1018,6 @@ pub fn on_connected(state: &Arc<AppState>, realm: &str) {
             tracing::warn!(realm_id = %realm, error = %e, "catch-up after connecting failed");
         }
     });
-}
-
-/// `ts` re-exported for answers built elsewhere.
-pub fn stamp(t: DateTime<Utc>) -> String {
-    ts(t)
 }
 
 #[cfg(test)]
