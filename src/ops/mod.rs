@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::boa::model::TableKind;
 use crate::scheduler::time::last_business_day_publication;
 use crate::store::records::{Company, Connection};
+use crate::store::CompanyCounts;
 
 /// Result of an operation.
 pub type OpResult = Result<Value, ApiError>;
@@ -96,20 +97,15 @@ pub fn health(state: &AppState) -> (u16, Value) {
     });
     match result {
         Ok((companies, reasons)) => {
-            let active: Vec<&Company> = companies.iter().filter(|c| c.is_active).collect();
-            let expired = active
-                .iter()
-                .filter(|c| matches!(c.connection, Connection::ReconnectNeeded { .. }))
-                .count();
-            let last_sync = companies.iter().filter_map(|c| c.last_sync_at).max();
+            let counts = CompanyCounts::of(&companies);
             (
                 200,
                 json!({
                     "status": if reasons.is_empty() { "healthy" } else { "degraded" },
-                    "total_companies": companies.len(),
-                    "active_companies": active.len(),
-                    "companies_with_expired_tokens": expired,
-                    "last_sync": last_sync.map(ts),
+                    "total_companies": counts.total,
+                    "active_companies": counts.active,
+                    "companies_with_expired_tokens": counts.expired_tokens,
+                    "last_sync": counts.last_sync.map(ts),
                     "reasons": reasons,
                 }),
             )
@@ -126,8 +122,9 @@ pub fn health(state: &AppState) -> (u16, Value) {
 
 /// `status`: version, uptime, store, last fixing, counts.
 pub fn status(state: &AppState) -> OpResult {
-    let counts = state.store.company_counts()?;
-    let reasons = health_reasons(state, &state.store.companies()?)?;
+    let companies = state.store.companies()?;
+    let counts = CompanyCounts::of(&companies);
+    let reasons = health_reasons(state, &companies)?;
     let today = state.today();
     let mut last = serde_json::Map::new();
     for kind in [TableKind::Main, TableKind::Minor] {

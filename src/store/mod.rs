@@ -122,6 +122,27 @@ pub struct CompanyCounts {
     pub last_sync: Option<DateTime<Utc>>,
 }
 
+impl CompanyCounts {
+    /// Counts a list of companies (one store scan serves the counts and anything else the
+    /// caller needs from the list).
+    pub fn of(companies: &[Company]) -> CompanyCounts {
+        let mut c = CompanyCounts {
+            total: companies.len(),
+            ..CompanyCounts::default()
+        };
+        for co in companies {
+            if co.is_active {
+                c.active += 1;
+                if matches!(co.connection, Connection::ReconnectNeeded { .. }) {
+                    c.expired_tokens += 1;
+                }
+            }
+            c.last_sync = c.last_sync.max(co.last_sync_at);
+        }
+        c
+    }
+}
+
 /// The daemon's database.
 pub struct Store {
     db: sled::Db,
@@ -535,21 +556,7 @@ impl Store {
     /// # Errors
     /// sled or decode failure.
     pub fn company_counts(&self) -> Result<CompanyCounts> {
-        let mut c = CompanyCounts::default();
-        for r in Self::scan::<Company>(&self.companies, keys::COMPANIES, b"") {
-            let (_, co) = r?;
-            c.total += 1;
-            if co.is_active {
-                c.active += 1;
-                if matches!(co.connection, Connection::ReconnectNeeded { .. }) {
-                    c.expired_tokens += 1;
-                }
-            }
-            if co.last_sync_at > c.last_sync {
-                c.last_sync = co.last_sync_at;
-            }
-        }
-        Ok(c)
+        Ok(CompanyCounts::of(&self.companies()?))
     }
 
     // ---------------------------------------------------------------- per-company rates
