@@ -403,6 +403,28 @@ async fn save_company_cache(state: &AppState, company: &Company) -> Result<(), F
     Ok(())
 }
 
+/// What QuickBooks holds for `date` and `codes` (one metered read), by currency.
+async fn read_theirs(
+    state: &AppState,
+    realm: &str,
+    token: &mut String,
+    date: NaiveDate,
+    codes: &[Currency],
+    tids: &mut Vec<String>,
+) -> Result<HashMap<Currency, QboRate>, ApiError> {
+    let qbo = state.qbo();
+    let read = call(state, realm, token, "read", |t| {
+        let q = qbo.clone();
+        let r = realm.to_string();
+        let c = codes.to_vec();
+        async move { q.rates_on(&r, &t, date, &c).await }
+    })
+    .await
+    .map_err(|e| qbo_fail(&e, "reading QuickBooks exchange rates"))?;
+    tids.extend(read.tid);
+    Ok(read.value.into_iter().map(|r| (r.currency, r)).collect())
+}
+
 /// Syncs one company for one date and records the attempt. Never panics; every failure is
 /// an [`Outcome`] with an error (and recorded), except an unknown company (404).
 ///
@@ -597,17 +619,7 @@ async fn run_sync(
         return Ok(());
     }
     let qbo = state.qbo();
-    let read = call(state, &realm, &mut token, "read", |t| {
-        let q = qbo.clone();
-        let r = realm.clone();
-        let c = codes.clone();
-        async move { q.rates_on(&r, &t, date, &c).await }
-    })
-    .await
-    .map_err(|e| qbo_fail(&e, "reading QuickBooks exchange rates"))?;
-    tids.extend(read.tid);
-    let mut theirs: HashMap<Currency, QboRate> =
-        read.value.into_iter().map(|r| (r.currency, r)).collect();
+    let mut theirs = read_theirs(state, &realm, &mut token, date, &codes, tids).await?;
 
     // 5. Write what differs.
     let mut rows = Vec::new();
@@ -672,15 +684,7 @@ async fn run_sync(
                 Err(e) if e.is_stale() && !stale_retry => {
                     // Someone changed the rate meanwhile: re-read the date once, retry with the new SyncToken.
                     stale_retry = true;
-                    let again = call(state, &realm, &mut token, "read", |t| {
-                        let q = qbo.clone();
-                        let r = realm.clone();
-                        let c = codes.clone();
-                        async move { q.rates_on(&r, &t, date, &c).await }
-                    })
-                    .await
-                    .map_err(|e| qbo_fail(&e, "re-reading QuickBooks exchange rates"))?;
-                    theirs = again.value.into_iter().map(|r| (r.currency, r)).collect();
+                    theirs = read_theirs(state, &realm, &mut token, date, &codes, tids).await?;
                     if let Some(q) = theirs.get(&want.currency) {
                         if (q.rate - want.rate).abs() < TOLERANCE {
                             *unchanged += 1;
