@@ -142,6 +142,42 @@ fn kill_9_then_restart_on_the_same_data() {
 }
 
 #[test]
+fn second_daemon_on_the_same_data_dir_is_refused() {
+    // Another socket and port, the same data folder: refused by sled's lock (after the
+    // bounded wait for a lock being released), with the message operators search for.
+    let d = TestDaemon::start("");
+    let other = tempfile::tempdir().unwrap();
+    let config = other.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n[control]\nsocket = \"{}\"\n",
+            d.data_dir().display(),
+            other.path().join("control.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = d
+        .command()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is another boa-exchange running on this data_dir?"),
+        "{err}"
+    );
+    assert_eq!(
+        d.control("status", json!({}))["ok"],
+        true,
+        "the first daemon is unharmed"
+    );
+}
+
+#[test]
 fn second_daemon_on_the_same_socket_is_refused() {
     let d = TestDaemon::start("");
     let out = d

@@ -183,6 +183,42 @@ pub fn prepare_data_dir(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long `Store::open` waits for sled's file lock before reporting another daemon.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database, waiting up to [`LOCK_WAIT`] while its lock is held. sled 0.34
+/// releases the lock only when its flusher thread lets go of the page cache, a moment after
+/// the last handle is dropped: a store closed and reopened in one process (a restart in
+/// tests, a reopen after migration) would otherwise fail at random. A second daemon on the
+/// same folder still gets the "another boa-exchange" error, after the wait.
+fn open_db_waiting_for_lock(db_path: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(db_path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            // sled wraps the lock failure as `ErrorKind::Other` with the OS error's Debug
+            // text ("could not acquire lock on …: Os { … kind: WouldBlock … }").
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(sled::Error::Io(io)) => {
+                return Err(Error::DataDir {
+                    path: db_path.to_path_buf(),
+                    message: format!("{io} (is another boa-exchange running on this data_dir?)"),
+                })
+            }
+            Err(other) => return Err(Error::Sled(other)),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` with the identity at `identity_file`.
     ///
@@ -200,17 +236,7 @@ impl Store {
                 .map_err(dd)?;
         }
         let db_path = data_dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => Error::DataDir {
-                    path: db_path.clone(),
-                    message: format!("{io} (is another boa-exchange running on this data_dir?)"),
-                },
-                other => Error::Sled(other),
-            })?;
+        let db = open_db_waiting_for_lock(&db_path)?;
         // Decide on the identity before anything is written.
         let meta = db.open_tree(keys::META)?;
         let tokens = db.open_tree(keys::TOKENS)?;

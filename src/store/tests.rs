@@ -358,3 +358,26 @@ async fn counts() {
     assert_eq!((n.total, n.active, n.expired_tokens), (3, 2, 1));
     assert_eq!(n.last_sync, a.last_sync_at);
 }
+
+#[test]
+fn a_held_store_is_refused_after_the_lock_wait_and_reopens_once_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    let first = Store::open(dir.path(), &id).unwrap();
+    let started = std::time::Instant::now();
+    let e = Store::open(dir.path(), &id)
+        .err()
+        .expect("second open refused");
+    assert!(started.elapsed() >= LOCK_WAIT, "waited for the lock first");
+    assert!(
+        e.to_string()
+            .contains("is another boa-exchange running on this data_dir?"),
+        "{e}"
+    );
+    drop(first);
+    // Reopened at once after the drop: the bounded wait rides out sled's late unlock.
+    for _ in 0..5 {
+        let s = Store::open(dir.path(), &id).unwrap();
+        drop(s);
+    }
+}
