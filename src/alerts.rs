@@ -1,93 +1,214 @@
 //! Alerts (the brief's list): token refresh failures, sync failures for several companies,
-//! companies not synced for over 24 business hours. Each is logged once (WARN/ERROR, with
-//! the company) until it clears, and optionally POSTed as JSON to `[alerts] webhook_url`
-//! with bounded retries in the background — never blocking a sync or shutdown.
+//! companies not synced for over 24 business hours, repeated drift, undecodable records.
+//! Each is logged once (ERROR, with the company) until it clears, and handed to a sink;
+//! the daemon's sink POSTs it as JSON to `[alerts] webhook_url` with bounded retries in
+//! the background — never blocking a sync or shutdown.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
-use crate::ops::ts;
-use crate::scheduler::time::{is_business_day, local_date, local_instant};
-use crate::store::records::Connection;
+use crate::config::{current, Config, ConfigWatch};
+use crate::scheduler::clock::Clock;
+use crate::scheduler::time::{is_business_day, local_date, local_instant, rfc3339};
+use crate::store::records::{Company, Connection};
 
-/// Alerts currently raised (so each is logged and sent once).
-#[derive(Default)]
+/// One alert as sinks receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Machine-readable kind (`token_refresh_failed`, `sync_failures`, …).
+    pub kind: String,
+    /// The company, when the alert is about one.
+    pub realm: Option<String>,
+    /// What happened, in a sentence.
+    pub message: String,
+    /// When it was raised.
+    pub at: DateTime<Utc>,
+}
+
+/// Where raised alerts go besides the log.
+pub trait AlertSink: Send + Sync {
+    /// Takes one alert; must not block (deliver in the background).
+    fn deliver(&self, alert: Alert);
+}
+
+/// A sink that drops alerts (the log line is the alert).
+pub struct LogOnly;
+
+impl AlertSink for LogOnly {
+    fn deliver(&self, _alert: Alert) {}
+}
+
+/// Alerts currently raised (so each is logged and sent once), and where they go.
 pub struct Alerts {
     raised: Mutex<HashSet<String>>,
+    sink: Arc<dyn AlertSink>,
+    clock: Arc<dyn Clock>,
 }
 
-/// Raises an alert once; `realm` adds the company to the log line and the webhook body.
-pub fn raise(state: &AppState, key: &str, kind: &str, realm: Option<&str>, message: &str) {
-    {
-        let mut r = match state.alerts.raised.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if !r.insert(key.to_string()) {
+impl Alerts {
+    /// Alerts delivered to `sink`, stamped by `clock`.
+    pub fn new(sink: Arc<dyn AlertSink>, clock: Arc<dyn Clock>) -> Self {
+        Alerts {
+            raised: Mutex::new(HashSet::new()),
+            sink,
+            clock,
+        }
+    }
+
+    fn raised(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.raised.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raises an alert once per `key`; `realm` adds the company to the log line and the
+    /// sink's alert. Returns whether it was new.
+    pub fn raise(&self, key: &str, kind: &str, realm: Option<&str>, message: &str) -> bool {
+        if !self.raised().insert(key.to_string()) {
+            return false;
+        }
+        match realm {
+            Some(id) => {
+                tracing::error!(realm_id = id, alert = kind, "ALERT Company {id}: {message}")
+            }
+            None => tracing::error!(alert = kind, "ALERT {message}"),
+        }
+        self.sink.deliver(Alert {
+            kind: kind.to_string(),
+            realm: realm.map(str::to_string),
+            message: message.to_string(),
+            at: self.clock.now(),
+        });
+        true
+    }
+
+    /// Clears an alert so it is reported again if it comes back.
+    pub fn clear(&self, key: &str) {
+        self.raised().remove(key);
+    }
+
+    /// Whether an alert is raised now.
+    pub fn is_raised(&self, key: &str) -> bool {
+        self.raised().contains(key)
+    }
+
+    /// Periodic check: companies not synced for over 24 business hours, companies needing
+    /// a reconnect. Raises new alerts, clears resolved ones.
+    pub fn check_health(&self, companies: &[Company], config: &Config) {
+        let now = self.clock.now();
+        for c in companies.iter().filter(|c| c.is_active) {
+            let stale_key = format!("stale:{}", c.realm_id);
+            let since = c.last_sync_at.unwrap_or(c.created_at);
+            if config.schedule.enabled
+                && c.sync_enabled
+                && c.is_connected()
+                && business_hours(since, now, config.schedule.timezone) > 24
+            {
+                self.raise(
+                    &stale_key,
+                    "company_not_synced",
+                    Some(&c.realm_id),
+                    &format!(
+                        "not synced for over 24 business hours (last sync {})",
+                        c.last_sync_at
+                            .map(rfc3339)
+                            .unwrap_or_else(|| "never".into())
+                    ),
+                );
+            } else {
+                self.clear(&stale_key);
+            }
+            let token_key = format!("token:{}", c.realm_id);
+            if let Connection::ReconnectNeeded { reason, .. } = &c.connection {
+                self.raise(
+                    &token_key,
+                    "token_refresh_failed",
+                    Some(&c.realm_id),
+                    &format!("Token refresh failed ({reason}); the company must reconnect"),
+                );
+            } else {
+                self.clear(&token_key);
+            }
+        }
+    }
+}
+
+/// The daemon's sink: POSTs each alert to `[alerts] webhook_url` (when set), three tries,
+/// on the daemon's task tracker, given up when the daemon stops.
+pub struct WebhookSink {
+    client: reqwest::Client,
+    config: ConfigWatch,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl WebhookSink {
+    /// A sink posting with `client` to the webhook the current config names.
+    pub fn new(
+        client: reqwest::Client,
+        config: ConfigWatch,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        WebhookSink {
+            client,
+            config,
+            tasks,
+            stop,
+        }
+    }
+}
+
+impl AlertSink for WebhookSink {
+    fn deliver(&self, alert: Alert) {
+        let Some(url) = current(&self.config).alert_webhook.clone() else {
             return;
-        }
-    }
-    match realm {
-        Some(id) => tracing::error!(realm_id = id, alert = kind, "ALERT Company {id}: {message}"),
-        None => tracing::error!(alert = kind, "ALERT {message}"),
-    }
-    let Some(url) = state.config().alert_webhook.clone() else {
-        return;
-    };
-    let body = json!({
-        "source": "boa-exchange",
-        "alert": kind,
-        "company_id": realm,
-        "message": message,
-        "at": ts(state.now()),
-    });
-    let client = state.http_client.clone();
-    let stop = state.shutdown.clone();
-    let kind = kind.to_string();
-    let deliver = async move {
-        for attempt in 0..3u32 {
-            let r = client
-                .post(url.clone())
-                .timeout(Duration::from_secs(10))
-                .json(&body)
-                .send()
-                .await;
-            match r {
-                Ok(resp) if resp.status().is_success() => return,
-                Ok(resp) => tracing::warn!(
-                    status = resp.status().as_u16(),
-                    "alert webhook refused the alert"
-                ),
-                Err(e) => tracing::warn!(error = %e.without_url(), "alert webhook unreachable"),
+        };
+        let body = json!({
+            "source": "boa-exchange",
+            "alert": alert.kind,
+            "company_id": alert.realm,
+            "message": alert.message,
+            "at": rfc3339(alert.at),
+        });
+        let client = self.client.clone();
+        let stop = self.stop.clone();
+        let kind = alert.kind;
+        let deliver = async move {
+            for attempt in 0..3u32 {
+                let r = client
+                    .post(url.clone())
+                    .timeout(Duration::from_secs(10))
+                    .json(&body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().is_success() => return,
+                    Ok(resp) => tracing::warn!(
+                        status = resp.status().as_u16(),
+                        "alert webhook refused the alert"
+                    ),
+                    Err(e) => tracing::warn!(error = %e.without_url(), "alert webhook unreachable"),
+                }
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-        }
-    };
-    // The delivery runs on the task tracker, so a webhook that hangs would hold shutdown
-    // for the whole drain budget: it gives up when the daemon stops (the alert is logged).
-    state.tasks.spawn(async move {
-        tokio::select! {
-            _ = deliver => {}
-            _ = stop.cancelled() => {
-                tracing::warn!(alert = %kind, "alert webhook delivery abandoned: the daemon is stopping");
+        };
+        // The delivery runs on the task tracker, so a webhook that hangs would hold shutdown
+        // for the whole drain budget: it gives up when the daemon stops (the alert is logged).
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = deliver => {}
+                _ = stop.cancelled() => {
+                    tracing::warn!(alert = %kind, "alert webhook delivery abandoned: the daemon is stopping");
+                }
             }
-        }
-    });
-}
-
-/// Clears an alert so it is reported again if it comes back.
-pub fn clear(state: &AppState, key: &str) {
-    let mut r = match state.alerts.raised.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    r.remove(key);
+        });
+    }
 }
 
 /// Hours between two instants that fall on business days (Mon–Fri, local), capped at 30 days.
@@ -110,53 +231,10 @@ pub fn business_hours(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> i64 {
     secs / 3600
 }
 
-/// Periodic check: companies not synced for over 24 business hours, companies needing a
-/// reconnect. Raises new alerts, clears resolved ones.
-pub fn check_health(state: &AppState) {
-    let Ok(companies) = state.store.companies() else {
-        return;
-    };
-    let config = state.config();
-    let now = state.now();
-    for c in companies.iter().filter(|c| c.is_active) {
-        let stale_key = format!("stale:{}", c.realm_id);
-        let since = c.last_sync_at.unwrap_or(c.created_at);
-        if config.schedule.enabled
-            && c.sync_enabled
-            && c.is_connected()
-            && business_hours(since, now, config.schedule.timezone) > 24
-        {
-            raise(
-                state,
-                &stale_key,
-                "company_not_synced",
-                Some(&c.realm_id),
-                &format!(
-                    "not synced for over 24 business hours (last sync {})",
-                    c.last_sync_at.map(ts).unwrap_or_else(|| "never".into())
-                ),
-            );
-        } else {
-            clear(state, &stale_key);
-        }
-        let token_key = format!("token:{}", c.realm_id);
-        if let Connection::ReconnectNeeded { reason, .. } = &c.connection {
-            raise(
-                state,
-                &token_key,
-                "token_refresh_failed",
-                Some(&c.realm_id),
-                &format!("Token refresh failed ({reason}); the company must reconnect"),
-            );
-        } else {
-            clear(state, &token_key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::clock::ManualClock;
     use chrono_tz::Europe::Tirane;
 
     fn utc(s: &str) -> DateTime<Utc> {
@@ -186,5 +264,28 @@ mod tests {
             ),
             0
         );
+    }
+
+    struct Recorder(Mutex<Vec<Alert>>);
+    impl AlertSink for Recorder {
+        fn deliver(&self, alert: Alert) {
+            self.0.lock().unwrap().push(alert);
+        }
+    }
+
+    #[test]
+    fn an_alert_is_delivered_once_until_cleared() {
+        let sink = Arc::new(Recorder(Mutex::new(vec![])));
+        let clock = ManualClock::new(utc("2026-05-22T10:00:00Z"));
+        let alerts = Alerts::new(sink.clone(), Arc::new(clock));
+        assert!(alerts.raise("k", "sync_failures", None, "two failed"));
+        assert!(!alerts.raise("k", "sync_failures", None, "two failed"));
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+        alerts.clear("k");
+        assert!(alerts.raise("k", "sync_failures", Some("1"), "again"));
+        let got = sink.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].realm.as_deref(), Some("1"));
+        assert_eq!(got[1].at, utc("2026-05-22T10:00:00Z"));
     }
 }

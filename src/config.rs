@@ -165,6 +165,7 @@ struct RawQuickbooks {
     api_base: String,
     minor_version: i64,
     max_concurrent_companies: i64,
+    writes_in_flight_per_company: i64,
     timeout_secs: i64,
 }
 
@@ -182,6 +183,7 @@ impl Default for RawQuickbooks {
             api_base: String::new(),
             minor_version: 75,
             max_concurrent_companies: 16,
+            writes_in_flight_per_company: 4,
             timeout_secs: 30,
         }
     }
@@ -306,6 +308,8 @@ pub struct QuickbooksConfig {
     pub minor_version: u32,
     /// Companies synced at once in a sync-all.
     pub max_concurrent_companies: usize,
+    /// One company's rate writes sent concurrently (1-8; Intuit allows 10 per realm).
+    pub writes_in_flight_per_company: usize,
     /// Per-request timeout for Intuit calls.
     pub timeout_secs: u64,
 }
@@ -646,6 +650,11 @@ fn validate(
             q.max_concurrent_companies,
             1024,
         )? as usize,
+        writes_in_flight_per_company: positive(
+            "quickbooks.writes_in_flight_per_company",
+            q.writes_in_flight_per_company,
+            8,
+        )? as usize,
         timeout_secs: positive("quickbooks.timeout_secs", q.timeout_secs, 3600)? as u64,
     };
 
@@ -764,6 +773,15 @@ fn validate(
             .var("ENVIRONMENT")
             .unwrap_or_else(|| "development".into()),
     })
+}
+
+/// How services see the configuration: the current value, replaced whole on SIGHUP by the
+/// wiring (`app`), which holds the sending side.
+pub type ConfigWatch = tokio::sync::watch::Receiver<std::sync::Arc<Config>>;
+
+/// The current configuration of a watch.
+pub fn current(w: &ConfigWatch) -> std::sync::Arc<Config> {
+    w.borrow().clone()
 }
 
 #[cfg(test)]

@@ -1,20 +1,17 @@
 //! boa-exchange: keeps the Bank of Albania's official exchange rates in every connected
 //! QuickBooks Online company.
 //!
-//! # Layout
-//! - [`config`]: the TOML config, env overrides, secrets, validation.
-//! - [`store`]: the sled store, record encoding, encrypted tokens.
-//! - [`crypto`]: the age identity that encrypts secrets at rest.
-//! - [`currency`]: the currency-code type.
-//! - [`boa`]: the BoA fixing — model, page parser, fetcher, workbook import.
-//! - [`app`]: wiring and shutdown; [`http`]: the API; [`control`]: the Unix socket; [`ops`]: operations both share.
-//! - [`cli`]: the command line; [`logging`], [`notify`] (sd_notify), [`shutdown`] (signals).
-//! - [`fixings`]: the archive as the daemon uses it — fetch/validate/store, rate in force,
-//!   the rates answer, workbook import.
-//! - [`qbo`]: the QuickBooks accounting client, Intuit OAuth, the token manager.
-//! - [`sync`]: rates in force and per-company rates (pure), and the sync engine.
-//! - [`scheduler`]: next run, business days, the injectable clock, and the daily loop.
-//! - [`alerts`]: alerts logged once and sent to the webhook.
+//! # Layout (SPEC §1 "Layers": imports only point down)
+//! - wiring: `main.rs`, [`cli`] (the command line), [`app`] (builds each service, drains),
+//!   [`logging`], [`shutdown`] (signals).
+//! - interfaces: [`http`] (the API), [`control`] (the Unix socket): bytes ⇄ requests.
+//! - operations: [`ops`] — the one door; answers and the error → status/exit-code table.
+//! - services: [`sync`] (`SyncEngine`), [`archive`] (`Archive`, the BoA fixings as the
+//!   daemon uses them), [`scheduler`] (`Scheduler`), [`alerts`] (`Alerts` and its sinks).
+//! - adapters: [`store`] (sled, encrypted tokens), [`boa`] (fetch), [`qbo`] (accounting
+//!   client, Intuit OAuth, token manager), [`crypto`], [`notify`] (sd_notify), [`metrics`].
+//! - leaves: [`config`], [`currency`], `boa::{model,parse,import}`, `sync::{rates,plan}`,
+//!   `scheduler::{time,clock}`.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,16 +22,16 @@
 
 pub mod alerts;
 pub mod app;
+pub mod archive;
 pub mod boa;
 pub mod cli;
-pub mod cli_render;
 pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod currency;
-pub mod fixings;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod ops;
 pub mod qbo;

@@ -56,8 +56,7 @@ async fn try_serve(config: Config, log: logging::LogHandle) -> anyhow::Result<()
     let mut signals = shutdown::Signals::new().context("installing signal handlers")?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
-            let ev = signals.next().await;
+        while let Some(ev) = signals.next().await {
             if tx.send(ev).is_err() {
                 break;
             }

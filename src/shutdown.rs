@@ -1,35 +1,49 @@
-//! Signals: SIGTERM or SIGINT end the daemon; SIGHUP asks for a config reload.
+//! Signals (`signal-hook`): SIGTERM or SIGINT end the daemon; SIGHUP asks for a config
+//! reload. A second SIGTERM/SIGINT while the first one's drain runs exits at once (status 1):
+//! what was acknowledged is already on disk (SPEC §8).
 //!
-//! Streams are registered once, before any loop, so no signal between iterations is lost.
+//! Handlers are registered once, before any loop, so no signal between iterations is lost.
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-/// The process's signal streams.
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals as SignalStream;
+
+/// The process's signal stream.
 pub struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
+    stream: SignalStream,
 }
 
 impl Signals {
-    /// Registers SIGTERM, SIGINT and SIGHUP handlers.
+    /// Registers SIGTERM, SIGINT and SIGHUP handlers, and the "second stop signal exits
+    /// now" rule.
     ///
     /// # Errors
     /// When the handlers cannot be installed.
     pub fn new() -> std::io::Result<Signals> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT] {
+            // Order matters: the conditional exit sees the flag as the previous signal left
+            // it, then the flag is set for the next one.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stopping))?;
+            signal_hook::flag::register(sig, Arc::clone(&stopping))?;
+        }
         Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            stream: SignalStream::new([SIGTERM, SIGINT, SIGHUP])?,
         })
     }
 
-    /// Waits for the next signal.
-    pub async fn next(&mut self) -> Event {
-        tokio::select! {
-            _ = self.term.recv() => Event::Stop("SIGTERM"),
-            _ = self.int.recv() => Event::Stop("SIGINT"),
-            _ = self.hup.recv() => Event::Reload,
+    /// Waits for the next signal (`None` once the stream is closed).
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.stream.next().await? {
+                SIGTERM => return Some(Event::Stop("SIGTERM")),
+                SIGINT => return Some(Event::Stop("SIGINT")),
+                SIGHUP => return Some(Event::Reload),
+                _ => continue,
+            }
         }
     }
 }

@@ -325,18 +325,19 @@ async fn rates_on_the_cli_as_table_and_json() {
     let v: Value = serde_json::from_str(out.trim()).expect("--json prints JSON");
     assert_eq!(v, friday_answer("2026-05-22", &w.boa.url()));
 
-    // No fixing / bad date: exit 1 with the daemon's message.
+    // No fixing: exit 1 with the daemon's message.
     let (code, out, err) = cli(&w, &["rates", "--date", "2026-05-21"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("2026-05-22") && err.contains("no_fixing"),
         "{err}"
     );
+    // A malformed date is the caller's mistake: the daemon classes it `bad_input`, exit 2.
     let (code, out, err) = cli(&w, &["rates", "--date", "22.05.2026"]);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("bad_date"), "{err}");
     let (code, out, _) = cli(&w, &["--json", "rates", "--date", "22.05.2026"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     let v: Value = serde_json::from_str(out.trim()).expect("error JSON on stdout");
     assert_eq!(v["success"], false, "{v}");
     assert_eq!(v["error"]["code"], "bad_date", "{v}");

@@ -1019,6 +1019,8 @@ async fn token_manager_gives_ten_concurrent_callers_one_refresh() {
     let tm = Arc::new(TokenManager::new(
         store.clone(),
         OAuthClient::new(http, &config.quickbooks),
+        Arc::new(boa_exchange::scheduler::clock::SystemClock),
+        Arc::new(boa_exchange::metrics::Metrics::new()),
     ));
 
     let mut tasks = Vec::new();

@@ -673,7 +673,10 @@ async fn metrics(d: &InProcDaemon) -> String {
         .expect("metrics");
     assert_eq!(r.status(), 200, "loopback needs no key");
     let ct = r.headers()[CONTENT_TYPE].to_str().expect("ct").to_string();
-    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(
+        ct.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{ct}"
+    );
     r.text().await.expect("text")
 }
 
@@ -684,15 +687,15 @@ async fn metrics_in_prometheus_text_format_count_fetches_and_syncs() {
     let clock = ManualClock::new(tirane(FRI, 14, 0, 0));
     let d = InProcDaemon::start(&config(&f, false, ""), clock.clone()).await;
     let m = metrics(&d).await;
-    assert!(
-        m.contains("# TYPE boa_exchange_scrapes_total counter\n"),
-        "{m}"
-    );
-    assert!(m.contains("# HELP boa_exchange_scrapes_total "), "{m}");
+    // OpenMetrics text (prometheus-client): a counter family is typed without `_total`,
+    // its samples carry it, and the exposition ends with `# EOF`.
+    assert!(m.contains("# TYPE boa_exchange_scrapes counter\n"), "{m}");
+    assert!(m.contains("# HELP boa_exchange_scrapes "), "{m}");
+    assert!(m.ends_with("# EOF\n"), "{m}");
     for line in m.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix('#') {
             assert!(
-                rest.starts_with(" HELP ") || rest.starts_with(" TYPE "),
+                rest.starts_with(" HELP ") || rest.starts_with(" TYPE ") || rest == " EOF",
                 "{line}"
             );
             continue;

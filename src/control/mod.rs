@@ -1,6 +1,7 @@
 //! The local admin channel: newline-delimited JSON over a Unix stream socket (SPEC §7).
 //! `{"cmd": "...", "args": {...}}` in, `{"ok": true, "data": ...}` or
-//! `{"ok": false, "error": {"code", "message"}}` out, one per line.
+//! `{"ok": false, "error": {"code", "message", "kind"}}` out, one per line; `kind` is the
+//! category `ops` maps the error to, from which the CLI picks its exit code.
 
 pub mod client;
 pub mod server;
@@ -29,6 +30,9 @@ pub struct ErrorBody {
     pub code: String,
     /// Explanation.
     pub message: String,
+    /// The category (`bad_input`, `not_found`, `conflict`, …; SPEC §7).
+    #[serde(default)]
+    pub kind: String,
 }
 
 /// One answer line.
@@ -53,15 +57,21 @@ impl Response {
             error: None,
         }
     }
-    /// A failure answer.
-    pub fn err(code: &str, message: impl Into<String>) -> Self {
+    /// A failure of the protocol itself (a bad line, a refused peer).
+    pub fn err(code: &str, message: impl Into<String>, kind: crate::ops::Kind) -> Self {
         Response {
             ok: false,
             data: None,
             error: Some(ErrorBody {
                 code: code.to_string(),
                 message: message.into(),
+                kind: kind.as_str().to_string(),
             }),
         }
+    }
+
+    /// An operation's refusal or failure.
+    pub fn failed(e: &crate::ops::ApiError) -> Self {
+        Self::err(e.code, e.message.clone(), e.kind())
     }
 }

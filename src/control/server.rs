@@ -13,9 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{Request, Response, MAX_LINE};
-use crate::app::AppState;
-use crate::boa::model::FixingTable;
-use crate::ops::{self, ApiError};
+use crate::ops::{self, ApiError, Ctx};
 use serde_json::Value;
 
 /// Binds the control socket at `path`: creates the folder, removes a stale socket (one no
@@ -46,7 +44,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Accepts connections until `token` is cancelled; removes the socket file on the way out.
-pub async fn serve(listener: UnixListener, state: Arc<AppState>, token: CancellationToken) {
+pub async fn serve(listener: UnixListener, state: Arc<Ctx>, token: CancellationToken) {
     let path = listener
         .local_addr()
         .ok()
@@ -148,7 +146,7 @@ async fn read_line(
     }))
 }
 
-async fn connection(stream: UnixStream, state: Arc<AppState>, token: CancellationToken) {
+async fn connection(stream: UnixStream, state: Arc<Ctx>, token: CancellationToken) {
     let allowed = peer_allowed(&stream);
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -158,6 +156,7 @@ async fn connection(stream: UnixStream, state: Arc<AppState>, token: Cancellatio
             &Response::err(
                 "permission_denied",
                 "only root, the service user or members of its group may use this socket",
+                ops::Kind::Unauthorized,
             ),
         )
         .await;
@@ -174,10 +173,10 @@ async fn connection(stream: UnixStream, state: Arc<AppState>, token: Cancellatio
             Ok(Some(Line::Text(line))) if line.trim().is_empty() => continue,
             Ok(Some(Line::Text(line))) => match serde_json::from_str::<Request>(&line) {
                 Ok(req) => dispatch(&state, req).await,
-                Err(e) => Response::err("bad_request", format!("not a request line ({e}); expected {{\"cmd\": \"...\", \"args\": {{...}}}}")),
+                Err(e) => Response::err("bad_request", format!("not a request line ({e}); expected {{\"cmd\": \"...\", \"args\": {{...}}}}"), ops::Kind::BadInput),
             },
-            Ok(Some(Line::TooLong)) => Response::err("line_too_long", format!("request lines are limited to {MAX_LINE} bytes")),
-            Ok(Some(Line::NotUtf8)) => Response::err("bad_request", "request lines must be UTF-8 JSON"),
+            Ok(Some(Line::TooLong)) => Response::err("line_too_long", format!("request lines are limited to {MAX_LINE} bytes"), ops::Kind::BadInput),
+            Ok(Some(Line::NotUtf8)) => Response::err("bad_request", "request lines must be UTF-8 JSON", ops::Kind::BadInput),
         };
         if send(&mut w, &answer).await.is_err() {
             break;
@@ -205,7 +204,7 @@ fn arg_opt<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// Runs one request.
-pub async fn dispatch(state: &Arc<AppState>, req: Request) -> Response {
+pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
     let a = &req.args;
     let result: ops::OpResult = match req.cmd.as_str() {
         "status" => ops::status(state),
@@ -218,35 +217,28 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request) -> Response {
             Err(e) => Err(e),
         },
         "sync" => match arg_str(a, "realm") {
-            Ok(r) => crate::sync::sync_one_op(state, r, arg_opt(a, "date")).await,
+            Ok(r) => ops::sync::sync_one(state, r, arg_opt(a, "date")).await,
             Err(e) => Err(e),
         },
-        "sync_all" => crate::sync::sync_all_op(state, arg_opt(a, "date")).await,
+        "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date")).await,
         "set" => match arg_str(a, "realm") {
             Ok(r) => {
                 let settings = a.get("settings").cloned().unwrap_or(Value::Null);
-                let res = ops::companies::update_settings(state, r, &settings).await;
-                if res.as_ref().is_ok_and(|v| v["sync_reenabled"] == true) {
-                    crate::sync::on_connected(state, r);
-                }
-                res
+                ops::companies::update_settings(state, r, &settings).await
             }
             Err(e) => Err(e),
         },
         "disconnect" => match arg_str(a, "realm") {
-            Ok(r) => ops::oauth::disconnect(state, r).await,
+            Ok(r) => ops::connect::disconnect(state, r).await,
             Err(e) => Err(e),
         },
-        "rates" => crate::fixings::rates_answer(state, arg_opt(a, "date")),
-        "fetch" => crate::fixings::fetch(state, true)
-            .await
-            .map(|r| r.to_json())
-            .map_err(ApiError::from),
-        "scrapes" => crate::fixings::scrapes_json(
+        "rates" => ops::rates::answer(state, arg_opt(a, "date")),
+        "fetch" => ops::rates::fetch(state).await,
+        "scrapes" => ops::rates::scrapes(
             state,
             a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
         ),
-        "connect_url" => ops::oauth::connect_url(state).await,
+        "connect_url" => ops::connect::connect_url(state).await,
         "logs" => match arg_str(a, "realm") {
             Ok(r) => ops::companies::logs(
                 state,
@@ -256,9 +248,13 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request) -> Response {
             Err(e) => Err(e),
         },
         "import_tables" => import(state, a).await,
-        "archive_index" => crate::fixings::archive_index(state).await,
-        "import_year" => match a.get("year").and_then(Value::as_i64) {
-            Some(y) => crate::fixings::import_year(state, y as i32).await,
+        "archive_index" => ops::rates::archive_index(state).await,
+        "import_year" => match a
+            .get("year")
+            .and_then(Value::as_i64)
+            .and_then(|y| i32::try_from(y).ok())
+        {
+            Some(y) => ops::rates::import_year(state, y).await,
             None => Err(ApiError::bad_request(
                 "missing_argument",
                 "argument \"year\" is required",
@@ -271,15 +267,23 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request) -> Response {
     };
     match result {
         Ok(data) => Response::ok(data),
-        Err(e) => Response::err(e.code, e.message),
+        Err(e) => {
+            if let Some(detail) = &e.detail {
+                tracing::error!(code = e.code, error = %detail, "internal error");
+            }
+            Response::failed(&e)
+        }
     }
 }
 
-async fn import(state: &AppState, a: &Value) -> ops::OpResult {
+async fn import(state: &Ctx, a: &Value) -> ops::OpResult {
     let file = arg_str(a, "file")?;
     let sha = arg_opt(a, "sha256").unwrap_or("");
-    let tables: Vec<FixingTable> =
-        serde_json::from_value(a.get("tables").cloned().unwrap_or(Value::Null))
-            .map_err(|e| ApiError::bad_request("bad_tables", format!("tables: {e}")))?;
-    crate::fixings::import_tables(state, file, sha, &tables).await
+    ops::rates::import_tables(
+        state,
+        file,
+        sha,
+        a.get("tables").cloned().unwrap_or(Value::Null),
+    )
+    .await
 }

@@ -14,13 +14,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
+use crate::ops::Ctx;
 
 /// How long open connections get to finish after shutdown begins.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `token` is cancelled, then drains.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, token: CancellationToken) {
+pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationToken) {
+    let limiter = Arc::new(limit::RateLimiter::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -28,9 +29,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, token: Cancellat
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let st = state.clone();
+                    let lim = limiter.clone();
                     let svc = service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(routes::handle(&st, peer, req).await) }
+                        let lim = lim.clone();
+                        async move { Ok::<_, Infallible>(routes::handle(&st, &lim, peer, req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())

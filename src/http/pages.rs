@@ -1,7 +1,6 @@
 //! The few HTML pages a browser sees: the landing page with the "Connect to QuickBooks"
 //! button, and the result pages of the OAuth flow. Every dynamic value is escaped.
 
-use crate::app::AppState;
 use crate::config::Enrollment;
 use crate::store::records::Company;
 
@@ -25,9 +24,8 @@ fn page(title: &str, body: &str) -> String {
 }
 
 /// `GET /`: what the service is; the Connect button when enrollment is open.
-pub fn index(state: &AppState) -> String {
-    let config = state.config();
-    let button = match config.server.enrollment {
+pub fn index(enrollment: Enrollment) -> String {
+    let button = match enrollment {
         Enrollment::Open => "<p><a class=\"c2qb\" href=\"/api/v1/oauth/connect\" title=\"Connect to QuickBooks\">Connect to QuickBooks</a></p>",
         Enrollment::Invite => "<p>Connections are by invitation: ask your administrator for a connection link.</p>",
     };

@@ -13,9 +13,9 @@ use hyper::header::{
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
 
+use super::limit::RateLimiter;
 use super::pages;
-use crate::app::AppState;
-use crate::ops::{self, ApiError};
+use crate::ops::{self, ApiError, Ctx};
 
 /// Largest request body accepted (SPEC §6).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -49,7 +49,8 @@ impl Req {
 
 /// Reads the body (bounded) and routes.
 pub async fn handle(
-    state: &Arc<AppState>,
+    state: &Arc<Ctx>,
+    limiter: &RateLimiter,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -89,16 +90,16 @@ pub async fn handle(
         body,
         peer,
     };
-    route(state, r).await
+    route(state, limiter, r).await
 }
 
 /// Dispatches a request to its operation.
-pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
+pub async fn route(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response<Full<Bytes>> {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let limited = !matches!(segs.as_slice(), ["health"] | ["metrics"]);
     if limited {
         let per_minute = state.config().server.rate_limit_per_minute;
-        if let Err(wait) = state.limiter.check(req.peer.ip(), per_minute) {
+        if let Err(wait) = limiter.check(req.peer.ip(), per_minute) {
             let mut e = ApiError::new(
                 429,
                 "rate_limited",
@@ -116,7 +117,7 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
             let (status, body) = ops::health(state);
             json(status, &body)
         }
-        [""] if m == Method::GET => html(200, &pages::index(state)),
+        [""] if m == Method::GET => html(200, &pages::index(state.config().server.enrollment)),
         ["metrics"] if m == Method::GET => {
             if !state.http_addr.ip().is_loopback() {
                 if let Err(e) = admin(state, &req) {
@@ -128,18 +129,20 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
                     let mut r = Response::new(Full::new(Bytes::from(text)));
                     r.headers_mut().insert(
                         CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
                     );
                     r
                 }
-                Err(e) => error(&ApiError::internal(e)),
+                Err(e) => error(&ApiError::from(e)),
             }
         }
         ["api", "v1", "rates"] if m == Method::GET => {
-            answer(crate::fixings::rates_answer(state, req.query("date")))
+            answer(ops::rates::answer(state, req.query("date")))
         }
         ["api", "v1", "oauth", "connect"] if m == Method::GET => {
-            match ops::oauth::connect(state, req.query("invite")).await {
+            match ops::connect::connect(state, req.query("invite")).await {
                 Ok(start) => {
                     let mut r = Response::new(Full::new(Bytes::new()));
                     *r.status_mut() = StatusCode::FOUND;
@@ -156,16 +159,15 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
             }
         }
         ["api", "v1", "oauth", "callback"] if m == Method::GET => {
-            let p = ops::oauth::CallbackParams {
+            let p = ops::connect::CallbackParams {
                 code: req.query("code"),
                 state: req.query("state"),
                 realm_id: req.query("realmId"),
                 error: req.query("error"),
             };
             let cookie = req.headers.get(COOKIE).and_then(|v| v.to_str().ok());
-            match ops::oauth::callback(state, &p, cookie).await {
+            match ops::connect::callback(state, &p, cookie).await {
                 Ok(c) => {
-                    crate::sync::on_connected(state, &c.realm_id);
                     if wants_json(&req) {
                         json(
                             200,
@@ -182,7 +184,7 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
             if let Err(e) = admin(state, &req) {
                 return error(&e);
             }
-            match ops::oauth::disconnect(state, id).await {
+            match ops::connect::disconnect(state, id).await {
                 Ok(v) if !wants_json(&req) && accepts_html(&req) => html(
                     200,
                     &pages::message("Disconnected", v["message"].as_str().unwrap_or("")),
@@ -191,7 +193,7 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
             }
         }
         ["api", "v1", "oauth", "status", id] if m == Method::GET => {
-            guarded(state, &req, |st| ops::oauth::status(st, id))
+            guarded(state, &req, |st| ops::connect::status(st, id))
         }
         ["api", "v1", "companies", ..] => companies(state, &req, &segs[3..]).await,
         ["health"] | ["metrics"] | [""] | ["api", "v1", "rates"] | ["api", "v1", "oauth", ..] => {
@@ -205,7 +207,7 @@ pub async fn route(state: &Arc<AppState>, req: Req) -> Response<Full<Bytes>> {
     }
 }
 
-async fn companies(state: &Arc<AppState>, req: &Req, rest: &[&str]) -> Response<Full<Bytes>> {
+async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<Bytes>> {
     if let Err(e) = admin(state, req) {
         return error(&e);
     }
@@ -222,10 +224,10 @@ async fn companies(state: &Arc<AppState>, req: &Req, rest: &[&str]) -> Response<
             }
         }
         ["sync-all"] if m == Method::POST => {
-            answer(crate::sync::sync_all_op(state, req.query("target_date")).await)
+            answer(ops::sync::sync_all(state, req.query("target_date")).await)
         }
         [id, "sync"] if m == Method::POST => {
-            answer(crate::sync::sync_one_op(state, id, req.query("target_date")).await)
+            answer(ops::sync::sync_one(state, id, req.query("target_date")).await)
         }
         [id, "sync", "status"] if m == Method::GET => {
             answer(ops::companies::sync_status(state, id))
@@ -233,13 +235,7 @@ async fn companies(state: &Arc<AppState>, req: &Req, rest: &[&str]) -> Response<
         [id, "settings"] if m == Method::PUT => {
             let body: Result<serde_json::Value, _> = serde_json::from_slice(&req.body);
             match body {
-                Ok(v) => {
-                    let res = ops::companies::update_settings(state, id, &v).await;
-                    if res.as_ref().is_ok_and(|v| v["sync_reenabled"] == true) {
-                        crate::sync::on_connected(state, id);
-                    }
-                    answer(res)
-                }
+                Ok(v) => answer(ops::companies::update_settings(state, id, &v).await),
                 Err(e) => error(&ApiError::bad_request(
                     "bad_json",
                     format!("the body is not valid JSON: {e}"),
@@ -269,7 +265,7 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
 }
 
 /// Checks the admin key: `Authorization: Bearer <key>` or `X-API-Key: <key>`, constant time.
-fn admin(state: &AppState, req: &Req) -> Result<(), ApiError> {
+fn admin(state: &Ctx, req: &Req) -> Result<(), ApiError> {
     let config = state.config();
     let key = config.server.admin_api_key.expose();
     if key.is_empty() {
@@ -305,11 +301,7 @@ fn admin(state: &AppState, req: &Req) -> Result<(), ApiError> {
     }
 }
 
-fn guarded(
-    state: &AppState,
-    req: &Req,
-    f: impl FnOnce(&AppState) -> ops::OpResult,
-) -> Response<Full<Bytes>> {
+fn guarded(state: &Ctx, req: &Req, f: impl FnOnce(&Ctx) -> ops::OpResult) -> Response<Full<Bytes>> {
     match admin(state, req) {
         Ok(()) => answer(f(state)),
         Err(e) => error(&e),
@@ -380,8 +372,11 @@ pub fn html(status: u16, body: &str) -> Response<Full<Bytes>> {
     r
 }
 
-/// The SPEC §6 error answer.
+/// The SPEC §6 error answer. A 500's detail is logged here, once; 4xx are not logged.
 pub fn error(e: &ApiError) -> Response<Full<Bytes>> {
+    if let Some(detail) = &e.detail {
+        tracing::error!(code = e.code, error = %detail, "internal error");
+    }
     let mut r = json(e.status, &e.body());
     if let Some(secs) = e.retry_after {
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

@@ -1,11 +1,9 @@
 //! Company management: list, sync status, settings, logs. Each company's answers hold only
 //! its own data (every read is keyed by its realm id).
 
-use chrono::Utc;
 use serde_json::{json, Map, Value};
 
-use super::{ts, ApiError, OpResult};
-use crate::app::AppState;
+use super::{ts, ApiError, Ctx, OpResult};
 use crate::currency::Currency;
 use crate::store::records::{Company, Connection, LogKind};
 
@@ -49,8 +47,8 @@ pub fn entry(c: &Company) -> Value {
 ///
 /// # Errors
 /// Store failure.
-pub fn list(state: &AppState, active_only: bool) -> OpResult {
-    let companies: Vec<Value> = state
+pub fn list(ctx: &Ctx, active_only: bool) -> OpResult {
+    let companies: Vec<Value> = ctx
         .store
         .companies()?
         .iter()
@@ -60,9 +58,8 @@ pub fn list(state: &AppState, active_only: bool) -> OpResult {
     Ok(json!({"success": true, "count": companies.len(), "companies": companies}))
 }
 
-fn company(state: &AppState, realm: &str) -> Result<Company, ApiError> {
-    state
-        .store
+fn company(ctx: &Ctx, realm: &str) -> Result<Company, ApiError> {
+    ctx.store
         .company(realm)?
         .ok_or_else(|| ApiError::unknown_company(realm))
 }
@@ -71,11 +68,11 @@ fn company(state: &AppState, realm: &str) -> Result<Company, ApiError> {
 ///
 /// # Errors
 /// 404 unknown company.
-pub fn sync_status(state: &AppState, realm: &str) -> OpResult {
-    let c = company(state, realm)?;
-    let (total, synced) = state.store.rate_counts(realm)?;
-    let (scr_n, scr_ok) = state.store.log_counts(realm, LogKind::Scraping)?;
-    let (syn_n, syn_ok) = state.store.log_counts(realm, LogKind::Syncing)?;
+pub fn sync_status(ctx: &Ctx, realm: &str) -> OpResult {
+    let c = company(ctx, realm)?;
+    let (total, synced) = ctx.store.rate_counts(realm)?;
+    let (scr_n, scr_ok) = ctx.store.log_counts(realm, LogKind::Scraping)?;
+    let (syn_n, syn_ok) = ctx.store.log_counts(realm, LogKind::Syncing)?;
     Ok(json!({
         "company_id": c.realm_id,
         "company_name": c.company_name,
@@ -96,8 +93,8 @@ pub fn sync_status(state: &AppState, realm: &str) -> OpResult {
 ///
 /// # Errors
 /// 400 for a non-object, an unknown field, a wrong type, a bad currency code or an empty
-/// name; 404 unknown company.
-pub async fn update_settings(state: &AppState, realm: &str, body: &Value) -> OpResult {
+/// name; 404 unknown company. A company whose sync was just re-enabled is synced at once.
+pub async fn update_settings(ctx: &Ctx, realm: &str, body: &Value) -> OpResult {
     let Some(obj) = body.as_object() else {
         return Err(ApiError::bad_request(
             "bad_settings",
@@ -106,11 +103,11 @@ pub async fn update_settings(state: &AppState, realm: &str, body: &Value) -> OpR
     };
     // Validate on a copy first (a bad field changes nothing), then apply to the current
     // record atomically, so a sync or token refresh finishing meanwhile is not undone.
-    let mut checked = company(state, realm)?;
+    let mut checked = company(ctx, realm)?;
     apply(&mut checked, obj)?;
-    let now = Utc::now();
+    let now = ctx.now();
     let mut was_enabled = true;
-    let c = state
+    let c = ctx
         .store
         .update_company(realm, |c| {
             was_enabled = c.sync_enabled;
@@ -122,12 +119,16 @@ pub async fn update_settings(state: &AppState, realm: &str, body: &Value) -> OpR
         .await?
         .ok_or_else(|| ApiError::unknown_company(realm))?;
     tracing::info!(realm_id = realm, "Company {realm}: settings updated");
+    let reenabled = !was_enabled && c.sync_enabled;
+    if reenabled {
+        super::sync::after_connected(ctx, realm);
+    }
     Ok(json!({
         "success": true,
         "message": format!("Settings updated for {}", c.company_name),
         "company_id": c.realm_id,
         "company": entry(&c),
-        "sync_reenabled": !was_enabled && c.sync_enabled,
+        "sync_reenabled": reenabled,
     }))
 }
 
@@ -176,9 +177,9 @@ fn type_err(k: &str, want: &str) -> ApiError {
 ///
 /// # Errors
 /// 404 unknown company.
-pub fn logs(state: &AppState, realm: &str, limit: usize) -> OpResult {
-    let c = company(state, realm)?;
-    let recs = state.store.logs(realm, limit.clamp(1, 10_000))?;
+pub fn logs(ctx: &Ctx, realm: &str, limit: usize) -> OpResult {
+    let c = company(ctx, realm)?;
+    let recs = ctx.store.logs(realm, limit.clamp(1, 10_000))?;
     Ok(json!({
         "success": true,
         "company_id": c.realm_id,

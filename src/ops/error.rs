@@ -1,9 +1,92 @@
-//! The one error type both front ends (HTTP, control socket) answer with.
+//! The one table from domain errors to answers: each service's error enum becomes an HTTP
+//! status, a snake_case code and a message that is safe to show (never a secret, never a
+//! stack trace), and a [`Kind`] that the control socket carries so the CLI picks its exit
+//! code. Nothing below `ops` knows a status.
 
 use serde_json::{json, Value};
 
-/// An operation's refusal or failure: HTTP status, a snake_case code and a message that is
-/// safe to show (never a secret, never a stack trace).
+use crate::{archive, store, sync};
+
+/// The category of a refusal or failure (SPEC §7 `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The caller's mistake (bad JSON, date, argument): CLI exit 2.
+    BadInput,
+    /// Missing or wrong credentials.
+    Unauthorized,
+    /// Unknown company or endpoint.
+    NotFound,
+    /// A state that forbids it now (sync disabled, reconnect needed, in progress).
+    Conflict,
+    /// No fixing in force for that date.
+    NoFixing,
+    /// Too many requests.
+    RateLimited,
+    /// BoA or Intuit failed.
+    Upstream,
+    /// Not ready or stopping.
+    Unavailable,
+    /// Our own failure.
+    Internal,
+}
+
+impl Kind {
+    /// The word on the control socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::BadInput => "bad_input",
+            Kind::Unauthorized => "unauthorized",
+            Kind::NotFound => "not_found",
+            Kind::Conflict => "conflict",
+            Kind::NoFixing => "no_fixing",
+            Kind::RateLimited => "rate_limited",
+            Kind::Upstream => "upstream",
+            Kind::Unavailable => "unavailable",
+            Kind::Internal => "internal",
+        }
+    }
+
+    /// The CLI's exit code for it (SPEC §2: 2 for bad input, else 1).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Kind::BadInput => 2,
+            _ => 1,
+        }
+    }
+
+    /// The category of an answer's status.
+    pub fn of_status(status: u16) -> Kind {
+        match status {
+            400 | 405 | 413 => Kind::BadInput,
+            401 | 403 => Kind::Unauthorized,
+            404 => Kind::NotFound,
+            409 => Kind::Conflict,
+            422 => Kind::NoFixing,
+            429 => Kind::RateLimited,
+            502 | 504 => Kind::Upstream,
+            503 => Kind::Unavailable,
+            _ => Kind::Internal,
+        }
+    }
+
+    /// The word's kind (the CLI reading an answer).
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "bad_input" => Kind::BadInput,
+            "unauthorized" => Kind::Unauthorized,
+            "not_found" => Kind::NotFound,
+            "conflict" => Kind::Conflict,
+            "no_fixing" => Kind::NoFixing,
+            "rate_limited" => Kind::RateLimited,
+            "upstream" => Kind::Upstream,
+            "unavailable" => Kind::Unavailable,
+            "internal" => Kind::Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// An operation's refusal or failure as both interfaces answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// HTTP status to answer with.
@@ -14,6 +97,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// For a 500: what really happened, logged once by the interface, never shown.
+    pub detail: Option<String>,
 }
 
 impl ApiError {
@@ -24,6 +109,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            detail: None,
         }
     }
     /// 400.
@@ -38,26 +124,19 @@ impl ApiError {
             format!("no company with id {realm}"),
         )
     }
-    /// 409.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(409, code, message)
-    }
-    /// 422.
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(422, code, message)
-    }
-    /// 500 with a generic message; the detail is logged by the caller's edge.
+    /// 500 with a generic message; `detail` is logged by the interface that answers.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %detail, "internal error");
-        Self::new(
+        let mut e = Self::new(
             500,
             "internal_error",
             "internal error; see the daemon's log",
-        )
+        );
+        e.detail = Some(detail.to_string());
+        e
     }
-    /// 502 upstream failure.
-    pub fn upstream(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(502, code, message)
+    /// The category.
+    pub fn kind(&self) -> Kind {
+        Kind::of_status(self.status)
     }
     /// The JSON error body of SPEC §6.
     pub fn body(&self) -> Value {
@@ -65,14 +144,139 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::Error> for ApiError {
-    fn from(e: crate::store::Error) -> Self {
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(e: store::Error) -> Self {
         ApiError::internal(e)
     }
 }
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
+impl From<archive::Error> for ApiError {
+    fn from(e: archive::Error) -> Self {
+        use archive::Error as E;
+        let status = match &e {
+            E::Fetch(_) | E::Parse(_) | E::Invalid(_) => 502,
+            E::NoFixing { .. } => 422,
+            E::BadWorkbook(_) => 400,
+            E::NoWorkbook(_) => 404,
+            E::Store(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<sync::Error> for ApiError {
+    fn from(e: sync::Error) -> Self {
+        use sync::Error as E;
+        let status = match &e {
+            E::UnknownCompany(_) => 404,
+            E::Disconnected
+            | E::NotConnected
+            | E::ReconnectNeeded
+            | E::SyncDisabled(_)
+            | E::InProgress(_)
+            | E::CompanyBusy(_) => 409,
+            E::Archive(a) => return a.clone().into(),
+            E::MulticurrencyOff | E::HomeCurrencyNotFixed(_) => 422,
+            E::Upstream { .. } | E::WriteFailed { .. } => 502,
+            E::ShuttingDown => 503,
+            E::Store(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_map_to_statuses_and_kinds() {
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 5, 22).unwrap();
+        let cases: Vec<(ApiError, u16, &str, Kind)> = vec![
+            (
+                sync::Error::UnknownCompany("9".into()).into(),
+                404,
+                "company_not_found",
+                Kind::NotFound,
+            ),
+            (
+                sync::Error::SyncDisabled("9".into()).into(),
+                409,
+                "sync_disabled",
+                Kind::Conflict,
+            ),
+            (
+                sync::Error::ReconnectNeeded.into(),
+                409,
+                "reconnect_needed",
+                Kind::Conflict,
+            ),
+            (
+                sync::Error::InProgress(d).into(),
+                409,
+                "sync_in_progress",
+                Kind::Conflict,
+            ),
+            (
+                sync::Error::MulticurrencyOff.into(),
+                422,
+                "multicurrency_disabled",
+                Kind::NoFixing,
+            ),
+            (
+                sync::Error::Archive(archive::Error::NoFixing {
+                    date: d,
+                    why: archive::NoFixing::NotYetPublished { nearest: d },
+                })
+                .into(),
+                422,
+                "not_yet_published",
+                Kind::NoFixing,
+            ),
+            (
+                archive::Error::Parse("x".into()).into(),
+                502,
+                "boa_page_changed",
+                Kind::Upstream,
+            ),
+            (
+                archive::Error::BadWorkbook("x".into()).into(),
+                400,
+                "bad_workbook",
+                Kind::BadInput,
+            ),
+            (
+                sync::Error::ShuttingDown.into(),
+                503,
+                "shutting_down",
+                Kind::Unavailable,
+            ),
+            (
+                sync::Error::Store("disk".into()).into(),
+                500,
+                "internal_error",
+                Kind::Internal,
+            ),
+        ];
+        for (e, status, code, kind) in cases {
+            assert_eq!((e.status, e.code, e.kind()), (status, code, kind), "{e}");
+        }
+        let internal: ApiError = sync::Error::Store("disk full".into()).into();
+        assert!(
+            !internal.message.contains("disk"),
+            "details are never shown"
+        );
+        assert_eq!(internal.detail.as_deref(), Some("store: disk full"));
+        assert_eq!(Kind::BadInput.exit_code(), 2);
+        assert_eq!(Kind::Upstream.exit_code(), 1);
+        for k in [Kind::BadInput, Kind::Internal, Kind::NoFixing] {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
     }
 }

@@ -1,27 +1,121 @@
-//! Operations shared by the HTTP API and the control socket. Each returns JSON data or an
-//! [`ApiError`]; the front ends only translate requests and answers.
+//! Operations: the one door between the interfaces (HTTP, control socket) and the services.
+//! Each operation turns a request into service calls and the result into the JSON answer
+//! both interfaces send, and maps domain errors to an [`ApiError`] (status, code, exit
+//! code). Side effects that belong to an operation (sync a company just connected or
+//! re-enabled) live here, so every interface gets them.
+//!
+//! - [`Ctx`]: the services, built once by `app`.
+//! - [`companies`], [`connect`], [`rates`], [`sync`], [`metrics`]: the operations.
+//! - [`error`]: the table from domain errors to answers.
 
 pub mod companies;
-mod error;
+pub mod connect;
+pub mod error;
 pub mod metrics;
-pub mod oauth;
-pub use error::ApiError;
+pub mod rates;
+pub mod sync;
+pub use error::{ApiError, Kind};
 
-use chrono::{SecondsFormat, Utc};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
+use crate::alerts::Alerts;
+use crate::archive::Archive;
 use crate::boa::model::TableKind;
-use crate::scheduler::time::last_business_day_publication;
+use crate::config::{current, Config, ConfigWatch};
+use crate::metrics::Metrics;
+use crate::qbo::tokens::TokenManager;
+use crate::qbo::QboClient;
+use crate::scheduler::clock::Clock;
+use crate::scheduler::runner::Scheduler;
+use crate::scheduler::time::{last_business_day_publication, local_date, previous_business_day};
 use crate::store::records::{Company, Connection};
-use crate::store::CompanyCounts;
+use crate::store::{CompanyCounts, Store};
+use crate::sync::SyncEngine;
 
 /// Result of an operation.
 pub type OpResult = Result<Value, ApiError>;
 
 /// RFC 3339 UTC with second precision (`2024-01-15T07:00:00Z`).
-pub fn ts(t: chrono::DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+pub fn ts(t: DateTime<Utc>) -> String {
+    crate::scheduler::time::rfc3339(t)
+}
+
+/// What operations reach: the services (each owning its parts) and the daemon's identity.
+pub struct Ctx {
+    /// The configuration (replaced whole on SIGHUP).
+    pub config: ConfigWatch,
+    /// The store.
+    pub store: Arc<Store>,
+    /// The fixing archive.
+    pub archive: Arc<Archive>,
+    /// The sync engine.
+    pub engine: Arc<SyncEngine>,
+    /// The scheduler.
+    pub scheduler: Arc<Scheduler>,
+    /// Access tokens and Intuit OAuth.
+    pub tokens: Arc<TokenManager>,
+    /// Alerts.
+    pub alerts: Arc<Alerts>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Wall time.
+    pub clock: Arc<dyn Clock>,
+    /// The HTTP client for Intuit (one pool).
+    pub http_client: reqwest::Client,
+    /// Key of the HMAC that signs OAuth state cookies.
+    pub hmac_key: Vec<u8>,
+    /// When the daemon started.
+    pub started_at: DateTime<Utc>,
+    /// The address the HTTP API listens on.
+    pub http_addr: SocketAddr,
+    /// Background work spawned by operations (joined at shutdown).
+    pub tasks: TaskTracker,
+    /// Cancelled when the daemon stops.
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        current(&self.config)
+    }
+
+    /// Now, by the injected clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Today in the configured zone (Europe/Tirane).
+    pub fn today(&self) -> NaiveDate {
+        local_date(self.now(), self.config().schedule.timezone)
+    }
+
+    /// The accounting API client for the current config.
+    pub fn qbo(&self) -> QboClient {
+        QboClient::new(self.http_client.clone(), &self.config().quickbooks)
+    }
+}
+
+/// Parses a `YYYY-MM-DD` parameter (400 `bad_date` otherwise).
+///
+/// # Errors
+/// [`ApiError`] 400.
+pub fn parse_date(name: &str, s: &str) -> Result<NaiveDate, ApiError> {
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .ok()
+        .filter(|_| s.trim().len() == 10)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_date",
+                format!("{name}: {s:?} is not a date (expected YYYY-MM-DD)"),
+            )
+        })
 }
 
 /// Why the daemon is degraded (empty = healthy): a stale fixing, companies not synced for
@@ -30,23 +124,23 @@ pub fn ts(t: chrono::DateTime<Utc>) -> String {
 /// # Errors
 /// Store failure (the caller answers `unhealthy`).
 pub fn health_reasons(
-    state: &AppState,
+    ctx: &Ctx,
     companies: &[Company],
 ) -> Result<Vec<String>, crate::store::Error> {
     let mut reasons = Vec::new();
-    let config = state.config();
+    let config = ctx.config();
     let tz = config.schedule.timezone;
-    let now = state.now();
-    let today = state.today();
+    let now = ctx.now();
+    let today = ctx.today();
     if config.schedule.enabled {
-        let holidays = crate::fixings::holidays(state)?;
+        let holidays = ctx.archive.holidays()?;
         let mut expected = last_business_day_publication(now, tz, config.schedule.give_up_at);
         let mut guard = 0;
         while holidays.contains(&expected) && guard < 31 {
-            expected = crate::scheduler::time::previous_business_day(expected);
+            expected = previous_business_day(expected);
             guard += 1;
         }
-        match state.store.table_on_or_before(TableKind::Main, today)? {
+        match ctx.store.table_on_or_before(TableKind::Main, today)? {
             None => reasons.push("no BoA fixing is stored".to_string()),
             Some(t) if t.table.date < expected => reasons.push(format!(
                 "the newest BoA fixing is dated {}; the fixing of {expected} should be stored by now",
@@ -76,7 +170,7 @@ pub fn health_reasons(
             "{reconnect} companies need to reconnect (token refresh failed)"
         ));
     }
-    if let Some(last) = state.store.scrapes(1)?.first() {
+    if let Some(last) = ctx.archive.scrapes(1)?.first() {
         if !last.success {
             reasons.push(format!(
                 "the last BoA scrape failed at {}: {}",
@@ -90,9 +184,9 @@ pub fn health_reasons(
 
 /// `GET /health`: the brief's JSON from the store's real counts, with `status` `healthy` or
 /// `degraded` (and the reasons); `unhealthy` + 503 only when the store cannot be read.
-pub fn health(state: &AppState) -> (u16, Value) {
-    let result = state.store.companies().and_then(|companies| {
-        let reasons = health_reasons(state, &companies)?;
+pub fn health(ctx: &Ctx) -> (u16, Value) {
+    let result = ctx.store.companies().and_then(|companies| {
+        let reasons = health_reasons(ctx, &companies)?;
         Ok((companies, reasons))
     });
     match result {
@@ -120,35 +214,40 @@ pub fn health(state: &AppState) -> (u16, Value) {
     }
 }
 
-/// `status`: version, uptime, store, last fixing, counts.
-pub fn status(state: &AppState) -> OpResult {
-    let companies = state.store.companies()?;
+/// `status`: version, uptime, store, last fixing, schedule, sync-all progress, counts.
+///
+/// # Errors
+/// Store failure.
+pub fn status(ctx: &Ctx) -> OpResult {
+    let companies = ctx.store.companies()?;
     let counts = CompanyCounts::of(&companies);
-    let reasons = health_reasons(state, &companies)?;
-    let today = state.today();
+    let reasons = health_reasons(ctx, &companies)?;
+    let today = ctx.today();
     let mut last = serde_json::Map::new();
     for kind in [TableKind::Main, TableKind::Minor] {
-        if let Some(t) = state.store.table_on_or_before(kind, today)? {
+        if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
             last.insert(
                 kind.as_str().into(),
                 json!({"date": t.table.date.to_string(), "stored_at": ts(t.stored_at)}),
             );
         }
     }
-    let config = state.config();
+    let config = ctx.config();
+    let progress = ctx.engine.progress();
+    let load = |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
-        "started_at": ts(state.started_at),
-        "uptime_secs": (Utc::now() - state.started_at).num_seconds(),
+        "started_at": ts(ctx.started_at),
+        "uptime_secs": (ctx.now() - ctx.started_at).num_seconds(),
         "environment": config.environment,
-        "http_listen": state.http_addr.to_string(),
+        "http_listen": ctx.http_addr.to_string(),
         "control_socket": config.control_socket.display().to_string(),
         "store": {
-            "path": state.store.path().display().to_string(),
-            "schema_version": state.store.schema_version(),
-            "size_bytes": state.store.size_on_disk(),
-            "fixing_tables": state.store.table_count(),
+            "path": ctx.store.path().display().to_string(),
+            "schema_version": ctx.store.schema_version(),
+            "size_bytes": ctx.store.size_on_disk(),
+            "fixing_tables": ctx.store.table_count(),
         },
         "last_fixing": last,
         "companies": {
@@ -161,8 +260,8 @@ pub fn status(state: &AppState) -> OpResult {
             "enabled": config.schedule.enabled,
             "time": config.schedule.time.format("%H:%M").to_string(),
             "timezone": config.schedule.timezone.name(),
-            "next_run": state.next_run().map(ts),
-            "last_run": crate::scheduler::runner::last_run(state).map(|r| json!({
+            "next_run": ctx.scheduler.next_run().map(ts),
+            "last_run": ctx.scheduler.last_run().map(|r| json!({
                 "date": r.date.to_string(),
                 "started_at": ts(r.started_at),
                 "finished_at": ts(r.finished_at),
@@ -170,10 +269,11 @@ pub fn status(state: &AppState) -> OpResult {
             })),
         },
         "sync_all": {
-            "running_for": state.sync.running_date().map(|d| d.to_string()),
-            "total": state.sync.progress.total.load(std::sync::atomic::Ordering::Relaxed),
-            "done": state.sync.progress.done.load(std::sync::atomic::Ordering::Relaxed),
-            "failed": state.sync.progress.failed.load(std::sync::atomic::Ordering::Relaxed),
+            "running_for": ctx.engine.running_date().map(|d| d.to_string()),
+            "total": load(&progress.total),
+            "done": load(&progress.done),
+            "failed": load(&progress.failed),
+            "companies_in_flight": ctx.engine.companies_in_flight(),
         },
         "health": {"status": if reasons.is_empty() { "healthy" } else { "degraded" }, "reasons": reasons},
     }))

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 
 use super::error::Error;
 use super::oauth::OAuthClient;
+use crate::metrics::{Metrics, RefreshOutcome};
+use crate::scheduler::clock::Clock;
 use crate::store::records::{Connection, LogRecord, TokenSet};
 use crate::store::Store;
 
@@ -40,36 +42,31 @@ pub enum TokenError {
     Store(#[from] crate::store::Error),
 }
 
-/// Counters of refresh outcomes (metrics).
-#[derive(Debug, Default)]
-pub struct RefreshStats {
-    /// Successful refreshes.
-    pub ok: std::sync::atomic::AtomicU64,
-    /// invalid_grant.
-    pub invalid_grant: std::sync::atomic::AtomicU64,
-    /// Other failures.
-    pub failed: std::sync::atomic::AtomicU64,
-}
-
 /// Hands out access tokens per realm.
 pub struct TokenManager {
     store: Arc<Store>,
     oauth: Mutex<OAuthClient>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Refresh outcomes.
-    pub stats: RefreshStats,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     /// Backoff between transient refresh failures.
-    pub retry_base: Duration,
+    retry_base: Duration,
 }
 
 impl TokenManager {
     /// A manager over the store and the Intuit OAuth client.
-    pub fn new(store: Arc<Store>, oauth: OAuthClient) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        oauth: OAuthClient,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         TokenManager {
             store,
             oauth: Mutex::new(oauth),
             locks: Mutex::new(HashMap::new()),
-            stats: RefreshStats::default(),
+            clock,
+            metrics,
             retry_base: Duration::from_millis(500),
         }
     }
@@ -89,7 +86,9 @@ impl TokenManager {
         }
     }
 
-    fn lock_for(&self, realm: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The realm's lock: held across a refresh, and by connect and disconnect, so a refresh
+    /// in flight never writes tokens onto a disconnected company or over a new grant.
+    pub fn lock_for(&self, realm: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut g = match self.locks.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -142,7 +141,7 @@ impl TokenManager {
             _ => return Err(TokenError::NotConnected),
         }
         let tokens = self.store.tokens(realm)?.ok_or(TokenError::NotConnected)?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let stale = tokens.expiry.access_expires_at - now < REFRESH_SKEW;
         let was_rejected = rejected.is_some_and(|r| r == tokens.access_token);
         if !(force || stale || was_rejected) {
@@ -157,7 +156,6 @@ impl TokenManager {
         tokens: &TokenSet,
         now: DateTime<Utc>,
     ) -> Result<String, TokenError> {
-        use std::sync::atomic::Ordering::Relaxed;
         let oauth = self.oauth();
         let mut attempt = 0u32;
         let result = loop {
@@ -179,14 +177,14 @@ impl TokenManager {
                 // so a settings change made meanwhile is kept), one flush for both.
                 self.store.put_tokens_unflushed(realm, &new)?;
                 let expiry = new.expiry.clone();
-                let now = Utc::now();
+                let now = self.clock.now();
                 self.store
                     .update_company(realm, |c| {
                         c.tokens = Some(expiry.clone());
                         c.updated_at = now;
                     })
                     .await?;
-                self.stats.ok.fetch_add(1, Relaxed);
+                self.metrics.refresh(RefreshOutcome::Success);
                 let rotated = new.refresh_token != tokens.refresh_token;
                 tracing::info!(
                     realm_id = realm,
@@ -197,9 +195,9 @@ impl TokenManager {
                 Ok(new.access_token)
             }
             Err(e) if e.is_invalid_grant() => {
-                self.stats.invalid_grant.fetch_add(1, Relaxed);
+                self.metrics.refresh(RefreshOutcome::InvalidGrant);
                 tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
-                let now = Utc::now();
+                let now = self.clock.now();
                 self.store.append_log(
                     realm,
                     &LogRecord::connection(
@@ -222,7 +220,7 @@ impl TokenManager {
                 Err(TokenError::ReconnectNeeded)
             }
             Err(e) => {
-                self.stats.failed.fetch_add(1, Relaxed);
+                self.metrics.refresh(RefreshOutcome::Failure);
                 tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
                 Err(TokenError::Upstream(e))
             }
@@ -236,7 +234,7 @@ impl TokenManager {
     /// # Errors
     /// Store failure listing companies.
     pub async fn keep_alive_pass(&self) -> Result<usize, crate::store::Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut n = 0;
         for c in self.store.companies()? {
             let due = c.tokens.as_ref().is_some_and(|t| {

@@ -7,20 +7,22 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::clock::Clock;
 use super::time::{is_business_day, local_date, local_instant, next_run, polling_deadline_passed};
-use crate::app::AppState;
-use crate::boa::model::TableKind;
-use crate::fixings;
+use crate::alerts::Alerts;
+use crate::archive::Archive;
+use crate::config::{current, Config, ConfigWatch};
 use crate::notify;
-use crate::ops::ApiError;
-use crate::sync::{engine, sync_all_for, Scope};
+use crate::qbo::tokens::TokenManager;
+use crate::store::Store;
+use crate::sync::{Error, Scope, SyncEngine};
 
 /// How far back catch-up looks for dates a company has not received.
 pub const CATCH_UP_DAYS: i64 = 31;
@@ -46,9 +48,37 @@ pub struct RunRecord {
     pub outcome: String,
 }
 
-/// The last run, as stored.
-pub fn last_run(state: &AppState) -> Option<RunRecord> {
-    state.store.meta_get(META_LAST_RUN).ok().flatten()
+/// What the scheduler is built from.
+pub struct Parts {
+    /// The store (the last run record).
+    pub store: Arc<Store>,
+    /// The fixing archive (fetches, holidays).
+    pub archive: Arc<Archive>,
+    /// The sync engine.
+    pub engine: Arc<SyncEngine>,
+    /// Token keep-alive.
+    pub tokens: Arc<TokenManager>,
+    /// Health alerts.
+    pub alerts: Arc<Alerts>,
+    /// Wall time.
+    pub clock: Arc<dyn Clock>,
+    /// The configuration.
+    pub config: ConfigWatch,
+    /// Cancelled when the daemon stops.
+    pub shutdown: CancellationToken,
+}
+
+/// The scheduler service: the daily loop and catch-up.
+pub struct Scheduler {
+    store: Arc<Store>,
+    archive: Arc<Archive>,
+    engine: Arc<SyncEngine>,
+    tokens: Arc<TokenManager>,
+    alerts: Arc<Alerts>,
+    clock: Arc<dyn Clock>,
+    config: ConfigWatch,
+    shutdown: CancellationToken,
+    next_run: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// Runs `f` while pinging the watchdog, so long work does not look like a hang; returns
@@ -65,297 +95,339 @@ async fn watched<F: Future>(token: &CancellationToken, f: F) -> Option<F::Output
     }
 }
 
-/// Waits (by the injected clock) until `at`; `false` when shutdown begins first.
-async fn wait_until(state: &AppState, token: &CancellationToken, at: DateTime<Utc>) -> bool {
-    while state.now() < at {
-        tokio::select! {
-            _ = token.cancelled() => return false,
-            _ = tokio::time::sleep(TICK) => notify::watchdog(),
+impl Scheduler {
+    /// The scheduler over its parts.
+    pub fn new(p: Parts) -> Self {
+        Scheduler {
+            store: p.store,
+            archive: p.archive,
+            engine: p.engine,
+            tokens: p.tokens,
+            alerts: p.alerts,
+            clock: p.clock,
+            config: p.config,
+            shutdown: p.shutdown,
+            next_run: Mutex::new(None),
         }
     }
-    true
-}
 
-/// The loop. Runs for the daemon's lifetime, whether or not the schedule is enabled (the
-/// watchdog and the token keep-alive always run).
-pub async fn run(state: Arc<AppState>, token: CancellationToken) {
-    if state.config().schedule.enabled {
-        catch_up_missed(&state, &token).await;
+    fn config(&self) -> Arc<Config> {
+        current(&self.config)
     }
-    let mut next_keep_alive = state.now() + chrono::Duration::minutes(1);
-    let mut next_alert_check = state.now() + chrono::Duration::minutes(5);
-    loop {
-        let config = state.config();
-        let (at, tz) = (config.schedule.time, config.schedule.timezone);
-        let next = next_run(state.now(), at, tz);
-        state.set_next_run(config.schedule.enabled.then_some(next));
-        // Sleep until the run, re-reading the config (SIGHUP may move the time).
-        loop {
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The next scheduled run, as the loop computed it (`None` when disabled).
+    pub fn next_run(&self) -> Option<DateTime<Utc>> {
+        *self.next_run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_next_run(&self, at: Option<DateTime<Utc>>) {
+        *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// The last daily run, as stored.
+    pub fn last_run(&self) -> Option<RunRecord> {
+        self.store.meta_get(META_LAST_RUN).ok().flatten()
+    }
+
+    /// Waits (by the injected clock) until `at`; `false` when shutdown begins first.
+    async fn wait_until(&self, token: &CancellationToken, at: DateTime<Utc>) -> bool {
+        while self.now() < at {
             tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
-            }
-            notify::watchdog();
-            let now = state.now();
-            if now >= next_keep_alive {
-                next_keep_alive = now + KEEP_ALIVE_EVERY;
-                if let Some(Ok(n)) = watched(&token, state.tokens.keep_alive_pass()).await {
-                    if n > 0 {
-                        tracing::info!(refreshed = n, "token keep-alive pass");
-                    }
-                }
-            }
-            if now >= next_alert_check {
-                next_alert_check = now + ALERT_CHECK_EVERY;
-                crate::alerts::check_health(&state);
-            }
-            if state
-                .resync_needed
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-                && state.config().schedule.enabled
-            {
-                tracing::info!("re-syncing company rates superseded by a revised or late fixing");
-                if watched(&token, catch_up_all(&state)).await.is_none() {
-                    return;
-                }
-            }
-            let c = state.config();
-            if c.schedule.time != at || c.schedule.timezone != tz || !c.schedule.enabled {
-                break;
-            }
-            if now >= next {
-                let date = local_date(next, tz);
-                let today = local_date(now, tz);
-                if date < today && now >= local_instant(today, at, tz) {
-                    // The wall clock jumped over several runs (host suspended, clock
-                    // stepped): today's run is due, so catch up as after downtime.
-                    catch_up_missed(&state, &token).await;
-                } else {
-                    daily_run(&state, &token, date).await;
-                }
-                break;
+                _ = token.cancelled() => return false,
+                _ = self.clock.sleep_until(at, TICK) => notify::watchdog(),
             }
         }
-        if !state.config().schedule.enabled {
-            // Disabled: idle until re-enabled by a reload.
-            state.set_next_run(None);
-            while !state.config().schedule.enabled {
+        true
+    }
+
+    async fn keep_alive(&self, token: &CancellationToken) {
+        if let Some(Ok(n)) = watched(token, self.tokens.keep_alive_pass()).await {
+            if n > 0 {
+                tracing::info!(refreshed = n, "token keep-alive pass");
+            }
+        }
+    }
+
+    /// The loop. Runs for the daemon's lifetime, whether or not the schedule is enabled
+    /// (the watchdog and the token keep-alive always run).
+    pub async fn run(self: Arc<Self>, token: CancellationToken) {
+        if self.config().schedule.enabled {
+            self.catch_up_missed(&token).await;
+        }
+        let mut next_keep_alive = self.now() + chrono::Duration::minutes(1);
+        let mut next_alert_check = self.now() + chrono::Duration::minutes(5);
+        loop {
+            let config = self.config();
+            let (at, tz) = (config.schedule.time, config.schedule.timezone);
+            let next = next_run(self.now(), at, tz);
+            self.set_next_run(config.schedule.enabled.then_some(next));
+            // Sleep until the run, re-reading the config (SIGHUP may move the time).
+            loop {
+                let wake = next.min(next_keep_alive).min(next_alert_check);
                 tokio::select! {
                     _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(TICK) => notify::watchdog(),
+                    _ = self.clock.sleep_until(wake, TICK) => {}
                 }
-                if state.now() >= next_keep_alive {
-                    next_keep_alive = state.now() + KEEP_ALIVE_EVERY;
-                    let _ = watched(&token, state.tokens.keep_alive_pass()).await;
+                notify::watchdog();
+                let now = self.now();
+                if now >= next_keep_alive {
+                    next_keep_alive = now + KEEP_ALIVE_EVERY;
+                    self.keep_alive(&token).await;
                 }
-            }
-        }
-    }
-}
-
-/// After downtime (at start, or when the wall clock jumped over runs): syncs every date of
-/// the last 31 days an active company has not received, oldest first, then runs today's
-/// daily run at once when its time has passed and it has not run.
-async fn catch_up_missed(state: &Arc<AppState>, token: &CancellationToken) {
-    let config = state.config();
-    let tz = config.schedule.timezone;
-    let now = state.now();
-    let today = local_date(now, tz);
-    let todays_run = local_instant(today, config.schedule.time, tz);
-    let done = last_run(state).map(|r| r.date);
-    // Refresh the archive so catch-up sees the newest fixing. The dates before today go
-    // first: the missed run for today is the newest date, so it comes last.
-    if watched(token, fixings::fetch(state, false)).await.is_none()
-        || watched(token, catch_up_all(state)).await.is_none()
-    {
-        return;
-    }
-    if now >= todays_run && done.is_none_or(|d| d < today) {
-        tracing::info!(date = %today, "running the missed daily run now");
-        daily_run(state, token, today).await;
-    }
-}
-
-/// The daily run for `date`: fetch; on a business day poll until the fixing appears or
-/// `give_up_at` (then it is a holiday, provided the page could be read at least once: a
-/// day on which BoA could not be read is not known to have had no fixing); sync every
-/// company; record the outcome.
-pub async fn daily_run(state: &Arc<AppState>, token: &CancellationToken, date: NaiveDate) {
-    let started_at = state.now();
-    notify::status(&format!("daily run for {date}"));
-    let holidays = fixings::holidays(state).unwrap_or_default();
-    let business = is_business_day(date) && !holidays.contains(&date);
-    let mut have = has_main(state, date);
-    // Whether a fetch of this run read the page (so a missing fixing means "none published").
-    let mut page_read = false;
-    if !have {
-        match watched(token, fixings::fetch(state, true)).await {
-            Some(Err(e)) => tracing::warn!(error = %e, "scheduled BoA fetch failed"),
-            Some(Ok(_)) => page_read = true,
-            None => {}
-        }
-        have = has_main(state, date);
-    }
-    let mut no_fixing = false;
-    let mut unread = false;
-    if business && !have {
-        loop {
-            let config = state.config();
-            if polling_deadline_passed(
-                state.now(),
-                config.schedule.give_up_at,
-                config.schedule.timezone,
-            ) {
-                let by = config.schedule.give_up_at.format("%H:%M");
-                if page_read {
-                    tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
-                    if let Err(e) = fixings::mark_holiday(state, date) {
-                        tracing::error!(error = %e, "recording the holiday failed");
+                if now >= next_alert_check {
+                    next_alert_check = now + ALERT_CHECK_EVERY;
+                    match self.store.companies() {
+                        Ok(companies) => self.alerts.check_health(&companies, &self.config()),
+                        Err(e) => {
+                            tracing::error!(error = %e, "health alerts: cannot list companies")
+                        }
                     }
-                } else {
-                    tracing::error!(date = %date, "the BoA page could not be read on {date} by {by}; not treating it as a holiday");
-                    unread = true;
                 }
-                no_fixing = true;
-                break;
+                if self.archive.take_resync_needed() && self.config().schedule.enabled {
+                    tracing::info!(
+                        "re-syncing company rates superseded by a revised or late fixing"
+                    );
+                    if watched(&token, self.catch_up_all()).await.is_none() {
+                        return;
+                    }
+                }
+                let c = self.config();
+                if c.schedule.time != at || c.schedule.timezone != tz || !c.schedule.enabled {
+                    break;
+                }
+                if now >= next {
+                    let date = local_date(next, tz);
+                    let today = local_date(now, tz);
+                    if date < today && now >= local_instant(today, at, tz) {
+                        // The wall clock jumped over several runs (host suspended, clock
+                        // stepped): today's run is due, so catch up as after downtime.
+                        self.catch_up_missed(&token).await;
+                    } else {
+                        self.daily_run(&token, date).await;
+                    }
+                    break;
+                }
             }
-            let give_up = local_instant(date, config.schedule.give_up_at, config.schedule.timezone);
-            let retry = state.now()
-                + chrono::Duration::minutes(i64::from(config.schedule.retry_every_minutes));
-            if !wait_until(state, token, retry.min(give_up)).await {
+            if !self.config().schedule.enabled {
+                // Disabled: idle until re-enabled by a reload.
+                self.set_next_run(None);
+                while !self.config().schedule.enabled {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(TICK) => notify::watchdog(),
+                    }
+                    if self.now() >= next_keep_alive {
+                        next_keep_alive = self.now() + KEEP_ALIVE_EVERY;
+                        self.keep_alive(&token).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After downtime (at start, or when the wall clock jumped over runs): syncs every date
+    /// of the last 31 days an active company has not received, oldest first, then runs
+    /// today's daily run at once when its time has passed and it has not run.
+    async fn catch_up_missed(&self, token: &CancellationToken) {
+        let config = self.config();
+        let tz = config.schedule.timezone;
+        let now = self.now();
+        let today = local_date(now, tz);
+        let todays_run = local_instant(today, config.schedule.time, tz);
+        let done = self.last_run().map(|r| r.date);
+        // Refresh the archive so catch-up sees the newest fixing. The dates before today go
+        // first: the missed run for today is the newest date, so it comes last.
+        if watched(token, self.archive.fetch(false)).await.is_none()
+            || watched(token, self.catch_up_all()).await.is_none()
+        {
+            return;
+        }
+        if now >= todays_run && done.is_none_or(|d| d < today) {
+            tracing::info!(date = %today, "running the missed daily run now");
+            self.daily_run(token, today).await;
+        }
+    }
+
+    /// The daily run for `date`: fetch; on a business day poll until the fixing appears or
+    /// `give_up_at` (then it is a holiday, provided the page could be read at least once:
+    /// a day on which BoA could not be read is not known to have had no fixing); sync every
+    /// company; record the outcome.
+    pub async fn daily_run(&self, token: &CancellationToken, date: NaiveDate) {
+        let started_at = self.now();
+        notify::status(&format!("daily run for {date}"));
+        let holidays = self.archive.holidays().unwrap_or_default();
+        let business = is_business_day(date) && !holidays.contains(&date);
+        let mut have = self.archive.has_main(date);
+        // Whether a fetch of this run read the page (so a missing fixing means "none published").
+        let mut page_read = false;
+        if !have {
+            match watched(token, self.archive.fetch(true)).await {
+                Some(Err(e)) => tracing::warn!(error = %e, "scheduled BoA fetch failed"),
+                Some(Ok(_)) => page_read = true,
+                None => {}
+            }
+            have = self.archive.has_main(date);
+        }
+        let mut no_fixing = false;
+        let mut unread = false;
+        if business && !have {
+            loop {
+                let config = self.config();
+                if polling_deadline_passed(
+                    self.now(),
+                    config.schedule.give_up_at,
+                    config.schedule.timezone,
+                ) {
+                    let by = config.schedule.give_up_at.format("%H:%M");
+                    if page_read {
+                        tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
+                        if let Err(e) = self.archive.mark_holiday(date) {
+                            tracing::error!(error = %e, "recording the holiday failed");
+                        }
+                    } else {
+                        tracing::error!(date = %date, "the BoA page could not be read on {date} by {by}; not treating it as a holiday");
+                        unread = true;
+                    }
+                    no_fixing = true;
+                    break;
+                }
+                let give_up =
+                    local_instant(date, config.schedule.give_up_at, config.schedule.timezone);
+                let retry = self.now()
+                    + chrono::Duration::minutes(i64::from(config.schedule.retry_every_minutes));
+                if !self.wait_until(token, retry.min(give_up)).await {
+                    return;
+                }
+                if self.now() < give_up {
+                    match watched(token, self.archive.fetch(true)).await {
+                        None => return,
+                        Some(Err(e)) => tracing::warn!(error = %e, "BoA poll failed"),
+                        Some(Ok(_)) => page_read = true,
+                    }
+                }
+                if self.archive.has_main(date) {
+                    have = true;
+                    break;
+                }
+            }
+        }
+        let scope = if have {
+            Scope::All
+        } else {
+            Scope::FillNonBusinessDays
+        };
+        let outcome = match watched(token, self.engine.sync_all(date, scope)).await {
+            None => return,
+            Some(Ok(report)) => {
+                let prefix = if unread {
+                    "no fixing today (the BoA page could not be read); "
+                } else if no_fixing {
+                    "no fixing today; "
+                } else if !business {
+                    "non-business day; "
+                } else {
+                    ""
+                };
+                format!(
+                    "{prefix}Synced {}/{} companies successfully",
+                    report.successful, report.total
+                )
+            }
+            Some(Err(e)) => format!("sync-all refused: {e}"),
+        };
+        let rec = RunRecord {
+            date,
+            started_at,
+            finished_at: self.now(),
+            outcome: outcome.clone(),
+        };
+        if let Err(e) = self.store.meta_put(META_LAST_RUN, &rec) {
+            tracing::error!(error = %e, "recording the daily run failed");
+        }
+        let _ = self.store.flush().await;
+        tracing::info!(date = %date, "daily run finished: {outcome}");
+        notify::status(&format!("last run {date}: {outcome}"));
+        let _ = watched(token, self.catch_up_all()).await;
+    }
+
+    /// Syncs every active company's missing dates (up to 31 days back), oldest first.
+    pub async fn catch_up_all(&self) {
+        let companies = match self.store.companies() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "catch-up: cannot list companies");
                 return;
             }
-            if state.now() < give_up {
-                match watched(token, fixings::fetch(state, true)).await {
-                    None => return,
-                    Some(Err(e)) => tracing::warn!(error = %e, "BoA poll failed"),
-                    Some(Ok(_)) => page_read = true,
+        };
+        for c in companies
+            .iter()
+            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
+        {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = self.catch_up_company(&c.realm_id, false).await {
+                tracing::warn!(realm_id = %c.realm_id, error = %e, "catch-up failed");
+            }
+        }
+    }
+
+    /// Syncs one company's missing dates: every date of the last 31 days (not before it was
+    /// first connected) with a fixing in force that it has not received, oldest first; with
+    /// `include_today`, today (or the newest fixing's date before today's is published) too.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn catch_up_company(&self, realm: &str, include_today: bool) -> Result<usize, Error> {
+        let Some(c) = self.store.company(realm)? else {
+            return Ok(0);
+        };
+        if !(c.is_active && c.sync_enabled && c.is_connected()) {
+            return Ok(0);
+        }
+        let tz = self.config().schedule.timezone;
+        let today = local_date(self.now(), tz);
+        let created = local_date(c.created_at, tz);
+        let received: BTreeSet<NaiveDate> = self.store.synced_dates(realm)?.into_iter().collect();
+        let holidays = self.archive.holidays()?;
+        let mut dates = Vec::new();
+        // Today belongs to the daily run until it has happened; after that, a date of today
+        // that is not (or no longer) synced is caught up like any other.
+        let today_done = self.last_run().is_some_and(|r| r.date >= today);
+        let mut d = today - chrono::Duration::days(CATCH_UP_DAYS);
+        while d < today || (today_done && d == today) {
+            if d >= created && !received.contains(&d) {
+                let business = is_business_day(d) && !holidays.contains(&d);
+                if (business || c.fill_non_business_days) && self.archive.resolve(d).is_ok() {
+                    dates.push(d);
                 }
             }
-            if has_main(state, date) {
-                have = true;
+            match d.succ_opt() {
+                Some(n) => d = n,
+                None => break,
+            }
+        }
+        if include_today {
+            let t = self.engine.default_date();
+            if !received.contains(&t) && !dates.contains(&t) {
+                dates.push(t);
+            }
+        }
+        let mut n = 0;
+        for d in dates {
+            let out = self.engine.sync_company(realm, d).await?;
+            if out.error.is_none() {
+                n += 1;
+            } else {
+                // A failure (reconnect needed, multicurrency off, QuickBooks down…) would
+                // repeat for every later date: stop here; the next pass tries again.
                 break;
             }
         }
+        Ok(n)
     }
-    let scope = if have {
-        Scope::All
-    } else {
-        Scope::FillNonBusinessDays
-    };
-    let outcome = match watched(token, sync_all_for(state, date, scope)).await {
-        None => return,
-        Some(Ok(v)) => {
-            let prefix = if unread {
-                "no fixing today (the BoA page could not be read); "
-            } else if no_fixing {
-                "no fixing today; "
-            } else if !business {
-                "non-business day; "
-            } else {
-                ""
-            };
-            format!("{prefix}{}", v["message"].as_str().unwrap_or("done"))
-        }
-        Some(Err(e)) => format!("sync-all refused: {}", e.message),
-    };
-    let rec = RunRecord {
-        date,
-        started_at,
-        finished_at: state.now(),
-        outcome: outcome.clone(),
-    };
-    if let Err(e) = state.store.meta_put(META_LAST_RUN, &rec) {
-        tracing::error!(error = %e, "recording the daily run failed");
-    }
-    let _ = state.store.flush().await;
-    tracing::info!(date = %date, "daily run finished: {outcome}");
-    notify::status(&format!("last run {date}: {outcome}"));
-    let _ = watched(token, catch_up_all(state)).await;
-}
-
-fn has_main(state: &AppState, date: NaiveDate) -> bool {
-    matches!(state.store.table(TableKind::Main, date), Ok(Some(_)))
-}
-
-/// Syncs every active company's missing dates (up to 31 days back), oldest first.
-pub async fn catch_up_all(state: &Arc<AppState>) {
-    let companies = match state.store.companies() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "catch-up: cannot list companies");
-            return;
-        }
-    };
-    for c in companies
-        .iter()
-        .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
-    {
-        if state.shutdown.is_cancelled() {
-            return;
-        }
-        if let Err(e) = catch_up_company(state, &c.realm_id, false).await {
-            tracing::warn!(realm_id = %c.realm_id, error = %e, "catch-up failed");
-        }
-    }
-}
-
-/// Syncs one company's missing dates: every date of the last 31 days (not before it was
-/// first connected) with a fixing in force that it has not received, oldest first; with
-/// `include_today`, today (or the newest fixing's date before today's is published) too.
-///
-/// # Errors
-/// Store failures.
-pub async fn catch_up_company(
-    state: &Arc<AppState>,
-    realm: &str,
-    include_today: bool,
-) -> Result<usize, ApiError> {
-    let Some(c) = state.store.company(realm)? else {
-        return Ok(0);
-    };
-    if !(c.is_active && c.sync_enabled && c.is_connected()) {
-        return Ok(0);
-    }
-    let config = state.config();
-    let tz = config.schedule.timezone;
-    let today = state.today();
-    let created = local_date(c.created_at, tz);
-    let received: BTreeSet<NaiveDate> = state.store.synced_dates(realm)?.into_iter().collect();
-    let holidays = fixings::holidays(state)?;
-    let mut dates = Vec::new();
-    // Today belongs to the daily run until it has happened; after that, a date of today that
-    // is not (or no longer) synced is caught up like any other.
-    let today_done = last_run(state).is_some_and(|r| r.date >= today);
-    let mut d = today - chrono::Duration::days(CATCH_UP_DAYS);
-    while d < today || (today_done && d == today) {
-        if d >= created && !received.contains(&d) {
-            let business = is_business_day(d) && !holidays.contains(&d);
-            if (business || c.fill_non_business_days) && fixings::resolve(state, d).is_ok() {
-                dates.push(d);
-            }
-        }
-        match d.succ_opt() {
-            Some(n) => d = n,
-            None => break,
-        }
-    }
-    if include_today {
-        let t = engine::target_date(state, None)?;
-        if !received.contains(&t) && !dates.contains(&t) {
-            dates.push(t);
-        }
-    }
-    let mut n = 0;
-    for d in dates {
-        let out = engine::sync_company(state, realm, d).await?;
-        if out.error.is_none() {
-            n += 1;
-        } else {
-            // A failure (reconnect needed, multicurrency off, QuickBooks down…) would repeat
-            // for every later date: stop here; the next pass tries again, oldest first.
-            break;
-        }
-    }
-    Ok(n)
 }

@@ -14,6 +14,12 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
+/// RFC 3339 in UTC with second precision (`2024-01-15T07:00:00Z`), the form of every
+/// timestamp in answers and alerts.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// The first instant strictly after `now` whose local time in `tz` is `at`.
 ///
 /// DST-correct through [`local_instant`]: when `at` falls in a spring-forward gap the run is at

@@ -883,7 +883,20 @@ impl Store {
         self.flush().await
     }
 
-    /// Removes and returns a pending state or invite (single use).
+    /// A pending OAuth state or invite, left in place.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn pending(&self, key: &str) -> Result<Option<PendingAuth>> {
+        match self.oauth_states.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                codec::decode(&v).map_err(Error::codec(keys::OAUTH_STATES))?,
+            )),
+        }
+    }
+
+    /// Removes and returns a pending OAuth state or invite (single use).
     ///
     /// # Errors
     /// sled or decode failure.
@@ -905,9 +918,9 @@ impl Store {
         for r in Self::scan::<PendingAuth>(&self.oauth_states, keys::OAUTH_STATES, b"") {
             let (k, p) = r?;
             let exp = match p {
-                PendingAuth::State { expires_at, .. } | PendingAuth::Invite { expires_at, .. } => {
-                    expires_at
-                }
+                PendingAuth::State { expires_at, .. }
+                | PendingAuth::Invite { expires_at, .. }
+                | PendingAuth::InvitedState { expires_at, .. } => expires_at,
             };
             if exp < now {
                 self.oauth_states.remove(k)?;

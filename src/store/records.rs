@@ -223,4 +223,16 @@ pub enum PendingAuth {
         /// Refused after this.
         expires_at: DateTime<Utc>,
     },
+    /// A `state` of a flow started from an invite: the invite is consumed only when the
+    /// connection succeeds (appended last: older records keep their variant numbers).
+    InvitedState {
+        /// Created.
+        created_at: DateTime<Utc>,
+        /// Refused after this.
+        expires_at: DateTime<Utc>,
+        /// The nonce the signed cookie carries.
+        browser_nonce: String,
+        /// The invite code that let the flow start.
+        invite: String,
+    },
 }

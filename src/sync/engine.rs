@@ -1,41 +1,50 @@
 //! The sync engine (SPEC §5): for a company and a date, obtain the fixing in force, compute
-//! the company's rates, read what QuickBooks holds for that date (one metered read), write
-//! each currency that differs (deterministic `requestid`), ride out 401/429/5xx with bounded
-//! retries, and record every attempt — all flushed before the answer.
+//! the company's rates, read what QuickBooks holds (one metered read), write each currency
+//! that differs (deterministic `requestid`, several at once), ride out 401/429/5xx with
+//! bounded retries, and record every attempt — all flushed before the answer. A sync-all
+//! runs companies with bounded, adaptive concurrency, one run at a time.
+//!
+//! The engine owns its parts ([`SyncEngine`]'s fields) and answers in [`Error`]; it builds
+//! no HTTP answers (that is `ops::sync`).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rust_decimal::Decimal;
-use serde_json::{json, Value};
-use sha2::Digest;
+use futures_util::StreamExt;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
+use super::error::{upstream, Error};
+use super::plan::{self, Action, Held, Holdings, Step, Want};
+use crate::alerts::Alerts;
+use crate::archive::{self, Archive, NoFixing};
 use crate::boa::model::TableKind;
+use crate::config::{current, Config, ConfigWatch};
 use crate::currency::Currency;
-use crate::fixings::{self, parse_date, NoFixing};
-use crate::ops::ApiError;
-use crate::qbo::model::{rate_body, QboRate};
-use crate::qbo::tokens::TokenError;
-use crate::qbo::{self, Traced};
+use crate::metrics::{CallKind, Metrics};
+use crate::qbo::model::rate_body;
+use crate::qbo::tokens::{TokenError, TokenManager};
+use crate::qbo::{self, QboClient, Traced};
+use crate::scheduler::clock::Clock;
 use crate::store::records::{Company, CompanyRate as StoredRate, Connection, LogKind, LogRecord};
+use crate::store::Store;
 use crate::sync::rates::{company_rates, InForce};
 
 /// Company currencies and preferences are re-read after this long.
 pub const CURRENCY_CACHE: chrono::Duration = chrono::Duration::hours(24);
-/// Two rates closer than this are equal (QuickBooks keeps ≥ 6 decimals; we send ≤ 6).
-pub const TOLERANCE: Decimal = Decimal::from_parts(5, 0, 0, false, 7);
 /// Retries after 429 within one call.
 const MAX_THROTTLE_RETRIES: u32 = 3;
 /// Retries after 5xx/network within one call.
 const MAX_TRANSIENT_RETRIES: u32 = 3;
 /// Longest wait honoured for a Retry-After.
 const MAX_RETRY_AFTER: u64 = 120;
+/// Default of `quickbooks.writes_in_flight_per_company` (Intuit allows 10 per realm).
+pub const DEFAULT_WRITES_IN_FLIGHT: usize = 4;
 
 /// Progress of the sync-all in flight (for `status`).
 #[derive(Debug, Default)]
@@ -48,10 +57,73 @@ pub struct Progress {
     pub failed: AtomicUsize,
 }
 
-/// The sync-all in flight: its date and a receiver of its answer.
-type Running = Option<(NaiveDate, watch::Receiver<Option<Arc<Value>>>)>;
+/// Which companies a sync-all covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every active, sync-enabled, connected company.
+    All,
+    /// Those, restricted to companies that want weekend/holiday dates filled.
+    FillNonBusinessDays,
+}
 
-/// A finished sync-all, for `status` and health.
+/// What one company sync did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Realm.
+    pub realm: String,
+    /// Display name.
+    pub company_name: String,
+    /// Rate date.
+    pub date: NaiveDate,
+    /// Currencies equal in QuickBooks after the call.
+    pub rates_synced: usize,
+    /// Writes made.
+    pub rates_written: usize,
+    /// Already equal.
+    pub rates_unchanged: usize,
+    /// Set when the sync failed.
+    pub error: Option<Error>,
+    /// 429 and 5xx answers met on the way (for the adaptive sync-all level).
+    pub pressure: u32,
+}
+
+/// One company's line of a sync-all.
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    /// Realm.
+    pub realm: String,
+    /// Display name.
+    pub company_name: String,
+    /// Currencies equal in QuickBooks after the call.
+    pub rates_synced: usize,
+    /// Writes made.
+    pub rates_written: usize,
+    /// Already equal.
+    pub rates_unchanged: usize,
+    /// Set when that company failed.
+    pub error: Option<Error>,
+}
+
+/// A finished sync-all.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Rate date.
+    pub date: NaiveDate,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Companies in the run.
+    pub total: usize,
+    /// Companies synced.
+    pub successful: usize,
+    /// Companies that failed.
+    pub failed: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// One line per company, in the order of the store.
+    pub entries: Vec<RunEntry>,
+}
+
+/// A finished sync-all without its lines (kept for `status` and metrics).
 #[derive(Debug, Clone)]
 pub struct LastRun {
     /// Rate date.
@@ -66,50 +138,172 @@ pub struct LastRun {
     pub seconds: f64,
 }
 
-/// Shared engine state: per-company locks, the sync-all gate, counters.
-pub struct SyncEngine {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    running: Mutex<Running>,
-    /// Progress of the current sync-all.
-    pub progress: Progress,
-    /// Last finished sync-all.
-    pub last_run: Mutex<Option<LastRun>>,
-    /// Base of the exponential backoff after 5xx/network failures.
-    pub backoff_base: Duration,
-    /// QuickBooks calls by kind and status (metrics): "read:200" → n.
-    pub calls: Mutex<HashMap<String, u64>>,
-    /// Rates written, total.
-    pub rates_written: AtomicU64,
-    /// Company syncs by outcome.
-    pub syncs_ok: AtomicU64,
-    /// Company syncs that failed.
-    pub syncs_failed: AtomicU64,
+type RunResult = Result<Arc<RunReport>, Error>;
+/// The sync-all in flight: its date and a receiver of its result.
+type Running = Option<(NaiveDate, watch::Receiver<Option<RunResult>>)>;
+
+/// Additive increase, multiplicative decrease of the companies a sync-all runs at once:
+/// halved after a company met 429/5xx (at most once per `level` completions, so one burst
+/// of concurrent failures counts once), raised by one after `level` clean companies.
+#[derive(Debug)]
+struct Aimd {
+    level: usize,
+    max: usize,
+    clean: usize,
+    since_decrease: usize,
 }
 
-impl Default for SyncEngine {
-    fn default() -> Self {
-        SyncEngine {
-            locks: Mutex::new(HashMap::new()),
-            running: Mutex::new(None),
-            progress: Progress::default(),
-            last_run: Mutex::new(None),
-            backoff_base: Duration::from_secs(1),
-            calls: Mutex::new(HashMap::new()),
-            rates_written: AtomicU64::new(0),
-            syncs_ok: AtomicU64::new(0),
-            syncs_failed: AtomicU64::new(0),
+impl Aimd {
+    fn new(max: usize) -> Self {
+        Aimd {
+            level: max.max(1),
+            max: max.max(1),
+            clean: 0,
+            // The first pressure of a run halves at once.
+            since_decrease: max.max(1),
+        }
+    }
+
+    fn record(&mut self, pressured: bool) {
+        self.since_decrease += 1;
+        if pressured {
+            self.clean = 0;
+            if self.since_decrease >= self.level {
+                self.level = (self.level / 2).max(1);
+                self.since_decrease = 0;
+            }
+        } else {
+            self.clean += 1;
+            if self.clean >= self.level && self.level < self.max {
+                self.level += 1;
+                self.clean = 0;
+            }
         }
     }
 }
 
+/// What the engine is built from.
+pub struct Parts {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Access tokens per company.
+    pub tokens: Arc<TokenManager>,
+    /// The HTTP client for QuickBooks (one pool for every company).
+    pub http: reqwest::Client,
+    /// The fixing archive.
+    pub archive: Arc<Archive>,
+    /// Wall time.
+    pub clock: Arc<dyn Clock>,
+    /// Alerts.
+    pub alerts: Arc<Alerts>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The configuration.
+    pub config: ConfigWatch,
+    /// Where sync-all runs are spawned (joined at shutdown).
+    pub tasks: TaskTracker,
+    /// Cancelled when the daemon stops.
+    pub shutdown: CancellationToken,
+}
+
+/// The sync engine.
+pub struct SyncEngine {
+    store: Arc<Store>,
+    tokens: Arc<TokenManager>,
+    http: reqwest::Client,
+    archive: Arc<Archive>,
+    clock: Arc<dyn Clock>,
+    alerts: Arc<Alerts>,
+    metrics: Arc<Metrics>,
+    config: ConfigWatch,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    running: Mutex<Running>,
+    progress: Progress,
+    last_run: Mutex<Option<LastRun>>,
+    level: AtomicUsize,
+    backoff_base: Duration,
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SyncEngine {
+    /// The engine over its parts.
+    pub fn new(p: Parts) -> Self {
+        let level = current(&p.config)
+            .quickbooks
+            .max_concurrent_companies
+            .max(1);
+        p.metrics.companies_in_flight_limit.set(level as i64);
+        SyncEngine {
+            store: p.store,
+            tokens: p.tokens,
+            http: p.http,
+            archive: p.archive,
+            clock: p.clock,
+            alerts: p.alerts,
+            metrics: p.metrics,
+            config: p.config,
+            tasks: p.tasks,
+            shutdown: p.shutdown,
+            locks: Mutex::new(HashMap::new()),
+            running: Mutex::new(None),
+            progress: Progress::default(),
+            last_run: Mutex::new(None),
+            level: AtomicUsize::new(level),
+            backoff_base: Duration::from_secs(1),
+        }
+    }
+
+    /// Sets the base of the exponential backoff after 5xx/network failures (tests).
+    pub fn with_backoff_base(mut self, base: Duration) -> Self {
+        self.backoff_base = base;
+        self
+    }
+
+    fn config(&self) -> Arc<Config> {
+        current(&self.config)
+    }
+
+    fn qbo(&self) -> QboClient {
+        QboClient::new(self.http.clone(), &self.config().quickbooks)
+    }
+
+    fn writes_in_flight(&self) -> usize {
+        self.config()
+            .quickbooks
+            .writes_in_flight_per_company
+            .clamp(1, 8)
+    }
+
+    /// The default rate date (today, or the newest fixing's date before today's is out).
+    pub fn default_date(&self) -> NaiveDate {
+        self.archive.default_date()
+    }
+
+    /// Whether a sync-all is running, and for which date.
+    pub fn running_date(&self) -> Option<NaiveDate> {
+        lock(&self.running).as_ref().map(|(d, _)| *d)
+    }
+
+    /// Progress of the current (or last) sync-all.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The last finished sync-all.
+    pub fn last_run(&self) -> Option<LastRun> {
+        lock(&self.last_run).clone()
+    }
+
+    /// Companies a sync-all runs at once now.
+    pub fn companies_in_flight(&self) -> usize {
+        self.level.load(Relaxed)
+    }
+
     fn company_lock(&self, realm: &str) -> CompanyLock<'_> {
         let mutex = lock(&self.locks)
             .entry(realm.to_string())
@@ -122,15 +316,789 @@ impl SyncEngine {
         }
     }
 
-    fn count_call(&self, kind: &str, status: &str) {
-        *lock(&self.calls)
-            .entry(format!("{kind}:{status}"))
-            .or_insert(0) += 1;
+    /// Syncs one company now (the admin's "sync REALM"): refuses a disabled company; a
+    /// failed sync is an error (recorded like any attempt).
+    ///
+    /// # Errors
+    /// Unknown company, sync disabled, and every failure of the sync itself.
+    pub async fn sync_one(&self, realm: &str, date: NaiveDate) -> Result<Outcome, Error> {
+        let company = self
+            .store
+            .company(realm)?
+            .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
+        if !company.sync_enabled {
+            return Err(Error::SyncDisabled(realm.to_string()));
+        }
+        let outcome = self.sync_company(realm, date).await?;
+        match &outcome.error {
+            None => Ok(outcome),
+            Some(e) => Err(e.clone()),
+        }
     }
 
-    /// Whether a sync-all is running, and for which date.
-    pub fn running_date(&self) -> Option<NaiveDate> {
-        lock(&self.running).as_ref().map(|(d, _)| *d)
+    /// Syncs one company for one date and records the attempt. Never panics; every
+    /// failure is an [`Outcome`] with an error (and recorded), except an unknown company.
+    ///
+    /// # Errors
+    /// Unknown company; store failures.
+    pub async fn sync_company(&self, realm: &str, date: NaiveDate) -> Result<Outcome, Error> {
+        let lock = self.company_lock(realm);
+        let _g = lock.lock().await;
+        let company = self
+            .store
+            .company(realm)?
+            .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
+        let name = company.company_name.clone();
+        tracing::info!(realm_id = realm, fixing_date = %date, "Company {realm}: Syncing rates for {date}");
+        let mut attempt = Attempt::default();
+        let error = self.run_sync(company, date, &mut attempt).await.err();
+        self.record(realm, date, &attempt, error.as_ref()).await?;
+        Ok(Outcome {
+            realm: realm.to_string(),
+            company_name: name,
+            date,
+            rates_synced: attempt.written + attempt.unchanged,
+            rates_written: attempt.written,
+            rates_unchanged: attempt.unchanged,
+            error,
+            pressure: attempt.pressure,
+        })
+    }
+
+    /// Writes the attempt's two log records (SPEC §5 "Counts": one scraping, one syncing),
+    /// flushes, counts and alerts.
+    async fn record(
+        &self,
+        realm: &str,
+        date: NaiveDate,
+        a: &Attempt,
+        error: Option<&Error>,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let synced = a.written + a.unchanged;
+        self.store.append_log(
+            realm,
+            &LogRecord {
+                at: now,
+                kind: LogKind::Scraping,
+                success: a.fixing_ok,
+                date: Some(date),
+                message: if a.fixing_ok {
+                    format!("fixing in force on {date} obtained")
+                } else {
+                    error.map(ToString::to_string).unwrap_or_default()
+                },
+                rates_written: 0,
+                rates_unchanged: 0,
+                intuit_tids: vec![],
+            },
+        )?;
+        self.store.append_log(
+            realm,
+            &LogRecord {
+                at: now,
+                kind: LogKind::Syncing,
+                success: error.is_none(),
+                date: Some(date),
+                message: match error {
+                    None => format!(
+                        "synced {synced} rates ({} written, {} unchanged)",
+                        a.written, a.unchanged
+                    ),
+                    Some(e) => format!("{}: {e}", e.code()),
+                },
+                rates_written: a.written as u32,
+                rates_unchanged: a.unchanged as u32,
+                intuit_tids: a.tids.clone(),
+            },
+        )?;
+        self.store.flush().await?;
+        self.metrics.company_sync(error.is_none());
+        self.metrics.rates_written.inc_by(a.written as u64);
+        match error {
+            None => {
+                tracing::info!(realm_id = realm, fixing_date = %date, rates_written = a.written, "Company {realm}: Successfully synced {synced} rates");
+            }
+            Some(e) => {
+                if *e == Error::ReconnectNeeded {
+                    self.alerts.raise(
+                        &format!("token:{realm}"),
+                        "token_refresh_failed",
+                        Some(realm),
+                        "Token refresh failed; the company must reconnect to QuickBooks",
+                    );
+                }
+                tracing::warn!(realm_id = realm, fixing_date = %date, error = %e, "Company {realm}: Sync failed for {date}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The fixing in force on `date`, fetching BoA first when it is today's and missing.
+    async fn fixing_for(&self, date: NaiveDate) -> Result<archive::Resolved, Error> {
+        match self.archive.resolve(date) {
+            Ok(r) => Ok(r),
+            Err(archive::Error::NoFixing { why, .. })
+                if date == self.archive.today()
+                    && matches!(
+                        why,
+                        NoFixing::NotYetPublished { .. }
+                            | NoFixing::Empty
+                            | NoFixing::Missing { .. }
+                    ) =>
+            {
+                if let Err(e) = self.archive.fetch(false).await {
+                    tracing::warn!(error = %e, "BoA fetch for a sync failed");
+                }
+                Ok(self.archive.resolve(date)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn run_sync(
+        &self,
+        mut company: Company,
+        date: NaiveDate,
+        attempt: &mut Attempt,
+    ) -> Result<(), Error> {
+        let realm = company.realm_id.clone();
+        if !company.is_active {
+            return Err(Error::Disconnected);
+        }
+        if let Connection::ReconnectNeeded { .. } = company.connection {
+            return Err(Error::ReconnectNeeded);
+        }
+        // 1. The fixing in force (fetching BoA first when today's is missing).
+        let resolved = self.fixing_for(date).await?;
+        attempt.fixing_ok = true;
+        let in_force: InForce = resolved.in_force();
+
+        // 2. A token (refreshed if needed).
+        let token = self.tokens.access_token(&realm).await?;
+        let session = Session::new(self, &realm, token);
+        let result = self
+            .sync_with(&session, &mut company, date, &resolved, &in_force, attempt)
+            .await;
+        attempt.tids = std::mem::take(&mut *lock(&session.tids));
+        attempt.pressure = session.pressure.load(Relaxed) as u32;
+        result
+    }
+
+    async fn sync_with(
+        &self,
+        session: &Session<'_>,
+        company: &mut Company,
+        date: NaiveDate,
+        resolved: &archive::Resolved,
+        in_force: &InForce,
+        attempt: &mut Attempt,
+    ) -> Result<(), Error> {
+        let realm = company.realm_id.clone();
+        // 3. Currencies/preferences at most daily.
+        let stale = company
+            .currencies_checked_at
+            .is_none_or(|t| self.clock.now() - t > CURRENCY_CACHE);
+        if stale {
+            self.refresh_company_cache(session, company).await?;
+        }
+        if !company.multicurrency {
+            return Err(Error::MulticurrencyOff);
+        }
+        let wanted = company_rates(in_force, company.home_currency, &company.active_currencies)
+            .map_err(|e| Error::HomeCurrencyNotFixed(e.to_string()))?;
+        if wanted.is_empty() {
+            tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
+            self.mark_synced(&realm)?;
+            return Ok(());
+        }
+
+        // 4. One metered read, then the plan.
+        let codes: Vec<Currency> = wanted.iter().map(|w| w.currency).collect();
+        let holdings = self.read_holdings(session, date, &codes).await?;
+        let wants: Vec<Want> = wanted
+            .iter()
+            .map(|w| Want {
+                date,
+                currency: w.currency,
+                rate: w.rate,
+            })
+            .collect();
+        let steps = plan::plan(&realm, &wants, &holdings);
+
+        // 5. Write what differs, several at once.
+        let written = self
+            .write_steps(session, company.home_currency, &codes, steps)
+            .await;
+        if let Some(fatal) = written.fatal {
+            return Err(fatal);
+        }
+        attempt.written = written.written;
+        attempt.unchanged = written.unchanged;
+        let mut failures = written.failures;
+
+        // 6. QuickBooks refused some currencies as inactive or home: re-read the company
+        // once; a currency no longer active is skipped, not a failure.
+        let mut skipped: Vec<Currency> = Vec::new();
+        if !written.rejected.is_empty() {
+            if !stale {
+                self.refresh_company_cache(session, company).await?;
+                // Switched off since the cache was read: every write will be refused,
+                // and "synced 0 rates" would hide it.
+                if !company.multicurrency {
+                    return Err(Error::MulticurrencyOff);
+                }
+            }
+            let still: Vec<Currency> =
+                company_rates(in_force, company.home_currency, &company.active_currencies)
+                    .map(|f| f.iter().map(|r| r.currency).collect())
+                    .unwrap_or_default();
+            for (currency, e) in written.rejected {
+                if still.contains(&currency) {
+                    failures.push(format!("{currency}: {e}"));
+                } else {
+                    tracing::info!(realm_id = %realm, currency = %currency, "Company {realm}: {currency} is not active in QuickBooks; skipped");
+                    skipped.push(currency);
+                }
+            }
+        }
+
+        // 7. Store the company's rates (confirmed or not) and the attempt.
+        let now = self.clock.now();
+        let rows: Vec<StoredRate> = wanted
+            .iter()
+            .filter(|w| !skipped.contains(&w.currency))
+            .map(|w| {
+                let fixing = match in_force.rate(w.currency) {
+                    Some(r) => (r.table, r.fixing_date),
+                    None => (TableKind::Main, resolved.main.table.date),
+                };
+                let synced = written.confirmed.contains(&w.currency);
+                StoredRate {
+                    date,
+                    currency: w.currency,
+                    rate: w.rate,
+                    fixing,
+                    synced,
+                    synced_at: synced.then_some(now),
+                }
+            })
+            .collect();
+        self.store.put_rates(&realm, &rows)?;
+        if failures.is_empty() {
+            self.mark_synced(&realm)?;
+            Ok(())
+        } else {
+            Err(Error::WriteFailed {
+                failed: failures.len(),
+                total: wanted.len(),
+                detail: failures.join("; "),
+            })
+        }
+    }
+
+    /// `last_sync_at` = now, unflushed: flushed with the attempt's log records by
+    /// [`Self::record`], before the answer.
+    fn mark_synced(&self, realm: &str) -> Result<(), Error> {
+        let now = self.clock.now();
+        self.store.update_company_unflushed(realm, |c| {
+            c.last_sync_at = Some(now);
+            c.updated_at = now;
+        })?;
+        Ok(())
+    }
+
+    /// Re-reads preferences and the currency list, and stores them into the company's
+    /// *current* record: the sync works on a copy taken when it started, and saving that
+    /// whole copy would undo a settings change, a token refresh or a disconnect made
+    /// meanwhile.
+    async fn refresh_company_cache(
+        &self,
+        session: &Session<'_>,
+        company: &mut Company,
+    ) -> Result<(), Error> {
+        let realm = company.realm_id.clone();
+        let prefs = session
+            .call(CallKind::Read, |q, t| {
+                let r = realm.clone();
+                async move { q.preferences(&r, &t).await }
+            })
+            .await
+            .map_err(|e| upstream(&e, "reading Preferences"))?;
+        let currencies = session
+            .call(CallKind::Read, |q, t| {
+                let r = realm.clone();
+                async move { q.company_currencies(&r, &t).await }
+            })
+            .await
+            .map_err(|e| upstream(&e, "reading company currencies"))?;
+        company.multicurrency = prefs.multicurrency;
+        if let Some(home) = prefs.home {
+            company.home_currency = home;
+        }
+        let home = company.home_currency;
+        company.active_currencies = currencies
+            .iter()
+            .filter(|c| c.active && c.code != home)
+            .map(|c| c.code)
+            .collect();
+        let now = self.clock.now();
+        company.currencies_checked_at = Some(now);
+        let fresh = company.clone();
+        self.store
+            .update_company(&realm, |c| {
+                c.multicurrency = fresh.multicurrency;
+                c.home_currency = fresh.home_currency;
+                c.active_currencies.clone_from(&fresh.active_currencies);
+                c.currencies_checked_at = fresh.currencies_checked_at;
+                c.updated_at = now;
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// What QuickBooks holds for `date` and `codes` (one metered read).
+    async fn read_holdings(
+        &self,
+        session: &Session<'_>,
+        date: NaiveDate,
+        codes: &[Currency],
+    ) -> Result<Holdings, Error> {
+        let realm = session.realm.clone();
+        let rates = session
+            .call(CallKind::Read, |q, t| {
+                let r = realm.clone();
+                let c = codes.to_vec();
+                async move { q.rates_on(&r, &t, date, &c).await }
+            })
+            .await
+            .map_err(|e| upstream(&e, "reading QuickBooks exchange rates"))?;
+        Ok(rates
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.date, r.currency),
+                    Held {
+                        rate: r.rate,
+                        sync_token: r.sync_token,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Runs the plan's writes, at most `writes_in_flight_per_company` at once.
+    async fn write_steps(
+        &self,
+        session: &Session<'_>,
+        home: Currency,
+        codes: &[Currency],
+        steps: Vec<Step>,
+    ) -> Written {
+        let mut out = Written::default();
+        let mut writes = Vec::new();
+        for s in steps {
+            match s.action {
+                Action::Keep => {
+                    out.unchanged += 1;
+                    out.confirmed.push(s.want.currency);
+                }
+                Action::Write { .. } => writes.push(s),
+            }
+        }
+        let mut results = futures_util::stream::iter(writes)
+            .map(|s| async move {
+                let currency = s.want.currency;
+                (currency, self.write_one(session, home, codes, s).await)
+            })
+            .buffer_unordered(self.writes_in_flight());
+        while let Some((currency, r)) = results.next().await {
+            match r {
+                WriteResult::Written => {
+                    out.written += 1;
+                    out.confirmed.push(currency);
+                }
+                WriteResult::AlreadyThere => {
+                    out.unchanged += 1;
+                    out.confirmed.push(currency);
+                }
+                WriteResult::Rejected(e) => out.rejected.push((currency, e)),
+                WriteResult::Failed(e) => out.failures.push(format!("{currency}: {e}")),
+                WriteResult::Fatal(e) => {
+                    out.fatal.get_or_insert(e);
+                }
+            }
+        }
+        out
+    }
+
+    /// One write, retried once with a fresh SyncToken when QuickBooks says ours is stale.
+    async fn write_one(
+        &self,
+        session: &Session<'_>,
+        home: Currency,
+        codes: &[Currency],
+        mut step: Step,
+    ) -> WriteResult {
+        let want = step.want;
+        let mut stale_retry = false;
+        loop {
+            let Action::Write {
+                sync_token,
+                request_id,
+            } = &step.action
+            else {
+                return WriteResult::AlreadyThere;
+            };
+            let body = rate_body(want.currency, home, want.rate, want.date, sync_token);
+            let realm = session.realm.clone();
+            let res = session
+                .call(CallKind::Write, |q, t| {
+                    let r = realm.clone();
+                    let b = body.clone();
+                    let id = request_id.clone();
+                    async move { q.write_rate(&r, &t, b, &id).await }
+                })
+                .await;
+            match res {
+                Ok(_) => return WriteResult::Written,
+                Err(e) if e.is_stale() && !stale_retry => {
+                    // Someone changed the rate meanwhile: re-read the date once and retry
+                    // with the new SyncToken (a new requestid).
+                    stale_retry = true;
+                    match self.read_holdings(session, want.date, codes).await {
+                        Ok(h) => step = plan::step(&session.realm, want, &h),
+                        Err(e) => return WriteResult::Fatal(e),
+                    }
+                }
+                Err(e) if e.is_currency_rejection() => return WriteResult::Rejected(e.to_string()),
+                Err(e) if e.is_invalid_grant() || e.is_unauthorized() => {
+                    return WriteResult::Fatal(upstream(&e, "writing exchange rates"))
+                }
+                Err(e) => return WriteResult::Failed(e.to_string()),
+            }
+        }
+    }
+
+    /// Runs (or joins) the one sync-all for `date`. A second call for the same date joins
+    /// the run in flight; the run goes on when the caller goes away.
+    ///
+    /// # Errors
+    /// [`Error::InProgress`] when a run for another date is in progress;
+    /// [`Error::ShuttingDown`] when the daemon stops meanwhile; store failure listing
+    /// companies.
+    pub async fn sync_all(self: &Arc<Self>, date: NaiveDate, scope: Scope) -> RunResult {
+        let mut rx = {
+            let mut running = lock(&self.running);
+            match running.as_ref() {
+                Some((d, rx)) if *d == date => rx.clone(),
+                Some((d, _)) => return Err(Error::InProgress(*d)),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *running = Some((date, rx.clone()));
+                    let engine = self.clone();
+                    self.tasks.spawn(async move {
+                        let result = engine.run_all(date, scope).await.map(Arc::new);
+                        *lock(&engine.running) = None;
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
+                }
+            }
+        };
+        loop {
+            if let Some(done) = rx.borrow().clone() {
+                return done;
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::ShuttingDown);
+            }
+        }
+    }
+
+    /// Runs one sync-all to completion (bounded, adaptive concurrency; failures isolated).
+    async fn run_all(self: &Arc<Self>, date: NaiveDate, scope: Scope) -> Result<RunReport, Error> {
+        let started = std::time::Instant::now();
+        // Only what the run needs of each company (the records are re-read one by one).
+        let companies: Vec<(String, String)> = self
+            .store
+            .companies()?
+            .into_iter()
+            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
+            .filter(|c| scope == Scope::All || c.fill_non_business_days)
+            .map(|c| (c.realm_id, c.company_name))
+            .collect();
+        let total = companies.len();
+        let p = &self.progress;
+        p.total.store(total, Relaxed);
+        p.done.store(0, Relaxed);
+        p.failed.store(0, Relaxed);
+        tracing::info!(companies = total, fixing_date = %date, "Syncing rates for {date} to {total} companies");
+        let mut aimd = Aimd::new(self.config().quickbooks.max_concurrent_companies);
+        self.set_level(aimd.level);
+        // At most `level` company syncs exist at a time: a task is spawned only when one
+        // finishes, so memory does not grow with the number of companies.
+        let mut pending = companies.into_iter().enumerate();
+        let mut set = tokio::task::JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, (usize, String, String)> = HashMap::new();
+        let mut entries: Vec<(usize, RunEntry)> = Vec::with_capacity(total);
+        let (mut ok, mut failed) = (0usize, 0usize);
+        loop {
+            while set.len() < aimd.level {
+                let Some((idx, (realm, name))) = pending.next() else {
+                    break;
+                };
+                let engine = self.clone();
+                let r = realm.clone();
+                let handle = set.spawn(async move {
+                    if engine.shutdown.is_cancelled() {
+                        return Err(Error::ShuttingDown);
+                    }
+                    engine.sync_company(&r, date).await
+                });
+                running.insert(handle.id(), (idx, realm, name));
+            }
+            let Some(joined) = set.join_next_with_id().await else {
+                break;
+            };
+            let (id, r) = match joined {
+                Ok((id, r)) => (id, r),
+                // A panicked sync is a failed company, not a lost one.
+                Err(e) => (
+                    e.id(),
+                    Err(Error::Store(format!("the sync task failed: {e}"))),
+                ),
+            };
+            let Some((idx, realm, name)) = running.remove(&id) else {
+                continue;
+            };
+            let entry = match r {
+                Ok(o) => {
+                    aimd.record(o.pressure > 0 || is_pressure(o.error.as_ref()));
+                    RunEntry {
+                        realm,
+                        company_name: o.company_name,
+                        rates_synced: o.rates_synced,
+                        rates_written: o.rates_written,
+                        rates_unchanged: o.rates_unchanged,
+                        error: o.error,
+                    }
+                }
+                Err(e) => RunEntry {
+                    realm,
+                    company_name: name,
+                    rates_synced: 0,
+                    rates_written: 0,
+                    rates_unchanged: 0,
+                    error: Some(e),
+                },
+            };
+            self.set_level(aimd.level);
+            p.done.fetch_add(1, Relaxed);
+            if entry.error.is_some() {
+                failed += 1;
+                p.failed.fetch_add(1, Relaxed);
+            } else {
+                ok += 1;
+            }
+            entries.push((idx, entry));
+        }
+        entries.sort_by_key(|(i, _)| *i);
+        let seconds = started.elapsed().as_secs_f64();
+        let finished_at = self.clock.now();
+        *lock(&self.last_run) = Some(LastRun {
+            date,
+            finished_at,
+            successful: ok,
+            failed,
+            seconds,
+        });
+        self.metrics.sync_all_seconds.set(seconds);
+        tracing::info!(fixing_date = %date, successful = ok, failed, seconds, "Synced {ok}/{total} companies successfully");
+        let key = format!("sync_failures:{date}");
+        if failed >= 2 {
+            self.alerts.raise(
+                &key,
+                "sync_failures",
+                None,
+                &format!("sync of {date} failed for {failed} of {total} companies"),
+            );
+        } else {
+            self.alerts.clear(&key);
+        }
+        Ok(RunReport {
+            date,
+            finished_at,
+            total,
+            successful: ok,
+            failed,
+            seconds,
+            entries: entries.into_iter().map(|(_, e)| e).collect(),
+        })
+    }
+
+    fn set_level(&self, level: usize) {
+        self.level.store(level, Relaxed);
+        self.metrics.companies_in_flight_limit.set(level as i64);
+    }
+}
+
+/// Whether a failure says QuickBooks is overloaded (429/5xx after the retries).
+fn is_pressure(e: Option<&Error>) -> bool {
+    matches!(
+        e,
+        Some(Error::Upstream {
+            code: "throttled" | "quickbooks_unavailable",
+            ..
+        })
+    )
+}
+
+/// What one company sync did so far (filled in as it goes, recorded whatever the end).
+#[derive(Debug, Default)]
+struct Attempt {
+    fixing_ok: bool,
+    written: usize,
+    unchanged: usize,
+    tids: Vec<String>,
+    pressure: u32,
+}
+
+/// What the write loop did.
+#[derive(Debug, Default)]
+struct Written {
+    written: usize,
+    unchanged: usize,
+    /// Currencies equal in QuickBooks after the loop.
+    confirmed: Vec<Currency>,
+    /// Refused as inactive or home currency.
+    rejected: Vec<(Currency, String)>,
+    failures: Vec<String>,
+    /// A failure that ends the whole sync (the grant is gone).
+    fatal: Option<Error>,
+}
+
+enum WriteResult {
+    Written,
+    AlreadyThere,
+    Rejected(String),
+    Failed(String),
+    Fatal(Error),
+}
+
+/// One company sync's connection to QuickBooks: the current access token (replaced after
+/// a 401 by one refresh for all writes in flight), the realm's throttle (a 429 pauses every
+/// write of the company), and the `intuit_tid`s seen.
+struct Session<'a> {
+    engine: &'a SyncEngine,
+    realm: String,
+    qbo: QboClient,
+    token: Mutex<String>,
+    tids: Mutex<Vec<String>>,
+    paused_until: Mutex<Option<tokio::time::Instant>>,
+    pressure: AtomicUsize,
+}
+
+impl<'a> Session<'a> {
+    fn new(engine: &'a SyncEngine, realm: &str, token: String) -> Self {
+        Session {
+            engine,
+            realm: realm.to_string(),
+            qbo: engine.qbo(),
+            token: Mutex::new(token),
+            tids: Mutex::new(Vec::new()),
+            paused_until: Mutex::new(None),
+            pressure: AtomicUsize::new(0),
+        }
+    }
+
+    async fn wait_if_paused(&self) {
+        loop {
+            let until = *lock(&self.paused_until);
+            match until {
+                Some(u) if u > tokio::time::Instant::now() => tokio::time::sleep_until(u).await,
+                _ => return,
+            }
+        }
+    }
+
+    fn pause(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut p = lock(&self.paused_until);
+        if p.is_none_or(|u| u < until) {
+            *p = Some(until);
+        }
+    }
+
+    /// Calls QuickBooks with the SPEC's handling: 401 → refresh once and retry once; 429 →
+    /// pause the realm (Retry-After or 60 s) and retry, bounded; 5xx/network → bounded
+    /// backoff.
+    async fn call<T, F, Fut>(&self, kind: CallKind, f: F) -> Result<T, qbo::Error>
+    where
+        F: Fn(QboClient, String) -> Fut,
+        Fut: Future<Output = Result<Traced<T>, qbo::Error>>,
+    {
+        let engine = self.engine;
+        let realm = self.realm.as_str();
+        let (mut refreshed, mut throttled, mut transient) = (false, 0u32, 0u32);
+        loop {
+            self.wait_if_paused().await;
+            let token = lock(&self.token).clone();
+            let r = f(self.qbo.clone(), token.clone()).await;
+            engine.metrics.call(kind, &status_label(&r));
+            match r {
+                Ok(t) => {
+                    lock(&self.tids).extend(t.tid);
+                    return Ok(t.value);
+                }
+                Err(qbo::Error::Unauthorized) if !refreshed => {
+                    refreshed = true;
+                    let fresh = match engine.tokens.after_unauthorized(realm, &token).await {
+                        Ok(t) => t,
+                        Err(TokenError::ReconnectNeeded) => {
+                            return Err(qbo::Error::InvalidGrant(
+                                "refresh refused after 401".into(),
+                            ))
+                        }
+                        Err(TokenError::Upstream(e)) => return Err(e),
+                        Err(e) => return Err(qbo::Error::Network(e.to_string())),
+                    };
+                    *lock(&self.token) = fresh;
+                }
+                Err(qbo::Error::RateLimited { retry_after })
+                    if throttled < MAX_THROTTLE_RETRIES =>
+                {
+                    throttled += 1;
+                    self.pressure.fetch_add(1, Relaxed);
+                    let wait = retry_after.clamp(1, MAX_RETRY_AFTER);
+                    tracing::warn!(
+                        realm_id = realm,
+                        wait,
+                        "Company {realm}: QuickBooks throttled (429); retrying in {wait} s"
+                    );
+                    self.pause(Duration::from_secs(wait));
+                }
+                Err(e) if e.is_retryable() && transient < MAX_TRANSIENT_RETRIES => {
+                    transient += 1;
+                    self.pressure.fetch_add(1, Relaxed);
+                    let wait = engine.backoff_base * 2u32.pow(transient - 1);
+                    tracing::warn!(realm_id = realm, error = %e, "Company {realm}: QuickBooks call failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn status_label<T>(r: &Result<T, qbo::Error>) -> String {
+    match r {
+        Ok(_) => "200".into(),
+        Err(qbo::Error::Unauthorized) => "401".into(),
+        Err(qbo::Error::RateLimited { .. }) => "429".into(),
+        Err(qbo::Error::Server { status }) => status.to_string(),
+        Err(qbo::Error::Fault { .. }) => "400".into(),
+        Err(_) => "error".into(),
     }
 }
 
@@ -163,893 +1131,32 @@ impl Drop for CompanyLock<'_> {
     }
 }
 
-/// What one company sync did.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// Realm.
-    pub realm: String,
-    /// Display name.
-    pub company_name: String,
-    /// Rate date.
-    pub date: NaiveDate,
-    /// Currencies equal in QuickBooks after the call.
-    pub rates_synced: usize,
-    /// Writes made.
-    pub rates_written: usize,
-    /// Already equal.
-    pub rates_unchanged: usize,
-    /// Set when the sync failed.
-    pub error: Option<ApiError>,
-}
-
-impl Outcome {
-    /// The brief's single-company answer.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "success": self.error.is_none(),
-            "message": match &self.error {
-                None => format!("Synced {} rates for {}", self.rates_synced, self.company_name),
-                Some(e) => format!("Sync failed for {}: {}", self.company_name, e.message),
-            },
-            "company_id": self.realm,
-            "company_name": self.company_name,
-            "date": self.date.to_string(),
-            "rates_synced": self.rates_synced,
-            "rates_written": self.rates_written,
-            "rates_unchanged": self.rates_unchanged,
-        })
-    }
-}
-
-/// Why a company sync could not go on (internal).
-enum Fail {
-    Api(ApiError),
-}
-
-impl From<ApiError> for Fail {
-    fn from(e: ApiError) -> Self {
-        Fail::Api(e)
-    }
-}
-impl From<crate::store::Error> for Fail {
-    fn from(e: crate::store::Error) -> Self {
-        Fail::Api(e.into())
-    }
-}
-
-fn qbo_fail(e: &qbo::Error, what: &str) -> ApiError {
-    if e.is_invalid_grant() {
-        return ApiError::conflict(
-            "reconnect_needed",
-            "the QuickBooks connection expired or was revoked; the company must reconnect",
-        );
-    }
-    ApiError::upstream(e.code(), format!("{what}: {e}"))
-}
-
-fn multicurrency_disabled() -> ApiError {
-    ApiError::unprocessable(
-        "multicurrency_disabled",
-        "multicurrency is switched off in this QuickBooks company; exchange rates cannot be set",
-    )
-}
-
-fn token_fail(e: TokenError) -> ApiError {
-    match e {
-        TokenError::NotConnected => ApiError::conflict(
-            "not_connected",
-            "the company is not connected to QuickBooks",
-        ),
-        TokenError::ReconnectNeeded => ApiError::conflict(
-            "reconnect_needed",
-            "the QuickBooks connection expired or was revoked; the company must reconnect",
-        ),
-        TokenError::Upstream(e) => {
-            ApiError::upstream(e.code(), format!("refreshing the QuickBooks token: {e}"))
-        }
-        TokenError::Store(e) => ApiError::internal(e),
-    }
-}
-
-/// The request id of one write: the same write retried gets the same id; a write after a
-/// stale SyncToken (a new token) gets a new one. ≤ 50 characters as Intuit requires.
-pub fn request_id(
-    realm: &str,
-    currency: Currency,
-    date: NaiveDate,
-    rate: Decimal,
-    sync_token: &str,
-) -> String {
-    let mut h = sha2::Sha256::new();
-    h.update(
-        format!(
-            "boa-exchange|{realm}|{currency}|{date}|{}|{sync_token}",
-            rate.normalize()
-        )
-        .as_bytes(),
-    );
-    hex::encode(&h.finalize()[..16])
-}
-
-/// Resolves the target date: the parameter, or today falling back to the newest fixing's
-/// date while today's is not yet published.
-///
-/// # Errors
-/// 400 for a malformed date.
-pub fn target_date(state: &AppState, param: Option<&str>) -> Result<NaiveDate, ApiError> {
-    if let Some(p) = param.filter(|p| !p.is_empty()) {
-        return parse_date("target_date", p);
-    }
-    let today = state.today();
-    match fixings::resolve(state, today) {
-        Err(Ok(NoFixing::NotYetPublished { nearest })) => Ok(nearest),
-        _ => Ok(today),
-    }
-}
-
-/// Calls QuickBooks with the SPEC's handling: 401 → refresh once and retry once; 429 →
-/// wait (Retry-After or 60 s) and retry, bounded; 5xx/network → bounded backoff.
-async fn call<T, F, Fut>(
-    state: &AppState,
-    realm: &str,
-    token: &mut String,
-    kind: &str,
-    f: F,
-) -> Result<Traced<T>, qbo::Error>
-where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<Traced<T>, qbo::Error>>,
-{
-    let engine = &state.sync;
-    let (mut refreshed, mut throttled, mut transient) = (false, 0u32, 0u32);
-    loop {
-        let r = f(token.clone()).await;
-        match &r {
-            Ok(_) => engine.count_call(kind, "200"),
-            Err(qbo::Error::Unauthorized) => engine.count_call(kind, "401"),
-            Err(qbo::Error::RateLimited { .. }) => engine.count_call(kind, "429"),
-            Err(qbo::Error::Server { status }) => engine.count_call(kind, &status.to_string()),
-            Err(qbo::Error::Fault { .. }) => engine.count_call(kind, "400"),
-            Err(_) => engine.count_call(kind, "error"),
-        }
-        match r {
-            Err(qbo::Error::Unauthorized) if !refreshed => {
-                refreshed = true;
-                *token = match state.tokens.after_unauthorized(realm, token).await {
-                    Ok(t) => t,
-                    Err(TokenError::ReconnectNeeded) => {
-                        return Err(qbo::Error::InvalidGrant("refresh refused after 401".into()))
-                    }
-                    Err(TokenError::Upstream(e)) => return Err(e),
-                    Err(e) => return Err(qbo::Error::Network(e.to_string())),
-                };
-            }
-            Err(qbo::Error::RateLimited { retry_after }) if throttled < MAX_THROTTLE_RETRIES => {
-                throttled += 1;
-                let wait = retry_after.clamp(1, MAX_RETRY_AFTER);
-                tracing::warn!(
-                    realm_id = realm,
-                    wait,
-                    "Company {realm}: QuickBooks throttled (429); retrying in {wait} s"
-                );
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            Err(e) if e.is_retryable() && transient < MAX_TRANSIENT_RETRIES => {
-                transient += 1;
-                let wait = engine.backoff_base * 2u32.pow(transient - 1);
-                tracing::warn!(realm_id = realm, error = %e, "Company {realm}: QuickBooks call failed; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Refreshes the cached preferences and currency list (at most daily, or on demand).
-async fn refresh_company_cache(
-    state: &AppState,
-    company: &mut Company,
-    token: &mut String,
-    tids: &mut Vec<String>,
-) -> Result<(), ApiError> {
-    let qbo = state.qbo();
-    let realm = company.realm_id.clone();
-    let prefs = call(state, &realm, token, "read", |t| {
-        let q = qbo.clone();
-        let r = realm.clone();
-        async move { q.preferences(&r, &t).await }
-    })
-    .await
-    .map_err(|e| qbo_fail(&e, "reading Preferences"))?;
-    tids.extend(prefs.tid);
-    let currencies = call(state, &realm, token, "read", |t| {
-        let q = qbo.clone();
-        let r = realm.clone();
-        async move { q.company_currencies(&r, &t).await }
-    })
-    .await
-    .map_err(|e| qbo_fail(&e, "reading company currencies"))?;
-    tids.extend(currencies.tid);
-    company.multicurrency = prefs.value.multicurrency;
-    if let Some(home) = prefs.value.home {
-        company.home_currency = home;
-    }
-    let home = company.home_currency;
-    company.active_currencies = currencies
-        .value
-        .iter()
-        .filter(|c| c.active && c.code != home)
-        .map(|c| c.code)
-        .collect();
-    company.currencies_checked_at = Some(state.now());
-    Ok(())
-}
-
-/// Stores what [`refresh_company_cache`] read into the company's *current* record. The sync
-/// works on a copy taken when it started; saving that whole copy would undo a settings
-/// change, a token refresh or a disconnect made while the sync was running.
-async fn save_company_cache(state: &AppState, company: &Company) -> Result<(), Fail> {
-    let now = state.now();
-    state
-        .store
-        .update_company(&company.realm_id, |c| {
-            c.multicurrency = company.multicurrency;
-            c.home_currency = company.home_currency;
-            c.active_currencies.clone_from(&company.active_currencies);
-            c.currencies_checked_at = company.currencies_checked_at;
-            c.updated_at = now;
-        })
-        .await?;
-    Ok(())
-}
-
-/// What QuickBooks holds for `date` and `codes` (one metered read), by currency.
-async fn read_theirs(
-    state: &AppState,
-    realm: &str,
-    token: &mut String,
-    date: NaiveDate,
-    codes: &[Currency],
-    tids: &mut Vec<String>,
-) -> Result<HashMap<Currency, QboRate>, ApiError> {
-    let qbo = state.qbo();
-    let read = call(state, realm, token, "read", |t| {
-        let q = qbo.clone();
-        let r = realm.to_string();
-        let c = codes.to_vec();
-        async move { q.rates_on(&r, &t, date, &c).await }
-    })
-    .await
-    .map_err(|e| qbo_fail(&e, "reading QuickBooks exchange rates"))?;
-    tids.extend(read.tid);
-    Ok(read.value.into_iter().map(|r| (r.currency, r)).collect())
-}
-
-/// Syncs one company for one date and records the attempt. Never panics; every failure is
-/// an [`Outcome`] with an error (and recorded), except an unknown company (404).
-///
-/// # Errors
-/// 404 unknown company; store failures.
-pub async fn sync_company(
-    state: &AppState,
-    realm: &str,
-    date: NaiveDate,
-) -> Result<Outcome, ApiError> {
-    let lock = state.sync.company_lock(realm);
-    let _g = lock.lock().await;
-    let company = state
-        .store
-        .company(realm)?
-        .ok_or_else(|| ApiError::unknown_company(realm))?;
-    let name = company.company_name.clone();
-    tracing::info!(realm_id = realm, fixing_date = %date, "Company {realm}: Syncing rates for {date}");
-    let mut tids = Vec::new();
-    let mut written = 0usize;
-    let mut unchanged = 0usize;
-    let mut synced = 0usize;
-    let mut fixing_ok = false;
-    let result = run_sync(
-        state,
-        company,
-        date,
-        &mut tids,
-        &mut written,
-        &mut unchanged,
-        &mut synced,
-        &mut fixing_ok,
-    )
-    .await;
-    let now = state.now();
-    let error = match result {
-        Ok(()) => None,
-        Err(Fail::Api(e)) => Some(e),
-    };
-    // One scraping attempt and one syncing attempt per call (SPEC §5 "Counts").
-    state.store.append_log(
-        realm,
-        &LogRecord {
-            at: now,
-            kind: LogKind::Scraping,
-            success: fixing_ok,
-            date: Some(date),
-            message: if fixing_ok {
-                format!("fixing in force on {date} obtained")
-            } else {
-                error
-                    .as_ref()
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default()
-            },
-            rates_written: 0,
-            rates_unchanged: 0,
-            intuit_tids: vec![],
-        },
-    )?;
-    state.store.append_log(
-        realm,
-        &LogRecord {
-            at: now,
-            kind: LogKind::Syncing,
-            success: error.is_none(),
-            date: Some(date),
-            message: match &error {
-                None => format!("synced {synced} rates ({written} written, {unchanged} unchanged)"),
-                Some(e) => format!("{}: {}", e.code, e.message),
-            },
-            rates_written: written as u32,
-            rates_unchanged: unchanged as u32,
-            intuit_tids: tids,
-        },
-    )?;
-    state.store.flush().await?;
-    match &error {
-        None => {
-            state.sync.syncs_ok.fetch_add(1, Relaxed);
-            tracing::info!(realm_id = realm, fixing_date = %date, rates_written = written, "Company {realm}: Successfully synced {synced} rates");
-        }
-        Some(e) => {
-            state.sync.syncs_failed.fetch_add(1, Relaxed);
-            if e.code == "reconnect_needed" {
-                crate::alerts::raise(
-                    state,
-                    &format!("token:{realm}"),
-                    "token_refresh_failed",
-                    Some(realm),
-                    "Token refresh failed; the company must reconnect to QuickBooks",
-                );
-            }
-            tracing::warn!(realm_id = realm, fixing_date = %date, error = %e.message, "Company {realm}: Sync failed for {date}: {}", e.message);
-        }
-    }
-    state.sync.rates_written.fetch_add(written as u64, Relaxed);
-    Ok(Outcome {
-        realm: realm.to_string(),
-        company_name: name,
-        date,
-        rates_synced: synced,
-        rates_written: written,
-        rates_unchanged: unchanged,
-        error,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_sync(
-    state: &AppState,
-    mut company: Company,
-    date: NaiveDate,
-    tids: &mut Vec<String>,
-    written: &mut usize,
-    unchanged: &mut usize,
-    synced: &mut usize,
-    fixing_ok: &mut bool,
-) -> Result<(), Fail> {
-    let realm = company.realm_id.clone();
-    if !company.is_active {
-        return Err(ApiError::conflict(
-            "company_disconnected",
-            "the company is disconnected; reconnect it to sync",
-        )
-        .into());
-    }
-    if let Connection::ReconnectNeeded { .. } = company.connection {
-        return Err(ApiError::conflict(
-            "reconnect_needed",
-            "the QuickBooks connection expired or was revoked; the company must reconnect",
-        )
-        .into());
-    }
-    // 1. The fixing in force (fetching BoA first when today's is missing).
-    let resolved = match fixings::resolve(state, date) {
-        Ok(r) => r,
-        Err(Err(e)) => return Err(e.into()),
-        Err(Ok(no)) => {
-            let may_fetch = date == state.today()
-                && matches!(
-                    no,
-                    NoFixing::NotYetPublished { .. } | NoFixing::Empty | NoFixing::Missing { .. }
-                );
-            if may_fetch {
-                if let Err(e) = fixings::fetch(state, false).await {
-                    tracing::warn!(error = %e, "BoA fetch for a sync failed");
-                }
-                match fixings::resolve(state, date) {
-                    Ok(r) => r,
-                    Err(Ok(no)) => return Err(no.to_api(date).into()),
-                    Err(Err(e)) => return Err(e.into()),
-                }
-            } else {
-                return Err(no.to_api(date).into());
-            }
-        }
-    };
-    *fixing_ok = true;
-    let in_force: InForce = resolved.in_force();
-
-    // 2. A token (refreshed if needed).
-    let mut token = state
-        .tokens
-        .access_token(&realm)
-        .await
-        .map_err(token_fail)?;
-
-    // 3. Currencies/preferences at most daily.
-    let stale = company
-        .currencies_checked_at
-        .is_none_or(|t| state.now() - t > CURRENCY_CACHE);
-    if stale {
-        refresh_company_cache(state, &mut company, &mut token, tids).await?;
-        save_company_cache(state, &company).await?;
-    }
-    if !company.multicurrency {
-        return Err(multicurrency_disabled().into());
-    }
-    let wanted = company_rates(&in_force, company.home_currency, &company.active_currencies)
-        .map_err(|e| ApiError::unprocessable("home_currency_not_fixed", e.to_string()))?;
-
-    // 4. One metered read: what QuickBooks holds for that date and those currencies.
-    let codes: Vec<Currency> = wanted.iter().map(|w| w.currency).collect();
-    if codes.is_empty() {
-        tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
-        let now = state.now();
-        state.store.update_company_unflushed(&realm, |c| {
-            c.last_sync_at = Some(now);
-            c.updated_at = now;
-        })?;
-        return Ok(());
-    }
-    let qbo = state.qbo();
-    let mut theirs = read_theirs(state, &realm, &mut token, date, &codes, tids).await?;
-
-    // 5. Write what differs.
-    let mut rows = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
-    let mut cache_refreshed = stale;
-    for want in &wanted {
-        let fixing = match in_force.rate(want.currency) {
-            Some(r) => (r.table, r.fixing_date),
-            None => (TableKind::Main, resolved.main.table.date),
-        };
-        let mut row = StoredRate {
-            date,
-            currency: want.currency,
-            rate: want.rate,
-            fixing,
-            synced: false,
-            synced_at: None,
-        };
-        if let Some(q) = theirs.get(&want.currency) {
-            if (q.rate - want.rate).abs() < TOLERANCE {
-                *unchanged += 1;
-                *synced += 1;
-                row.synced = true;
-                row.synced_at = Some(state.now());
-                rows.push(row);
-                continue;
-            }
-        }
-        let mut stale_retry = false;
-        let mut skipped = false;
-        loop {
-            let sync_token = theirs
-                .get(&want.currency)
-                .map(|q| q.sync_token.clone())
-                .unwrap_or_else(|| "0".into());
-            let rid = request_id(&realm, want.currency, date, want.rate, &sync_token);
-            let body = rate_body(
-                want.currency,
-                company.home_currency,
-                want.rate,
-                date,
-                &sync_token,
-            );
-            let res = call(state, &realm, &mut token, "write", |t| {
-                let q = qbo.clone();
-                let r = realm.clone();
-                let b = body.clone();
-                let id = rid.clone();
-                async move { q.write_rate(&r, &t, b, &id).await }
-            })
-            .await;
-            match res {
-                Ok(w) => {
-                    tids.extend(w.tid);
-                    *written += 1;
-                    *synced += 1;
-                    row.synced = true;
-                    row.synced_at = Some(state.now());
-                    theirs.insert(want.currency, w.value);
-                    break;
-                }
-                Err(e) if e.is_stale() && !stale_retry => {
-                    // Someone changed the rate meanwhile: re-read the date once, retry with the new SyncToken.
-                    stale_retry = true;
-                    theirs = read_theirs(state, &realm, &mut token, date, &codes, tids).await?;
-                    if let Some(q) = theirs.get(&want.currency) {
-                        if (q.rate - want.rate).abs() < TOLERANCE {
-                            *unchanged += 1;
-                            *synced += 1;
-                            row.synced = true;
-                            row.synced_at = Some(state.now());
-                            break;
-                        }
-                    }
-                }
-                Err(e) if e.is_currency_rejection() => {
-                    // QuickBooks says the currency is inactive or home: re-read the company
-                    // once; a currency no longer active is skipped, not a failure.
-                    if !cache_refreshed {
-                        cache_refreshed = true;
-                        refresh_company_cache(state, &mut company, &mut token, tids).await?;
-                        save_company_cache(state, &company).await?;
-                        // Switched off since the cache was read: every write will be
-                        // refused, and "synced 0 rates" would hide it.
-                        if !company.multicurrency {
-                            return Err(multicurrency_disabled().into());
-                        }
-                    }
-                    let still =
-                        company_rates(&in_force, company.home_currency, &company.active_currencies)
-                            .map(|f| f.iter().any(|r| r.currency == want.currency))
-                            .unwrap_or(false);
-                    if still {
-                        failures.push(format!("{}: {e}", want.currency));
-                    } else {
-                        tracing::info!(realm_id = %realm, currency = %want.currency, "Company {realm}: {} is not active in QuickBooks; skipped", want.currency);
-                        skipped = true;
-                    }
-                    break;
-                }
-                Err(e) if e.is_invalid_grant() || e.is_unauthorized() => {
-                    return Err(qbo_fail(&e, "writing exchange rates").into());
-                }
-                Err(e) => {
-                    failures.push(format!("{}: {e}", want.currency));
-                    break;
-                }
-            }
-        }
-        if !skipped {
-            rows.push(row);
-        }
-    }
-    state.store.put_rates(&realm, &rows)?;
-    if failures.is_empty() {
-        let now = state.now();
-        // Flushed with the attempt's log records by `sync_company`, before the answer.
-        state.store.update_company_unflushed(&realm, |c| {
-            c.last_sync_at = Some(now);
-            c.updated_at = now;
-        })?;
-        Ok(())
-    } else {
-        Err(ApiError::upstream(
-            "quickbooks_write_failed",
-            format!(
-                "{} of {} rates could not be written: {}",
-                failures.len(),
-                wanted.len(),
-                failures.join("; ")
-            ),
-        )
-        .into())
-    }
-}
-
-/// `POST /api/v1/companies/{id}/sync` and `sync REALM`.
-///
-/// # Errors
-/// 400 bad date, 404 unknown company, 409 sync disabled / reconnect needed, 422 no fixing,
-/// 502 QuickBooks failure.
-pub async fn sync_one_op(
-    state: &AppState,
-    realm: &str,
-    date: Option<&str>,
-) -> Result<Value, ApiError> {
-    let company = state
-        .store
-        .company(realm)?
-        .ok_or_else(|| ApiError::unknown_company(realm))?;
-    let date = target_date(state, date)?;
-    if !company.sync_enabled {
-        return Err(ApiError::conflict(
-            "sync_disabled",
-            format!("sync is disabled for company {realm}; enable it in its settings first"),
-        ));
-    }
-    let outcome = sync_company(state, realm, date).await?;
-    match &outcome.error {
-        None => Ok(outcome.to_json()),
-        Some(e) => Err(e.clone()),
-    }
-}
-
-/// `POST /api/v1/companies/sync-all` and `sync --all`. A second call while a run is in
-/// flight for the same date joins it; for another date it is refused (409). The run goes
-/// on when the caller disconnects.
-///
-/// # Errors
-/// 400 bad date; 409 a run for another date is in progress.
-pub async fn sync_all_op(state: &Arc<AppState>, date: Option<&str>) -> Result<Value, ApiError> {
-    let date = target_date(state, date)?;
-    sync_all_for(state, date, Scope::All).await
-}
-
-/// Which companies a sync-all covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Every active, sync-enabled, connected company.
-    All,
-    /// Those, restricted to companies that want weekend/holiday dates filled.
-    FillNonBusinessDays,
-}
-
-/// Runs (or joins) the one sync-all for `date`.
-///
-/// # Errors
-/// 409 when a run for another date is in progress; 503 when the daemon stops meanwhile.
-pub async fn sync_all_for(
-    state: &Arc<AppState>,
-    date: NaiveDate,
-    scope: Scope,
-) -> Result<Value, ApiError> {
-    let mut rx = {
-        let mut running = lock(&state.sync.running);
-        match running.as_ref() {
-            Some((d, rx)) if *d == date => rx.clone(),
-            Some((d, _)) => {
-                return Err(ApiError::conflict(
-                    "sync_in_progress",
-                    format!(
-                        "a sync of all companies for {d} is running; try again when it finishes"
-                    ),
-                ));
-            }
-            None => {
-                let (tx, rx) = watch::channel(None);
-                *running = Some((date, rx.clone()));
-                let st = state.clone();
-                state.tasks.spawn(async move {
-                    let result = run_all(&st, date, scope).await;
-                    *lock(&st.sync.running) = None;
-                    let _ = tx.send(Some(Arc::new(result)));
-                });
-                rx
-            }
-        }
-    };
-    loop {
-        let done = rx.borrow().clone();
-        if let Some(v) = done {
-            // The last caller holding the channel takes the answer without a copy (10,000
-            // companies' results are ~15 MB as JSON values); a joined caller copies.
-            drop(rx);
-            return Ok(Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()));
-        }
-        if rx.changed().await.is_err() {
-            return Err(ApiError::new(
-                503,
-                "shutting_down",
-                "the daemon is stopping; the run was interrupted",
-            ));
-        }
-    }
-}
-
-/// One company's line of a sync-all answer.
-struct RunEntry {
-    realm: String,
-    name: String,
-    synced: usize,
-    written: usize,
-    unchanged: usize,
-    error: Option<ApiError>,
-}
-
-impl RunEntry {
-    fn into_json(self) -> Value {
-        match self.error {
-            None => {
-                json!({"company_id": self.realm, "company_name": self.name, "success": true, "rates_synced": self.synced, "rates_written": self.written, "rates_unchanged": self.unchanged})
-            }
-            Some(e) => {
-                json!({"company_id": self.realm, "company_name": self.name, "success": false, "rates_synced": self.synced, "error": {"code": e.code, "message": e.message}})
-            }
-        }
-    }
-}
-
-/// Runs one sync-all to completion (bounded concurrency; failures isolated).
-pub async fn run_all(state: &Arc<AppState>, date: NaiveDate, scope: Scope) -> Value {
-    let started = std::time::Instant::now();
-    // Only what the run needs of each company (the records are re-read one by one).
-    let companies: Vec<(String, String)> = match state.store.companies() {
-        Ok(c) => c
-            .into_iter()
-            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
-            .filter(|c| scope == Scope::All || c.fill_non_business_days)
-            .map(|c| (c.realm_id, c.company_name))
-            .collect(),
-        Err(e) => {
-            return ApiError::internal(e).body();
-        }
-    };
-    let total = companies.len();
-    let p = &state.sync.progress;
-    p.total.store(total, Relaxed);
-    p.done.store(0, Relaxed);
-    p.failed.store(0, Relaxed);
-    tracing::info!(companies = total, fixing_date = %date, "Syncing rates for {date} to {total} companies");
-    // At most `limit` company syncs exist at a time: a task (and its future, several KiB)
-    // is spawned only when one finishes, so memory does not grow with the number of
-    // companies (10,000 tasks spawned up front held ~100 MB).
-    let limit = state.config().quickbooks.max_concurrent_companies.max(1);
-    let mut pending = companies
-        .into_iter()
-        .enumerate()
-        .map(|(idx, (realm, name))| (idx, realm, name));
-    let mut set = tokio::task::JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (usize, String, String)> = HashMap::new();
-    // Compact while the run goes on; JSON only once at the end.
-    let mut results: Vec<(usize, RunEntry)> = Vec::with_capacity(total);
-    let (mut ok, mut failed) = (0usize, 0usize);
-    loop {
-        while set.len() < limit {
-            let Some((idx, realm, name)) = pending.next() else {
-                break;
-            };
-            let st = state.clone();
-            let r = realm.clone();
-            let handle = set.spawn(async move {
-                if st.shutdown.is_cancelled() {
-                    return Err(ApiError::new(
-                        503,
-                        "shutting_down",
-                        "not synced: the daemon is stopping",
-                    ));
-                }
-                sync_company(&st, &r, date).await
-            });
-            running.insert(handle.id(), (idx, realm, name));
-        }
-        let Some(joined) = set.join_next_with_id().await else {
-            break;
-        };
-        let (id, r) = match joined {
-            Ok((id, r)) => (id, r),
-            // A panicked sync is a failed company, not a lost one.
-            Err(e) => (
-                e.id(),
-                Err(ApiError::internal(format!("the sync task failed: {e}"))),
-            ),
-        };
-        let Some((idx, realm, name)) = running.remove(&id) else {
-            continue;
-        };
-        let entry = match r {
-            Ok(o) => RunEntry {
-                realm,
-                name: o.company_name,
-                synced: o.rates_synced,
-                written: o.rates_written,
-                unchanged: o.rates_unchanged,
-                error: o.error,
-            },
-            Err(e) => RunEntry {
-                realm,
-                name,
-                synced: 0,
-                written: 0,
-                unchanged: 0,
-                error: Some(e),
-            },
-        };
-        p.done.fetch_add(1, Relaxed);
-        if entry.error.is_some() {
-            failed += 1;
-            p.failed.fetch_add(1, Relaxed);
-        } else {
-            ok += 1;
-        }
-        results.push((idx, entry));
-    }
-    results.sort_by_key(|(i, _)| *i);
-    let secs = started.elapsed().as_secs_f64();
-    *lock(&state.sync.last_run) = Some(LastRun {
-        date,
-        finished_at: state.now(),
-        successful: ok,
-        failed,
-        seconds: secs,
-    });
-    tracing::info!(fixing_date = %date, successful = ok, failed, seconds = secs, "Synced {ok}/{total} companies successfully");
-    let key = format!("sync_failures:{date}");
-    if failed >= 2 {
-        crate::alerts::raise(
-            state,
-            &key,
-            "sync_failures",
-            None,
-            &format!("sync of {date} failed for {failed} of {total} companies"),
-        );
-    } else {
-        crate::alerts::clear(state, &key);
-    }
-    let mut answer = json!({
-        "success": true,
-        "message": format!("Synced {ok}/{total} companies successfully"),
-        "date": date.to_string(),
-        "total_companies": total,
-        "successful": ok,
-        "failed": failed,
-        "duration_secs": (secs * 1000.0).round() / 1000.0,
-    });
-    // Moved in, not through `json!` (which would serialize a copy of every result).
-    answer["results"] = Value::Array(results.into_iter().map(|(_, e)| e.into_json()).collect());
-    answer
-}
-
-/// A company was connected, re-activated or re-enabled: sync it at once for today and for
-/// any missed fixing of the last 31 days (unless automatic syncs are off).
-pub fn on_connected(state: &Arc<AppState>, realm: &str) {
-    if !state.config().schedule.enabled {
-        return;
-    }
-    let st = state.clone();
-    let realm = realm.to_string();
-    state.tasks.spawn(async move {
-        if let Err(e) = crate::scheduler::runner::catch_up_company(&st, &realm, true).await {
-            tracing::warn!(realm_id = %realm, error = %e, "catch-up after connecting failed");
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
     #[test]
-    fn request_ids_are_deterministic_and_short() {
-        let d = NaiveDate::from_ymd_opt(2026, 5, 22).unwrap();
-        let eur = Currency::new("EUR").unwrap();
-        let r = Decimal::from_str("95.40").unwrap();
-        let a = request_id("123", eur, d, r, "0");
-        assert_eq!(
-            a,
-            request_id("123", eur, d, Decimal::from_str("95.4").unwrap(), "0")
-        );
-        assert_ne!(
-            a,
-            request_id("123", eur, d, r, "1"),
-            "a new SyncToken is a new write"
-        );
-        assert_ne!(a, request_id("124", eur, d, r, "0"));
-        assert!(a.len() <= 50);
-    }
-
-    #[test]
-    fn tolerance_is_half_a_millionth() {
-        assert_eq!(TOLERANCE.to_string(), "0.0000005");
+    fn aimd_halves_once_per_burst_and_climbs_back() {
+        let mut a = Aimd::new(16);
+        for _ in 0..20 {
+            a.record(false);
+        }
+        assert_eq!(a.level, 16, "never above the configured maximum");
+        a.record(true);
+        assert_eq!(a.level, 8, "the first pressure halves at once");
+        // The rest of a burst from companies in flight together does not halve again.
+        for _ in 0..7 {
+            a.record(true);
+        }
+        assert_eq!(a.level, 8);
+        a.record(true);
+        assert_eq!(a.level, 4, "a later window of pressure halves again");
+        for _ in 0..4 {
+            a.record(false);
+        }
+        assert_eq!(a.level, 5, "additive increase after a clean window");
+        let mut one = Aimd::new(0);
+        one.record(true);
+        assert_eq!(one.level, 1, "never below one");
     }
 }

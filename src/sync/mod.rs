@@ -2,10 +2,16 @@
 //!
 //! - [`rates`]: pure arithmetic — which fixing is in force on a date and what each company
 //!   must be sent (exact decimals, one rounding).
-//! - [`engine`]: the sync of one company (token, one metered read, writes that differ,
-//!   retries, records) and of all companies (bounded concurrency, single run at a time).
+//! - [`plan`]: pure — what QuickBooks holds × what we want → keep or write, with requestids.
+//! - [`engine`]: [`SyncEngine`], the sync of one company (token, one metered read, writes
+//!   that differ, retries, records) and of all companies (bounded adaptive concurrency,
+//!   one run at a time).
+//! - [`error`]: [`Error`], why a sync could not be done.
 
 pub mod engine;
+pub mod error;
+pub mod plan;
 pub mod rates;
 
-pub use engine::{on_connected, sync_all_for, sync_all_op, sync_one_op, Scope, SyncEngine};
+pub use engine::{Outcome, RunReport, Scope, SyncEngine};
+pub use error::Error;

@@ -1,18 +1,21 @@
 //! Connecting companies: the OAuth `state` (random, single-use, 10-minute expiry, bound to
 //! the browser by an HMAC-signed cookie), the callback that creates or re-activates a
-//! company, disconnect (revoke + soft delete), connection status, and invite links.
+//! company (and syncs it at once), disconnect (revoke + soft delete), connection status,
+//! and invite links (consumed when their connection succeeds).
+//!
+//! Connect, disconnect and token refresh of one company hold the realm's token lock, so a
+//! refresh in flight never writes tokens onto a disconnected company or over a new grant.
 
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{ts, ApiError, OpResult};
-use crate::app::AppState;
+use super::{ts, ApiError, Ctx, OpResult};
 use crate::config::Enrollment;
 use crate::currency::Currency;
 use crate::qbo::tokens::HARD_EXPIRY_WARNING;
-use crate::store::records::{Company, Connection, LogRecord, PendingAuth};
+use crate::store::records::{Company, Connection, LogRecord, PendingAuth, TokenSet};
 
 /// Name of the cookie that binds a `state` to the browser that started the flow.
 pub const STATE_COOKIE: &str = "boa_oauth_state";
@@ -58,8 +61,8 @@ pub struct ConnectStart {
 ///
 /// # Errors
 /// 403 without a valid invite; 503 when the Intuit app is not configured.
-pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectStart, ApiError> {
-    let config = state.config();
+pub async fn connect(ctx: &Ctx, invite: Option<&str>) -> Result<ConnectStart, ApiError> {
+    let config = ctx.config();
     if config.quickbooks.client_id.is_empty() {
         return Err(ApiError::new(
             503,
@@ -67,7 +70,7 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
             "QuickBooks is not configured (quickbooks.client_id is empty)",
         ));
     }
-    let now = state.now();
+    let now = ctx.now();
     if config.server.enrollment == Enrollment::Invite {
         let Some(code) = invite else {
             return Err(ApiError::new(
@@ -76,37 +79,38 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
                 "connections are by invitation only; ask your administrator for a link",
             ));
         };
-        match state.store.take_pending(&format!("invite:{code}"))? {
+        // Checked here, consumed only when the connection succeeds: an abandoned flow
+        // does not burn the link.
+        match ctx.store.pending(&format!("invite:{code}"))? {
             Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
-            _ => {
-                return Err(ApiError::new(
-                    403,
-                    "invalid_invite",
-                    "this invitation link is unknown, used or expired; ask for a new one",
-                ))
-            }
+            _ => return Err(invalid_invite()),
         }
     }
     // Anyone may start a flow and most abandoned ones are never seen again: drop expired
     // states and invites here so the store does not grow without bound.
-    if let Err(e) = state.store.purge_expired_pending(now) {
+    if let Err(e) = ctx.store.purge_expired_pending(now) {
         tracing::warn!(error = %e, "purging expired OAuth states failed");
     }
     let st = random_token();
     let nonce = random_token();
-    state
-        .store
-        .put_pending(
-            &format!("state:{st}"),
-            &PendingAuth::State {
-                created_at: now,
-                expires_at: now + STATE_TTL,
-                browser_nonce: nonce.clone(),
-            },
-        )
+    let pending = match invite.filter(|_| config.server.enrollment == Enrollment::Invite) {
+        Some(code) => PendingAuth::InvitedState {
+            created_at: now,
+            expires_at: now + STATE_TTL,
+            browser_nonce: nonce.clone(),
+            invite: code.to_string(),
+        },
+        None => PendingAuth::State {
+            created_at: now,
+            expires_at: now + STATE_TTL,
+            browser_nonce: nonce.clone(),
+        },
+    };
+    ctx.store
+        .put_pending(&format!("state:{st}"), &pending)
         .await?;
     let value = format!("{st}.{nonce}");
-    let sig = sign(&state.hmac_key, &value);
+    let sig = sign(&ctx.hmac_key, &value);
     let secure = if config.server.public_url.scheme() == "https" {
         "; Secure"
     } else {
@@ -116,7 +120,7 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
         "{STATE_COOKIE}={value}.{sig}; Path=/api/v1/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         STATE_TTL.num_seconds()
     );
-    let redirect = state.tokens.oauth().authorize_url(&st).to_string();
+    let redirect = ctx.tokens.oauth().authorize_url(&st).to_string();
     Ok(ConnectStart { redirect, cookie })
 }
 
@@ -124,12 +128,11 @@ pub async fn connect(state: &AppState, invite: Option<&str>) -> Result<ConnectSt
 ///
 /// # Errors
 /// Store failure.
-pub async fn connect_url(state: &AppState) -> OpResult {
-    let now = state.now();
+pub async fn connect_url(ctx: &Ctx) -> OpResult {
+    let now = ctx.now();
     let code = random_token();
     let expires_at = now + INVITE_TTL;
-    state
-        .store
+    ctx.store
         .put_pending(
             &format!("invite:{code}"),
             &PendingAuth::Invite {
@@ -138,7 +141,7 @@ pub async fn connect_url(state: &AppState) -> OpResult {
             },
         )
         .await?;
-    let base = state.config().server.public_url.clone();
+    let base = ctx.config().server.public_url.clone();
     let mut url = base
         .join("api/v1/oauth/connect")
         .map_err(ApiError::internal)?;
@@ -172,19 +175,82 @@ fn refuse(code: &'static str, msg: &str) -> ApiError {
     ApiError::bad_request(code, msg)
 }
 
+fn invalid_invite() -> ApiError {
+    ApiError::new(
+        403,
+        "invalid_invite",
+        "this invitation link is unknown, used or expired; ask for a new one",
+    )
+}
+
 /// Completes a connection: checks the state, exchanges the code, reads the company from
-/// QuickBooks, stores the company and its tokens (encrypted, flushed). Stores nothing on any
-/// failure.
+/// QuickBooks, stores the company and its tokens (encrypted, flushed), consumes the invite
+/// that started the flow, and syncs the company at once. Stores nothing on any failure.
 ///
 /// # Errors
-/// 400 for a bad/missing/reused/expired/foreign state, a denial or a refused code; 502 when
-/// Intuit fails.
+/// 400 for a bad/missing/reused/expired/foreign state, a denial or a refused code; 403 for
+/// an invite used meanwhile; 502 when Intuit fails.
 pub async fn callback(
-    state: &AppState,
+    ctx: &Ctx,
     p: &CallbackParams<'_>,
     cookie_header: Option<&str>,
 ) -> Result<Company, ApiError> {
-    let now = state.now();
+    let now = ctx.now();
+    let invite = verify_state(ctx, p, cookie_header)?;
+    let (Some(code), Some(realm)) = (
+        p.code.filter(|c| !c.is_empty()),
+        p.realm_id.filter(|r| !r.is_empty()),
+    ) else {
+        return Err(refuse(
+            "missing_code",
+            "the authorization answer has no code or realmId",
+        ));
+    };
+    if !is_realm_id(realm) {
+        return Err(refuse(
+            "bad_realm",
+            "realmId is not a QuickBooks company id",
+        ));
+    }
+    let (tokens, tid) = ctx
+        .tokens
+        .oauth()
+        .exchange_code(code, now)
+        .await
+        .map_err(|e| {
+            if e.is_invalid_grant() {
+                refuse(
+                    "invalid_code",
+                    "the authorization code was refused (already used or expired); start again",
+                )
+            } else {
+                ApiError::new(
+                    502,
+                    e.code(),
+                    format!("exchanging the authorization code: {e}"),
+                )
+            }
+        })?;
+    let read = read_company(ctx, realm, &tokens.access_token).await?;
+    if let Some(code) = invite {
+        match ctx.store.take_pending(&format!("invite:{code}"))? {
+            Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
+            _ => return Err(invalid_invite()),
+        }
+    }
+    let company = store_connection(ctx, realm, read, &tokens, tid).await?;
+    super::sync::after_connected(ctx, realm);
+    Ok(company)
+}
+
+/// Checks the callback's `state` against the browser's signed cookie and consumes it.
+/// Returns the invite that started the flow, if any.
+fn verify_state(
+    ctx: &Ctx,
+    p: &CallbackParams<'_>,
+    cookie_header: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let now = ctx.now();
     let Some(st) = p.state.filter(|s| !s.is_empty()) else {
         return Err(refuse(
             "missing_state",
@@ -194,7 +260,7 @@ pub async fn callback(
     // The cookie proves this browser started this flow.
     let bound = cookie_value(cookie_header).and_then(|v| {
         let (value, sig) = v.rsplit_once('.')?;
-        verify(&state.hmac_key, value, sig).then_some(value)
+        verify(&ctx.hmac_key, value, sig).then_some(value)
     });
     if let Some(err) = p.error {
         // Consume the state so it cannot be replayed, but only for the browser that started
@@ -203,14 +269,9 @@ pub async fn callback(
             .and_then(|b| b.split_once('.'))
             .is_some_and(|(s, _)| s == st)
         {
-            let _ = state.store.take_pending(&format!("state:{st}"))?;
+            let _ = ctx.store.take_pending(&format!("state:{st}"))?;
         }
-        let msg = if err == "access_denied" {
-            "the connection was not authorized in QuickBooks (access denied)".to_string()
-        } else {
-            format!("QuickBooks did not authorize the connection ({err})")
-        };
-        return Err(refuse("access_denied", &msg));
+        return Err(refuse("access_denied", &denial_message(err)));
     }
     let Some(bound) = bound else {
         return Err(refuse("invalid_state", "this authorization was not started from this browser (missing or invalid state cookie); start again"));
@@ -227,99 +288,146 @@ pub async fn callback(
             "the state does not match this browser's; start again",
         ));
     }
-    match state.store.take_pending(&format!("state:{st}"))? {
-        Some(PendingAuth::State {
-            expires_at,
-            browser_nonce,
-            ..
-        }) => {
-            if browser_nonce != nonce {
+    let (expires_at, browser_nonce, invite) =
+        match ctx.store.take_pending(&format!("state:{st}"))? {
+            Some(PendingAuth::State {
+                expires_at,
+                browser_nonce,
+                ..
+            }) => (expires_at, browser_nonce, None),
+            Some(PendingAuth::InvitedState {
+                expires_at,
+                browser_nonce,
+                invite,
+                ..
+            }) => (expires_at, browser_nonce, Some(invite)),
+            _ => {
                 return Err(refuse(
                     "invalid_state",
-                    "the state does not match this browser's; start again",
-                ));
+                    "unknown or already used state; start again",
+                ))
             }
-            if expires_at < now {
-                return Err(refuse(
-                    "expired_state",
-                    "the authorization took longer than 10 minutes; start again",
-                ));
-            }
-        }
-        _ => {
-            return Err(refuse(
-                "invalid_state",
-                "unknown or already used state; start again",
-            ))
-        }
-    }
-    let (Some(code), Some(realm)) = (
-        p.code.filter(|c| !c.is_empty()),
-        p.realm_id.filter(|r| !r.is_empty()),
-    ) else {
+        };
+    if browser_nonce != nonce {
         return Err(refuse(
-            "missing_code",
-            "the authorization answer has no code or realmId",
+            "invalid_state",
+            "the state does not match this browser's; start again",
         ));
+    }
+    if expires_at < now {
+        return Err(refuse(
+            "expired_state",
+            "the authorization took longer than 10 minutes; start again",
+        ));
+    }
+    Ok(invite)
+}
+
+/// A fixed message for an OAuth `error` code; unknown codes are not echoed.
+fn denial_message(err: &str) -> String {
+    let why = match err {
+        "access_denied" => {
+            return "the connection was not authorized in QuickBooks (access denied)".to_string()
+        }
+        "invalid_scope" => "the requested permission was refused",
+        "server_error" | "temporarily_unavailable" => {
+            "Intuit could not complete the request; try again later"
+        }
+        "invalid_request" | "unauthorized_client" | "unsupported_response_type" => {
+            "the request was refused by Intuit (check the app's keys and redirect URI)"
+        }
+        _ => "Intuit reported an error",
     };
-    if !realm.chars().all(|c| c.is_ascii_alphanumeric()) || realm.len() > 64 {
-        return Err(refuse(
-            "bad_realm",
-            "realmId is not a QuickBooks company id",
-        ));
-    }
-    let (tokens, tid) = state
-        .tokens
-        .oauth()
-        .exchange_code(code, now)
-        .await
-        .map_err(|e| {
-            if e.is_invalid_grant() {
-                refuse(
-                    "invalid_code",
-                    "the authorization code was refused (already used or expired); start again",
-                )
-            } else {
-                ApiError::upstream(e.code(), format!("exchanging the authorization code: {e}"))
-            }
-        })?;
-    let qbo = state.qbo();
-    let at = tokens.access_token.as_str();
-    let up = |what: &str| {
-        let what = what.to_string();
+    format!("QuickBooks did not authorize the connection: {why}")
+}
+
+/// Whether `realm` looks like a QuickBooks company id (alphanumeric, at most 64).
+pub fn is_realm_id(realm: &str) -> bool {
+    !realm.is_empty() && realm.len() <= 64 && realm.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// What QuickBooks says about a company being connected.
+#[derive(Debug, Clone)]
+pub struct CompanyRead {
+    /// CompanyInfo's name.
+    pub name: String,
+    /// Home currency (ALL when QuickBooks names none).
+    pub home: Currency,
+    /// Multicurrency switched on.
+    pub multicurrency: bool,
+    /// Active currencies other than home.
+    pub active: Vec<Currency>,
+}
+
+/// Reads CompanyInfo, Preferences and the currency list with a fresh access token.
+///
+/// # Errors
+/// 502 when QuickBooks fails.
+pub async fn read_company(
+    ctx: &Ctx,
+    realm: &str,
+    access_token: &str,
+) -> Result<CompanyRead, ApiError> {
+    let qbo = ctx.qbo();
+    let up = |what: &'static str| {
         move |e: crate::qbo::Error| {
-            ApiError::upstream(e.code(), format!("reading {what} from QuickBooks: {e}"))
+            ApiError::new(
+                502,
+                e.code(),
+                format!("reading {what} from QuickBooks: {e}"),
+            )
         }
     };
     let name = qbo
-        .company_name(realm, at)
+        .company_name(realm, access_token)
         .await
         .map_err(up("CompanyInfo"))?
         .value;
     let prefs = qbo
-        .preferences(realm, at)
+        .preferences(realm, access_token)
         .await
         .map_err(up("Preferences"))?
         .value;
     let currencies = qbo
-        .company_currencies(realm, at)
+        .company_currencies(realm, access_token)
         .await
         .map_err(up("currencies"))?
         .value;
     let home = prefs.home.unwrap_or(Currency::ALL);
-    let active: Vec<Currency> = currencies
-        .iter()
-        .filter(|c| c.active && c.code != home)
-        .map(|c| c.code)
-        .collect();
+    Ok(CompanyRead {
+        name,
+        home,
+        multicurrency: prefs.multicurrency,
+        active: currencies
+            .iter()
+            .filter(|c| c.active && c.code != home)
+            .map(|c| c.code)
+            .collect(),
+    })
+}
 
-    let config = state.config();
-    let existing = state.store.company(realm)?;
+/// Creates or re-activates the company from what QuickBooks said and stores it with its
+/// tokens (encrypted, flushed), under the realm's token lock.
+///
+/// # Errors
+/// Store failure.
+pub async fn store_connection(
+    ctx: &Ctx,
+    realm: &str,
+    read: CompanyRead,
+    tokens: &TokenSet,
+    tid: Option<String>,
+) -> Result<Company, ApiError> {
+    let now = ctx.now();
+    let config = ctx.config();
+    let lock = ctx.tokens.lock_for(realm);
+    let _held = lock.lock().await;
+    let existing = ctx.store.company(realm)?;
     let reconnect = existing.is_some();
     let mut company = existing.unwrap_or_else(|| Company {
         realm_id: realm.to_string(),
-        company_name: name.clone(),
-        home_currency: home,
+        company_name: read.name.clone(),
+        home_currency: read.home,
         is_active: true,
         sync_enabled: true,
         is_sandbox: config.quickbooks.sandbox,
@@ -329,18 +437,18 @@ pub async fn callback(
         last_sync_at: None,
         connection: Connection::Connected,
         tokens: None,
-        multicurrency: prefs.multicurrency,
+        multicurrency: read.multicurrency,
         active_currencies: vec![],
         currencies_checked_at: None,
     });
-    company.company_name = name;
-    company.home_currency = home;
+    company.company_name = read.name;
+    company.home_currency = read.home;
     company.is_active = true;
     company.is_sandbox = config.quickbooks.sandbox;
     company.connection = Connection::Connected;
     company.tokens = Some(tokens.expiry.clone());
-    company.multicurrency = prefs.multicurrency;
-    company.active_currencies = active;
+    company.multicurrency = read.multicurrency;
+    company.active_currencies = read.active;
     company.currencies_checked_at = Some(now);
     company.updated_at = now;
     let message = if reconnect {
@@ -348,14 +456,11 @@ pub async fn callback(
     } else {
         "connected to QuickBooks"
     };
-    state.store.append_log(
+    ctx.store.append_log(
         realm,
         &LogRecord::connection(now, true, message, tid.into_iter().collect()),
     )?;
-    state
-        .store
-        .save_company_and_tokens(&company, &tokens)
-        .await?;
+    ctx.store.save_company_and_tokens(&company, tokens).await?;
     tracing::info!(
         realm_id = realm,
         reconnect,
@@ -369,12 +474,12 @@ pub async fn callback(
 ///
 /// # Errors
 /// 404 unknown company.
-pub fn status(state: &AppState, realm: &str) -> OpResult {
-    let c = state
+pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
+    let c = ctx
         .store
         .company(realm)?
         .ok_or_else(|| ApiError::unknown_company(realm))?;
-    let now = state.now();
+    let now = ctx.now();
     let t = c.tokens.as_ref();
     let hard: Option<DateTime<Utc>> = t.and_then(|t| t.hard_expires_at);
     let reason = match &c.connection {
@@ -406,34 +511,34 @@ pub fn status(state: &AppState, realm: &str) -> OpResult {
 ///
 /// # Errors
 /// 404 unknown company; 502 when Intuit cannot be reached (nothing changed then).
-pub async fn disconnect(state: &AppState, realm: &str) -> OpResult {
-    let mut c = state
+pub async fn disconnect(ctx: &Ctx, realm: &str) -> OpResult {
+    let mut c = ctx
         .store
         .company(realm)?
         .ok_or_else(|| ApiError::unknown_company(realm))?;
-    if let Some(tokens) = state.store.tokens(realm)? {
-        state
-            .tokens
+    if let Some(tokens) = ctx.store.tokens(realm)? {
+        ctx.tokens
             .oauth()
             .revoke(&tokens.refresh_token)
             .await
             .map_err(|e| {
-                ApiError::upstream(
+                ApiError::new(
+                    502,
                     e.code(),
                     format!("revoking the grant at Intuit: {e}; nothing was changed, try again"),
                 )
             })?;
     }
-    let now = state.now();
+    let now = ctx.now();
     c.is_active = false;
     c.connection = Connection::Disconnected { at: now };
     c.tokens = None;
     c.updated_at = now;
-    state.store.append_log(
+    ctx.store.append_log(
         realm,
         &LogRecord::connection(now, true, "disconnected (grant revoked at Intuit)", vec![]),
     )?;
-    state.store.save_company_without_tokens(&c).await?;
+    ctx.store.save_company_without_tokens(&c).await?;
     tracing::info!(realm_id = realm, "Company {realm}: disconnected");
     Ok(json!({
         "success": true,

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod render;
+
 use crate::config::Config;
 use crate::control::client::{self, Client};
 
@@ -302,14 +304,19 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
     } else if answer.ok {
         print!(
             "{}",
-            crate::cli_render::render(cmd, answer.data.as_ref().unwrap_or(&Value::Null))
+            render::render(cmd, answer.data.as_ref().unwrap_or(&Value::Null))
         );
     } else if let Some(e) = &answer.error {
         eprintln!("error: {} ({})", e.message, e.code);
     }
     if answer.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
+        return ExitCode::SUCCESS;
     }
+    // The daemon says what kind of refusal it was: a caller mistake (bad date, argument)
+    // exits 2 like a usage error, everything else 1.
+    let kind = answer
+        .error
+        .as_ref()
+        .and_then(|e| crate::ops::Kind::parse(&e.kind));
+    ExitCode::from(kind.map_or(EXIT_FAILED, crate::ops::Kind::exit_code))
 }
