@@ -3,6 +3,7 @@
 
 pub mod companies;
 mod error;
+pub mod landing;
 pub mod metrics;
 pub mod oauth;
 pub use error::ApiError;
