@@ -15,6 +15,7 @@
 //! - [`sync`]: rates in force and per-company rates (pure), and the sync engine.
 //! - [`scheduler`]: next run, business days, the injectable clock, and the daily loop.
 //! - [`alerts`]: alerts logged once and sent to the webhook.
+//! - [`demo`]: `boa-exchange demo`, the whole product against a built-in sandbox.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod currency;
+pub mod demo;
 pub mod fixings;
 pub mod http;
 pub mod logging;
