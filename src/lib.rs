@@ -29,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod currency;
+pub mod demo;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     match args.command {
         Command::Serve => serve(&args),
         Command::CheckConfig => cli::check_config(args.config.as_deref()),
+        Command::Demo { port, once } => boa_exchange::demo::main(port, once),
         _ => {
             logging::init_client();
             match tokio::runtime::Builder::new_current_thread()

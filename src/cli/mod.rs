@@ -43,6 +43,15 @@ pub enum Command {
     Serve,
     /// Validate a config file and exit (0 ok, 2 invalid).
     CheckConfig,
+    /// The whole product against a built-in sandbox (no network, keys or config needed).
+    Demo {
+        /// Port of the daemon on 127.0.0.1.
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Exit after the report (0 ok, 1 a step failed) instead of serving.
+        #[arg(long)]
+        once: bool,
+    },
     /// Daemon: version, uptime, store, last fixing, next run, counts.
     Status,
     /// List companies (active only unless --all).
@@ -158,7 +167,7 @@ pub fn check_config(path: Option<&std::path::Path>) -> ExitCode {
 /// A usage problem found before contacting the daemon (message for stderr).
 pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, String> {
     Ok(Some(match cmd {
-        Command::Serve | Command::CheckConfig => return Ok(None),
+        Command::Serve | Command::CheckConfig | Command::Demo { .. } => return Ok(None),
         Command::Status => ("status", json!({})),
         Command::Companies { all } => ("companies", json!({"all": all})),
         Command::Company { realm } => ("company", json!({"realm": realm})),

@@ -117,7 +117,10 @@ pub async fn route(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Respons
             let (status, body) = ops::health(state);
             json(status, &body)
         }
-        [""] if m == Method::GET => html(200, &pages::index(state.config().server.enrollment)),
+        [""] if m == Method::GET => match ops::landing::landing(state) {
+            Ok(data) => html(200, &pages::index(&data)),
+            Err(e) => error(&e),
+        },
         ["metrics"] if m == Method::GET => {
             if !state.http_addr.ip().is_loopback() {
                 if let Err(e) = admin(state, &req) {

@@ -11,6 +11,7 @@
 pub mod companies;
 pub mod connect;
 pub mod error;
+pub mod landing;
 pub mod metrics;
 pub mod rates;
 pub mod sync;
