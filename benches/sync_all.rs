@@ -20,7 +20,7 @@
 //! Exits non-zero when a run is incorrect (a company failed, or a wrong rate was written);
 //! never when a target is missed: the figures are what they are.
 
-#[path = "../tests/support/fake_intuit.rs"]
+#[path = "../tests/it/support/fake_intuit.rs"]
 #[allow(dead_code)]
 mod fake_intuit;
 

@@ -4,8 +4,6 @@
 //! own — the daily run, polling, giving up, weekends, catch-up after an outage — and for what
 //! `/health`, `status`, `/metrics` and the alert webhook report.
 
-mod support;
-
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,11 +16,11 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
+use crate::support::fake_boa::{self, FakeBoa, Mode, FRIDAY};
+use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
+use crate::support::inproc::InProcDaemon;
+use crate::support::world::{ADMIN_KEY, REDIRECT};
 use boa_exchange::scheduler::clock::{Clock, ManualClock};
-use support::fake_boa::{self, FakeBoa, Mode, FRIDAY};
-use support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
-use support::inproc::InProcDaemon;
-use support::world::{ADMIN_KEY, REDIRECT};
 
 const THU: &str = "2026-05-21";
 const FRI: &str = "2026-05-22";

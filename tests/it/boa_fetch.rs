@@ -1,16 +1,14 @@
 //! BoaClient and the page parser against the fake BoA site: retries, timeouts, truncation,
 //! the User-Agent sent, and the archive index → workbook path.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::fake_boa::{self, FakeBoa, Mode};
 use boa_exchange::boa::fetch::DEFAULT_USER_AGENT;
 use boa_exchange::boa::{
     parse_archive_index, parse_page, read_workbook, BoaClient, BoaClientConfig, FetchError,
     ParseError, TableKind,
 };
-use support::fake_boa::{self, FakeBoa, Mode};
 
 /// sha256 of the Friday capture, from fixtures/boa/SOURCES.md.
 const FRIDAY_SHA256: &str = "2e6850edc062a00cfe1dd9b7b55145aa1cb6873fa2d815b841329101a4250e87";

@@ -1,12 +1,10 @@
 //! The daemon frame, black-box: the real binary, its HTTP API, control socket, systemd
 //! notifications, signals, restarts and config checking.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{TestDaemon, BIN};
 use serde_json::{json, Value};
-use support::daemon::{TestDaemon, BIN};
 
 fn get_json(url: &str) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -3,8 +3,6 @@
 //! and an admin drive it. Every test asserts on what the daemon answered or stored and on
 //! what the fake saw.
 
-mod support;
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,10 +21,10 @@ use reqwest::header::{
 };
 use serde_json::{json, Value};
 
-use support::daemon::{contains, TestDaemon};
-use support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
-use support::inproc::InProcDaemon;
-use support::world::{Answer, World, ADMIN_KEY, REDIRECT};
+use crate::support::daemon::{contains, TestDaemon};
+use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
+use crate::support::inproc::InProcDaemon;
+use crate::support::world::{Answer, World, ADMIN_KEY, REDIRECT};
 
 /// The BoA fixing the fake BoA serves (`w.fetch()` stores it).
 const DATE: &str = "2026-05-22";

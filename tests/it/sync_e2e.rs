@@ -1,15 +1,13 @@
 //! The sync engine end to end: the real daemon, fake BoA (real 2026-05-22 page) and fake
 //! Intuit/QuickBooks.
 
-mod support;
-
 use std::str::FromStr;
 
+use crate::support::fake_intuit::CompanySpec;
+use crate::support::world::World;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde_json::json;
-use support::fake_intuit::CompanySpec;
-use support::world::World;
 
 fn d(s: &str) -> NaiveDate {
     NaiveDate::from_str(s).unwrap()

@@ -6,14 +6,12 @@
 //! The daemon runs on the real calendar (today is after 2026-05-22); pages dated otherwise
 //! are crafted from the capture by replacing its date text and rate cells.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::fake_boa::{self, Mode, FRIDAY, SUNDAY, WORKBOOK_2024};
+use crate::support::world::World;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::fake_boa::{self, Mode, FRIDAY, SUNDAY, WORKBOOK_2024};
-use support::world::World;
 
 // ------------------------------------------------------------------------------ fixtures
 

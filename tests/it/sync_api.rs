@@ -5,17 +5,15 @@
 //! fake's rows, counters and recorded requests), so each one fails when the daemon drifts
 //! from SPEC §5–§6.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::support::fake_intuit::{CompanySpec, RecordedRequest};
+use crate::support::world::{Answer, World};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use support::fake_intuit::{CompanySpec, RecordedRequest};
-use support::world::{Answer, World};
 
 const FRIDAY: &str = "2026-05-22";
 
@@ -1024,7 +1022,7 @@ async fn the_list_includes_a_disconnected_company_only_when_asked() {
     let a = w
         .http
         .get(w.url("/api/v1/oauth/disconnect/2002"))
-        .bearer_auth(support::world::ADMIN_KEY)
+        .bearer_auth(crate::support::world::ADMIN_KEY)
         .header("Accept", "application/json")
         .send()
         .await

@@ -1,16 +1,16 @@
 //! Checks that the fake Intuit behaves as `docs/quickbooks-api.md` says Intuit does, driven
 //! with plain reqwest (not our daemon), so daemon tests can trust it.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::fake_intuit::{
+    CompanySpec, FakeIntuit, FakeIntuitConfig, MissingRate, RateLimit,
+};
 use chrono::NaiveDate;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig, MissingRate, RateLimit};
 
 const REALM: &str = "9341453199574798";
 const OTHER_REALM: &str = "4620816365257778";

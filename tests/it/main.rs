@@ -1,0 +1,16 @@
+//! The black-box tests, as one test binary (one link of the support code and the fakes,
+//! instead of one per file). Each module starts the real daemon (the binary, or `app::run`
+//! in process) against faithful fakes of BoA and Intuit/QuickBooks on 127.0.0.1:0.
+
+mod support;
+
+mod boa_fetch;
+mod daemon;
+mod demo;
+mod fake_intuit_selftest;
+mod fixings_e2e;
+mod layers;
+mod oauth;
+mod schedule;
+mod sync_api;
+mod sync_e2e;
