@@ -1,9 +1,10 @@
 //! Company management: list, sync status, settings, logs. Each company's answers hold only
 //! its own data (every read is keyed by its realm id).
 
+use crate::scheduler::time::rfc3339;
 use serde_json::{json, Map, Value};
 
-use super::{ts, ApiError, Ctx, OpResult};
+use super::{ApiError, Ctx, OpResult};
 use crate::currency::Currency;
 use crate::store::records::{Company, Connection, LogKind};
 
@@ -36,8 +37,8 @@ pub fn entry(c: &Company) -> Value {
         "sync_enabled": c.sync_enabled,
         "home_currency": c.home_currency.as_str(),
         "is_sandbox": c.is_sandbox,
-        "created_at": ts(c.created_at),
-        "last_sync_at": c.last_sync_at.map(ts),
+        "created_at": rfc3339(c.created_at),
+        "last_sync_at": c.last_sync_at.map(rfc3339),
         "connection": connection_word(c),
         "fill_non_business_days": c.fill_non_business_days,
     })
@@ -80,8 +81,8 @@ pub fn sync_status(ctx: &Ctx, realm: &str) -> OpResult {
         "sync_enabled": c.sync_enabled,
         "home_currency": c.home_currency.as_str(),
         "connection": connection_word(&c),
-        "created_at": ts(c.created_at),
-        "last_sync_at": c.last_sync_at.map(ts),
+        "created_at": rfc3339(c.created_at),
+        "last_sync_at": c.last_sync_at.map(rfc3339),
         "exchange_rates": {"total": total, "synced": synced, "pending": total - synced},
         "scraping": {"total_attempts": scr_n, "successful": scr_ok, "failed": scr_n - scr_ok},
         "syncing": {"total_attempts": syn_n, "successful": syn_ok, "failed": syn_n - syn_ok},
@@ -184,7 +185,7 @@ pub fn logs(ctx: &Ctx, realm: &str, limit: usize) -> OpResult {
         "success": true,
         "company_id": c.realm_id,
         "logs": recs.iter().map(|r| json!({
-            "at": ts(r.at),
+            "at": rfc3339(r.at),
             "kind": match r.kind { LogKind::Scraping => "scraping", LogKind::Syncing => "syncing", LogKind::Connection => "connection" },
             "success": r.success,
             "date": r.date.map(|d| d.to_string()),

@@ -6,12 +6,13 @@
 //! Connect, disconnect and token refresh of one company hold the realm's token lock, so a
 //! refresh in flight never writes tokens onto a disconnected company or over a new grant.
 
+use crate::scheduler::time::rfc3339;
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{ts, ApiError, Ctx, OpResult};
+use super::{ApiError, Ctx, OpResult};
 use crate::config::Enrollment;
 use crate::currency::Currency;
 use crate::qbo::tokens::HARD_EXPIRY_WARNING;
@@ -147,7 +148,7 @@ pub async fn connect_url(ctx: &Ctx) -> OpResult {
         .map_err(ApiError::internal)?;
     url.query_pairs_mut().append_pair("invite", &code);
     Ok(
-        json!({"success": true, "url": url.to_string(), "expires_at": ts(expires_at), "single_use": true}),
+        json!({"success": true, "url": url.to_string(), "expires_at": rfc3339(expires_at), "single_use": true}),
     )
 }
 
@@ -484,7 +485,7 @@ pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
     let hard: Option<DateTime<Utc>> = t.and_then(|t| t.hard_expires_at);
     let reason = match &c.connection {
         Connection::ReconnectNeeded { reason, since } => {
-            json!({"since": ts(*since), "reason": reason})
+            json!({"since": rfc3339(*since), "reason": reason})
         }
         _ => Value::Null,
     };
@@ -498,11 +499,11 @@ pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
         "reconnect_needed": matches!(c.connection, Connection::ReconnectNeeded { .. }),
         "reconnect_reason": reason,
         "is_sandbox": c.is_sandbox,
-        "access_token_expires_at": t.map(|t| ts(t.access_expires_at)),
-        "refresh_token_expires_at": t.map(|t| ts(t.refresh_expires_at)),
-        "refresh_token_hard_expires_at": hard.map(ts),
+        "access_token_expires_at": t.map(|t| rfc3339(t.access_expires_at)),
+        "refresh_token_expires_at": t.map(|t| rfc3339(t.refresh_expires_at)),
+        "refresh_token_hard_expires_at": hard.map(rfc3339),
         "hard_expiry_warning": hard.is_some_and(|h| h - now < HARD_EXPIRY_WARNING),
-        "last_refreshed_at": t.map(|t| ts(t.refreshed_at)),
+        "last_refreshed_at": t.map(|t| rfc3339(t.refreshed_at)),
     }))
 }
 

@@ -34,18 +34,15 @@ use crate::qbo::tokens::TokenManager;
 use crate::qbo::QboClient;
 use crate::scheduler::clock::Clock;
 use crate::scheduler::runner::Scheduler;
-use crate::scheduler::time::{last_business_day_publication, local_date, previous_business_day};
+use crate::scheduler::time::{
+    last_business_day_publication, local_date, previous_business_day, rfc3339,
+};
 use crate::store::records::{Company, Connection};
 use crate::store::{CompanyCounts, Store};
 use crate::sync::SyncEngine;
 
 /// Result of an operation.
 pub type OpResult = Result<Value, ApiError>;
-
-/// RFC 3339 UTC with second precision (`2024-01-15T07:00:00Z`).
-pub fn ts(t: DateTime<Utc>) -> String {
-    crate::scheduler::time::rfc3339(t)
-}
 
 /// What operations reach: the services (each owning its parts) and the daemon's identity.
 pub struct Ctx {
@@ -175,7 +172,7 @@ pub fn health_reasons(
         if !last.success {
             reasons.push(format!(
                 "the last BoA scrape failed at {}: {}",
-                ts(last.at),
+                rfc3339(last.at),
                 last.outcome
             ));
         }
@@ -200,7 +197,7 @@ pub fn health(ctx: &Ctx) -> (u16, Value) {
                     "total_companies": counts.total,
                     "active_companies": counts.active,
                     "companies_with_expired_tokens": counts.expired_tokens,
-                    "last_sync": counts.last_sync.map(ts),
+                    "last_sync": counts.last_sync.map(rfc3339),
                     "reasons": reasons,
                 }),
             )
@@ -229,7 +226,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
         if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
             last.insert(
                 kind.as_str().into(),
-                json!({"date": t.table.date.to_string(), "stored_at": ts(t.stored_at)}),
+                json!({"date": t.table.date.to_string(), "stored_at": rfc3339(t.stored_at)}),
             );
         }
     }
@@ -239,7 +236,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
-        "started_at": ts(ctx.started_at),
+        "started_at": rfc3339(ctx.started_at),
         "uptime_secs": (ctx.now() - ctx.started_at).num_seconds(),
         "environment": config.environment,
         "http_listen": ctx.http_addr.to_string(),
@@ -256,16 +253,16 @@ pub fn status(ctx: &Ctx) -> OpResult {
             "active": counts.active,
             "with_expired_tokens": counts.expired_tokens,
         },
-        "last_sync": counts.last_sync.map(ts),
+        "last_sync": counts.last_sync.map(rfc3339),
         "schedule": {
             "enabled": config.schedule.enabled,
             "time": config.schedule.time.format("%H:%M").to_string(),
             "timezone": config.schedule.timezone.name(),
-            "next_run": ctx.scheduler.next_run().map(ts),
+            "next_run": ctx.scheduler.next_run().map(rfc3339),
             "last_run": ctx.scheduler.last_run().map(|r| json!({
                 "date": r.date.to_string(),
-                "started_at": ts(r.started_at),
-                "finished_at": ts(r.finished_at),
+                "started_at": rfc3339(r.started_at),
+                "finished_at": rfc3339(r.finished_at),
                 "outcome": r.outcome,
             })),
         },

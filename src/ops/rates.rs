@@ -4,9 +4,10 @@
 use chrono::NaiveDate;
 use serde_json::{json, Value};
 
-use super::{parse_date, ts, ApiError, Ctx, OpResult};
+use super::{parse_date, ApiError, Ctx, OpResult};
 use crate::archive::{self, FetchReport, ImportReport, NoFixing};
 use crate::boa::model::{FixingSource, FixingTable};
+use crate::scheduler::time::rfc3339;
 use crate::store::records::StoredTable;
 use crate::store::TableOutcome;
 
@@ -159,7 +160,7 @@ pub fn scrapes(ctx: &Ctx, limit: usize) -> OpResult {
     Ok(json!(recs
         .iter()
         .map(|r| json!({
-            "at": ts(r.at),
+            "at": rfc3339(r.at),
             "url": r.url,
             "success": r.success,
             "outcome": r.outcome,

@@ -1,0 +1,219 @@
+//! The sync engine as a unit, without a daemon: `SyncEngine` built from a temporary store,
+//! the archive, a manual clock and the fake QuickBooks — the same parts `app::build` hands
+//! it. What a sync writes and records is checked at the fake and in the store.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boa_exchange::alerts::{Alerts, LogOnly};
+use boa_exchange::archive::Archive;
+use boa_exchange::boa::model::FixingSource;
+use boa_exchange::config::{Config, ProcessEnv};
+use boa_exchange::currency::Currency;
+use boa_exchange::metrics::Metrics;
+use boa_exchange::qbo::oauth::OAuthClient;
+use boa_exchange::qbo::tokens::TokenManager;
+use boa_exchange::scheduler::clock::{Clock, ManualClock};
+use boa_exchange::store::records::{Company, Connection, LogKind, TokenExpiry, TokenSet};
+use boa_exchange::store::Store;
+use boa_exchange::sync::engine::Parts;
+use boa_exchange::sync::{Error, SyncEngine};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::support::fake_boa::{fixture, FRIDAY};
+use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
+
+struct Bench {
+    engine: Arc<SyncEngine>,
+    store: Arc<Store>,
+    intuit: FakeIntuit,
+    metrics: Arc<Metrics>,
+}
+
+fn friday() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 5, 22).unwrap()
+}
+
+/// Friday 2026-05-22 14:00 in Tirana: the fixing of the day is published.
+fn friday_afternoon() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 5, 22, 12, 0, 0).unwrap()
+}
+
+async fn bench(extra: &str, realm: &str, home: &str, active: &[&str]) -> Bench {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let intuit = FakeIntuit::start(FakeIntuitConfig::default()).await;
+    let mut spec = CompanySpec::new(realm, "Unit Co");
+    spec.home_currency = home.into();
+    spec.active_currencies = active.iter().map(|c| c.to_string()).collect();
+    let (access, refresh) = intuit.add_connected_company(spec);
+    let toml = format!(
+        "[quickbooks]\nclient_id = \"{}\"\nclient_secret = \"{}\"\ntoken_url = \"{}\"\napi_base = \"{}\"\n{extra}\n[schedule]\nenabled = false\n",
+        intuit.client_id(),
+        intuit.client_secret(),
+        intuit.token_url(),
+        intuit.api_base(),
+    );
+    let config = Config::from_toml(&toml, "engine.toml", None, &ProcessEnv).expect("config");
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(friday_afternoon()));
+    let now = clock.now();
+    let store = Arc::new(Store::open_temporary().expect("store"));
+    // The Friday fixing, parsed from the real capture and stored as a fetch would.
+    let page = String::from_utf8(fixture(FRIDAY)).unwrap();
+    let parsed = boa_exchange::boa::parse_page(&page).expect("capture parses");
+    let source = FixingSource::Page {
+        url: "https://www.bankofalbania.org/".into(),
+        sha256: "test".into(),
+        fetched_at: now,
+    };
+    for t in &parsed.tables {
+        store.put_table(t, &source, now).expect("store fixing");
+    }
+    let cur = |c: &str| Currency::new(c).unwrap();
+    let expiry = TokenExpiry {
+        access_expires_at: now + chrono::Duration::hours(1),
+        refresh_expires_at: now + chrono::Duration::days(100),
+        hard_expires_at: None,
+        refreshed_at: now,
+    };
+    let company = Company {
+        realm_id: realm.into(),
+        company_name: "Unit Co".into(),
+        home_currency: cur(home),
+        is_active: true,
+        sync_enabled: true,
+        is_sandbox: true,
+        fill_non_business_days: true,
+        created_at: now,
+        updated_at: now,
+        last_sync_at: None,
+        connection: Connection::Connected,
+        tokens: Some(expiry.clone()),
+        multicurrency: true,
+        active_currencies: active.iter().map(|c| cur(c)).collect(),
+        currencies_checked_at: Some(now),
+    };
+    let tokens = TokenSet {
+        access_token: access,
+        refresh_token: refresh,
+        expiry,
+    };
+    store
+        .save_company_and_tokens(&company, &tokens)
+        .await
+        .expect("company");
+    let http = boa_exchange::qbo::http_client(Duration::from_secs(10)).expect("http");
+    let metrics = Arc::new(Metrics::new());
+    let token_manager = Arc::new(TokenManager::new(
+        store.clone(),
+        OAuthClient::new(http.clone(), &config.quickbooks),
+        clock.clone(),
+        metrics.clone(),
+    ));
+    let alerts = Arc::new(Alerts::new(Arc::new(LogOnly), clock.clone()));
+    let archive = Arc::new(Archive::new(
+        store.clone(),
+        clock.clone(),
+        rx.clone(),
+        metrics.clone(),
+    ));
+    let engine = SyncEngine::new(Parts {
+        store: store.clone(),
+        tokens: token_manager,
+        http,
+        archive,
+        clock,
+        alerts,
+        metrics: metrics.clone(),
+        config: rx,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    })
+    .with_backoff_base(Duration::from_millis(5));
+    Bench {
+        engine: Arc::new(engine),
+        store,
+        intuit,
+        metrics,
+    }
+}
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_writes_the_fixing_exactly_and_records_the_attempt() {
+    let b = bench("", "5005", "ALL", &["EUR", "USD", "JPY"]).await;
+    let out = b.engine.sync_company("5005", friday()).await.expect("sync");
+    assert_eq!(out.error, None);
+    assert_eq!((out.rates_written, out.rates_unchanged), (3, 0));
+    let rate = |c: &str| b.intuit.exchange_rate("5005", c, friday()).map(|r| r.rate);
+    assert_eq!(rate("USD"), Some(dec("82.24")));
+    assert_eq!(rate("JPY"), Some(dec("0.5168")), "per 100 on the page");
+    assert_eq!(b.intuit.reads("5005"), 1, "one metered read");
+    let logs = b.store.logs("5005", 10).unwrap();
+    assert!(logs.iter().any(|l| l.kind == LogKind::Syncing && l.success));
+    assert_eq!(b.metrics.company_syncs_of(true), 1);
+
+    // A repeat finds everything equal: one read, no write.
+    let again = b.engine.sync_company("5005", friday()).await.expect("sync");
+    assert_eq!((again.rates_written, again.rates_unchanged), (0, 3));
+    assert_eq!(b.intuit.writes("5005"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_all_home_gets_cross_rates_and_all_itself() {
+    let b = bench("", "6006", "EUR", &["USD", "ALL"]).await;
+    let out = b.engine.sync_company("6006", friday()).await.expect("sync");
+    assert_eq!(out.error, None, "{out:?}");
+    let rate = |c: &str| b.intuit.exchange_rate("6006", c, friday()).map(|r| r.rate);
+    assert_eq!(rate("USD"), Some(dec("0.862055")));
+    assert!(rate("ALL").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_errors_say_what_went_wrong_in_the_domains_words() {
+    let b = bench("", "7007", "ALL", &["EUR"]).await;
+    assert_eq!(
+        b.engine.sync_one("404", friday()).await.err(),
+        Some(Error::UnknownCompany("404".into()))
+    );
+    let out = b
+        .engine
+        .sync_company("7007", NaiveDate::from_ymd_opt(2026, 5, 30).unwrap())
+        .await
+        .expect("recorded");
+    assert!(
+        matches!(out.error, Some(Error::Archive(_))),
+        "a future date has no fixing: {out:?}"
+    );
+    b.intuit.set_multicurrency("7007", false);
+    b.intuit.set_currency_active("7007", "EUR", false);
+    let out = b
+        .engine
+        .sync_company("7007", friday())
+        .await
+        .expect("recorded");
+    // QuickBooks refuses the write; the engine re-reads the company and says why.
+    assert_eq!(out.error, Some(Error::MulticurrencyOff), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_one_company_are_bounded_by_the_setting() {
+    let ten = [
+        "EUR", "USD", "GBP", "CHF", "JPY", "CAD", "AUD", "SEK", "NOK", "DKK",
+    ];
+    let b = bench("writes_in_flight_per_company = 3", "8008", "ALL", &ten).await;
+    b.intuit
+        .set_realm_latency("8008", Duration::from_millis(50));
+    let out = b.engine.sync_company("8008", friday()).await.expect("sync");
+    assert_eq!(out.error, None, "{out:?}");
+    assert_eq!(b.intuit.writes("8008") as usize, out.rates_written);
+    let peak = b.intuit.peak_in_flight("8008");
+    assert!((2..=3).contains(&peak), "peak {peak}");
+}
