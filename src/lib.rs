@@ -2,7 +2,7 @@
 //! QuickBooks Online company.
 //!
 //! # Layout
-//! - [`config`]: the TOML config, env overrides, secrets, validation.
+//! - [`config`]: the TOML config, env overrides, secrets, validation; [`cidr`]: IP networks.
 //! - [`store`]: the sled store, record encoding, encrypted tokens.
 //! - [`crypto`]: the age identity that encrypts secrets at rest.
 //! - [`currency`]: the currency-code type.
@@ -26,6 +26,7 @@
 pub mod alerts;
 pub mod app;
 pub mod boa;
+pub mod cidr;
 pub mod cli;
 pub mod cli_render;
 pub mod config;
