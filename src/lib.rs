@@ -11,7 +11,8 @@
 //! - [`cli`]: the command line; [`logging`], [`notify`] (sd_notify), [`shutdown`] (signals).
 //! - [`fixings`]: the archive as the daemon uses it — fetch/validate/store, rate in force,
 //!   the rates answer, workbook import.
-//! - [`qbo`]: the QuickBooks accounting client, Intuit OAuth, the token manager.
+//! - [`qbo`]: the QuickBooks accounting client, Intuit OAuth, the token manager;
+//!   [`outbound`]: size-capped reading of BoA and Intuit answers.
 //! - [`sync`]: rates in force and per-company rates (pure), and the sync engine.
 //! - [`scheduler`]: next run, business days, the injectable clock, and the daily loop.
 //! - [`alerts`]: alerts logged once and sent to the webhook.
@@ -38,6 +39,7 @@ pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod ops;
+pub mod outbound;
 pub mod qbo;
 pub mod scheduler;
 pub mod shutdown;
