@@ -379,3 +379,40 @@ fn a_held_store_is_refused_after_the_lock_wait_and_reopens_once_dropped() {
         drop(s);
     }
 }
+
+#[tokio::test]
+async fn an_undecodable_company_is_skipped_reported_and_counted() {
+    let s = Store::open_temporary().unwrap();
+    s.save_company(&company("111")).await.unwrap();
+    s.save_company(&company("333")).await.unwrap();
+    // Garbage under a company key, between the two good ones, and one with a binary key.
+    s.companies
+        .insert(b"222", b"\x01\xff\xff\xff garbage".to_vec())
+        .unwrap();
+    s.companies
+        .insert([0u8, 159, 146, 150], vec![9u8, 9, 9])
+        .unwrap();
+
+    let (good, bad) = s.companies_scan().unwrap();
+    let realms: Vec<&str> = good.iter().map(|c| c.realm_id.as_str()).collect();
+    assert_eq!(realms, ["111", "333"]);
+    let keys: Vec<String> = bad.iter().map(BadRecord::key_display).collect();
+    assert_eq!(keys, ["0x009f9296", "222"]);
+    assert!(bad
+        .iter()
+        .all(|b| b.tree == keys::COMPANIES && !b.error.is_empty()));
+    assert_eq!(s.bad_records_seen(), 2);
+
+    // The old signature lists the good ones; scanning again does not count them twice.
+    assert_eq!(s.companies().unwrap().len(), 2);
+    assert_eq!(s.bad_records_seen(), 2);
+    assert_eq!(s.bad_records().len(), 2);
+    assert_eq!(s.company_counts().unwrap().total, 2);
+
+    // Repaired: no longer reported, the counter stays monotonic.
+    s.save_company(&company("222")).await.unwrap();
+    s.companies.remove([0u8, 159, 146, 150]).unwrap();
+    assert_eq!(s.companies().unwrap().len(), 3);
+    assert!(s.bad_records().is_empty());
+    assert_eq!(s.bad_records_seen(), 2);
+}
