@@ -428,3 +428,31 @@ fn connections_over_max_connections_wait_for_a_free_slot() {
         drop(held);
     });
 }
+
+#[test]
+fn oversized_request_heads_are_refused() {
+    let d = proxy_daemon("");
+    let to = addr(&d);
+    rt().block_on(async {
+        let big = "x".repeat(20 * 1024);
+        let mut s = connect_from("127.0.0.4", to).await;
+        let req = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        // The daemon may close before reading it all.
+        let _ = s.write_all(req.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let a = get(
+            "127.0.0.4",
+            to,
+            "/health",
+            &[("X-Normal", &"y".repeat(8 * 1024))],
+        )
+        .await;
+        assert_eq!(a.status, 200, "an 8 KiB header is fine");
+    });
+}

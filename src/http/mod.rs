@@ -30,6 +30,11 @@ const HTTP_DRAIN: Duration = Duration::from_secs(10);
 /// the control socket and its clients, outbound connections to Intuit and BoA, the journal.
 pub const FD_HEADROOM: u64 = 256;
 
+/// Largest request head (and read buffer) per connection: ample for any real request, and it
+/// bounds what a stuck or hostile connection can make the daemon hold (hyper's default is
+/// about 400 KiB, 800 MiB for 2,000 connections).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves the API on `listener` until `token` is cancelled, then drains.
 ///
 /// At most `server.max_connections` connections are open (as fitted to the open-file limit
@@ -60,6 +65,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, token: Cancellat
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(timeout)
+                        .max_buf_size(MAX_HEAD_BYTES)
                         .serve_connection(TokioIo::new(stream), svc);
                     let watched = graceful.watch(conn);
                     tokio::spawn(async move {
