@@ -18,6 +18,7 @@ use crate::config::{current, Config, ConfigWatch};
 use crate::scheduler::clock::Clock;
 use crate::scheduler::time::{is_business_day, local_date, local_instant, rfc3339};
 use crate::store::records::{Company, Connection};
+use crate::store::BadRecord;
 
 /// One alert as sinks receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +135,37 @@ impl Alerts {
             } else {
                 self.clear(&token_key);
             }
+        }
+    }
+}
+
+impl Alerts {
+    /// Raises one alert per undecodable record; clears those repaired.
+    pub fn check_bad_records(&self, bad: &[BadRecord]) {
+        let keys: HashSet<String> = bad
+            .iter()
+            .map(|b| format!("bad_record:{}", b.key_display()))
+            .collect();
+        let stale: Vec<String> = self
+            .raised()
+            .iter()
+            .filter(|k| k.starts_with("bad_record:") && !keys.contains(*k))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.clear(&k);
+        }
+        for b in bad {
+            let key = b.key_display();
+            self.raise(
+                &format!("bad_record:{key}"),
+                "bad_record",
+                None,
+                &format!(
+                    "the {} record {key} cannot be decoded ({}); it is skipped",
+                    b.tree, b.error
+                ),
+            );
         }
     }
 }

@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveTime;
+
+use crate::cidr::Cidr;
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -114,6 +116,9 @@ struct RawServer {
     admin_api_key_file: String,
     enrollment: String,
     rate_limit_per_minute: i64,
+    trusted_proxies: Vec<String>,
+    max_connections: i64,
+    request_timeout_secs: i64,
 }
 
 impl Default for RawServer {
@@ -125,6 +130,9 @@ impl Default for RawServer {
             admin_api_key_file: String::new(),
             enrollment: "open".into(),
             rate_limit_per_minute: 10,
+            trusted_proxies: Vec::new(),
+            max_connections: 512,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -272,8 +280,17 @@ pub struct ServerConfig {
     pub admin_api_key: Secret,
     /// Who may connect a company.
     pub enrollment: Enrollment,
-    /// Requests per minute per client IP on limited endpoints.
+    /// Requests per minute per client address on limited endpoints.
     pub rate_limit_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (the client address is then the
+    /// right-most forwarded address that is not itself one of them).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Open HTTP connections at most; more wait in the accept queue. Lowered at start when
+    /// the open-file limit cannot hold that many.
+    pub max_connections: usize,
+    /// A request's head and body must arrive within this many seconds, else the connection
+    /// is closed (slow-loris and stuck clients hold no slot for long).
+    pub request_timeout_secs: u64,
 }
 
 /// `[storage]`.
@@ -524,13 +541,51 @@ fn validate(
     base: &Path,
     path: Option<&Path>,
 ) -> Result<Config, Error> {
-    // [server]
-    let mut listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+    let server = validate_server(raw.server, env, base)?;
+    let storage = validate_storage(raw.storage, env, base)?;
+    let control_socket = validate_control(raw.control, env, base, &storage)?;
+    let quickbooks = validate_quickbooks(raw.quickbooks, env, base, &server.public_url)?;
+    let boa = validate_boa(raw.boa)?;
+    let schedule = validate_schedule(raw.schedule, env)?;
+    let log_level = validate_log(raw.log)?;
+    let alert_webhook = validate_alerts(raw.alerts)?;
+
+    let secret_key = secret(
+        env,
+        "SECRET_KEY",
+        "",
+        "",
+        "secret_key",
+        Secret::default(),
+        base,
+    )?;
+    let secret_key = (!secret_key.is_empty()).then_some(secret_key);
+
+    Ok(Config {
+        source: path.map(Path::to_path_buf),
+        server,
+        storage,
+        control_socket,
+        quickbooks,
+        boa,
+        schedule,
+        log_level,
+        alert_webhook,
+        secret_key,
+        environment: env
+            .var("ENVIRONMENT")
+            .unwrap_or_else(|| "development".into()),
+    })
+}
+
+/// `[server]`, with `API_HOST`, `API_PORT` and `ADMIN_API_KEY`.
+fn validate_server(s: RawServer, env: &dyn Env, base: &Path) -> Result<ServerConfig, Error> {
+    let mut listen: SocketAddr = s.listen.parse().map_err(|_| {
         invalid(
             "server.listen",
             format!(
                 "{:?} is not an address (expected HOST:PORT, e.g. 127.0.0.1:8000)",
-                raw.server.listen
+                s.listen
             ),
         )
     })?;
@@ -546,17 +601,17 @@ fn validate(
             .map_err(|_| invalid("API_PORT", format!("{p:?} is not a port number")))?;
         listen.set_port(port);
     }
-    let public_url = parse_url("server.public_url", &raw.server.public_url)?;
+    let public_url = parse_url("server.public_url", &s.public_url)?;
     let admin_api_key = secret(
         env,
         "ADMIN_API_KEY",
         "server.admin_api_key_file",
-        &raw.server.admin_api_key_file,
+        &s.admin_api_key_file,
         "admin_api_key",
-        raw.server.admin_api_key,
+        s.admin_api_key,
         base,
     )?;
-    let enrollment = match raw.server.enrollment.as_str() {
+    let enrollment = match s.enrollment.as_str() {
         "open" => Enrollment::Open,
         "invite" => Enrollment::Invite,
         other => {
@@ -568,38 +623,76 @@ fn validate(
     };
     let rate_limit_per_minute = positive(
         "server.rate_limit_per_minute",
-        raw.server.rate_limit_per_minute,
+        s.rate_limit_per_minute,
         1_000_000,
     )? as u32;
+    let trusted_proxies = s
+        .trusted_proxies
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| invalid("server.trusted_proxies", e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ServerConfig {
+        listen,
+        public_url,
+        admin_api_key,
+        enrollment,
+        rate_limit_per_minute,
+        trusted_proxies,
+        max_connections: positive("server.max_connections", s.max_connections, 65_536)? as usize,
+        request_timeout_secs: positive("server.request_timeout_secs", s.request_timeout_secs, 3600)?
+            as u64,
+    })
+}
 
-    // [storage]
+/// `[storage]`, with `$STATE_DIRECTORY`.
+fn validate_storage(s: RawStorage, env: &dyn Env, base: &Path) -> Result<StorageConfig, Error> {
     let data_dir = match env.var("STATE_DIRECTORY") {
         // systemd may pass several colon-separated directories; the first is ours.
-        Some(s) => PathBuf::from(s.split(':').next().unwrap_or(&s)),
+        Some(d) => PathBuf::from(d.split(':').next().unwrap_or(&d)),
         None => {
-            if raw.storage.data_dir.is_empty() {
+            if s.data_dir.is_empty() {
                 return Err(invalid("storage.data_dir", "must not be empty"));
             }
-            resolve(base, &raw.storage.data_dir)
+            resolve(base, &s.data_dir)
         }
     };
-    let identity_file = if raw.storage.identity_file.is_empty() {
+    let identity_file = if s.identity_file.is_empty() {
         data_dir.join("identity.txt")
     } else {
-        resolve(base, &raw.storage.identity_file)
+        resolve(base, &s.identity_file)
     };
+    Ok(StorageConfig {
+        data_dir,
+        identity_file,
+    })
+}
 
-    // [control]
-    let control_socket = if !raw.control.socket.is_empty() {
-        resolve(base, &raw.control.socket)
+/// `[control]`, with `$RUNTIME_DIRECTORY`; the default lives in the data folder.
+fn validate_control(
+    c: RawControl,
+    env: &dyn Env,
+    base: &Path,
+    storage: &StorageConfig,
+) -> Result<PathBuf, Error> {
+    Ok(if !c.socket.is_empty() {
+        resolve(base, &c.socket)
     } else if let Some(r) = env.var("RUNTIME_DIRECTORY") {
         PathBuf::from(r.split(':').next().unwrap_or(&r)).join("control.sock")
     } else {
-        data_dir.join("control.sock")
-    };
+        storage.data_dir.join("control.sock")
+    })
+}
 
-    // [quickbooks]
-    let q = raw.quickbooks;
+/// `[quickbooks]`, with the `QB_*` variables; the redirect URI defaults under `public_url`.
+fn validate_quickbooks(
+    q: RawQuickbooks,
+    env: &dyn Env,
+    base: &Path,
+    public_url: &Url,
+) -> Result<QuickbooksConfig, Error> {
     let client_id = env.var("QB_CLIENT_ID").unwrap_or(q.client_id);
     let client_secret = secret(
         env,
@@ -635,7 +728,7 @@ fn validate(
     } else {
         q.api_base
     };
-    let quickbooks = QuickbooksConfig {
+    Ok(QuickbooksConfig {
         client_id,
         client_secret,
         redirect_uri,
@@ -656,10 +749,12 @@ fn validate(
             8,
         )? as usize,
         timeout_secs: positive("quickbooks.timeout_secs", q.timeout_secs, 3600)? as u64,
-    };
+    })
+}
 
-    // [boa]
-    let max_jump_percent = match &raw.boa.max_jump_percent {
+/// `[boa]`.
+fn validate_boa(b: RawBoa) -> Result<BoaConfig, Error> {
+    let max_jump_percent = match &b.max_jump_percent {
         toml::Value::Integer(i) => Decimal::from(*i),
         toml::Value::Float(f) => Decimal::try_from(*f).unwrap_or(Decimal::ZERO),
         other => {
@@ -675,14 +770,15 @@ fn validate(
             format!("{max_jump_percent} must be greater than 0"),
         ));
     }
-    let boa = BoaConfig {
-        url: parse_url("boa.url", &raw.boa.url)?,
-        timeout_secs: positive("boa.timeout_secs", raw.boa.timeout_secs, 3600)? as u64,
+    Ok(BoaConfig {
+        url: parse_url("boa.url", &b.url)?,
+        timeout_secs: positive("boa.timeout_secs", b.timeout_secs, 3600)? as u64,
         max_jump_percent,
-    };
+    })
+}
 
-    // [schedule]
-    let s = raw.schedule;
+/// `[schedule]`, with `SCHEDULE_TIME` and `TIMEZONE`.
+fn validate_schedule(s: RawSchedule, env: &dyn Env) -> Result<ScheduleConfig, Error> {
     let time_raw = env.var("SCHEDULE_TIME").unwrap_or(s.time);
     let time_key = if env.var("SCHEDULE_TIME").is_some() {
         "SCHEDULE_TIME"
@@ -713,66 +809,35 @@ fn validate(
             ),
         ));
     }
-    let schedule = ScheduleConfig {
+    Ok(ScheduleConfig {
         enabled: s.enabled,
         time,
         timezone,
         retry_every_minutes: positive("schedule.retry_every_minutes", s.retry_every_minutes, 1440)?
             as u32,
         give_up_at,
-    };
+    })
+}
 
-    // [log]
-    let log_level = raw.log.level;
+/// `[log]`: the filter must parse (it is applied again on SIGHUP).
+fn validate_log(l: RawLog) -> Result<String, Error> {
+    let log_level = l.level;
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
         invalid(
             "log.level",
             format!("{log_level:?} is not a log filter ({e})"),
         )
     })?;
+    Ok(log_level)
+}
 
-    // [alerts]
-    let alert_webhook = if raw.alerts.webhook_url.is_empty() {
-        None
+/// `[alerts]`.
+fn validate_alerts(a: RawAlerts) -> Result<Option<Url>, Error> {
+    if a.webhook_url.is_empty() {
+        Ok(None)
     } else {
-        Some(parse_url("alerts.webhook_url", &raw.alerts.webhook_url)?)
-    };
-
-    let secret_key = secret(
-        env,
-        "SECRET_KEY",
-        "",
-        "",
-        "secret_key",
-        Secret::default(),
-        base,
-    )?;
-    let secret_key = (!secret_key.is_empty()).then_some(secret_key);
-
-    Ok(Config {
-        source: path.map(Path::to_path_buf),
-        server: ServerConfig {
-            listen,
-            public_url,
-            admin_api_key,
-            enrollment,
-            rate_limit_per_minute,
-        },
-        storage: StorageConfig {
-            data_dir,
-            identity_file,
-        },
-        control_socket,
-        quickbooks,
-        boa,
-        schedule,
-        log_level,
-        alert_webhook,
-        secret_key,
-        environment: env
-            .var("ENVIRONMENT")
-            .unwrap_or_else(|| "development".into()),
-    })
+        Ok(Some(parse_url("alerts.webhook_url", &a.webhook_url)?))
+    }
 }
 
 /// How services see the configuration: the current value, replaced whole on SIGHUP by the
@@ -821,6 +886,10 @@ mod tests {
         );
         assert_eq!(c.quickbooks.minor_version, 75);
         assert_eq!(c.quickbooks.max_concurrent_companies, 16);
+        assert_eq!(c.quickbooks.writes_in_flight_per_company, 4);
+        assert!(c.server.trusted_proxies.is_empty());
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.request_timeout_secs, 30);
         assert_eq!(c.schedule.time, NaiveTime::from_hms_opt(13, 0, 0).unwrap());
         assert_eq!(c.schedule.timezone, chrono_tz::Europe::Tirane);
         assert_eq!(c.boa.max_jump_percent, Decimal::from(20));
@@ -946,6 +1015,34 @@ mod tests {
                 "quickbooks.max_concurrent_companies:",
             ),
             ("[boa]\nmax_jump_percent = -1\n", "boa.max_jump_percent:"),
+            (
+                "[quickbooks]\nwrites_in_flight_per_company = 9\n",
+                "quickbooks.writes_in_flight_per_company: 9 is out of range (1..=8)",
+            ),
+            (
+                "[quickbooks]\nwrites_in_flight_per_company = 0\n",
+                "quickbooks.writes_in_flight_per_company:",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/33\"]\n",
+                "server.trusted_proxies: \"10.0.0.1/33\": the prefix length",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"proxy.local\"]\n",
+                "server.trusted_proxies: \"proxy.local\" is not a CIDR",
+            ),
+            (
+                "[server]\nmax_connections = 0\n",
+                "server.max_connections: 0 is out of range (1..=65536)",
+            ),
+            (
+                "[server]\nmax_connections = 65537\n",
+                "server.max_connections:",
+            ),
+            (
+                "[server]\nrequest_timeout_secs = 0\n",
+                "server.request_timeout_secs:",
+            ),
             ("[boa]\nurl = \"ftp://x\"\n", "boa.url:"),
             ("[log]\nlevel = \"[[[\"\n", "log.level:"),
             ("[alerts]\nwebhook_url = \"x\"\n", "alerts.webhook_url:"),
@@ -961,6 +1058,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("SCHEDULE_TIME:"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_parse_v4_and_v6() {
+        let c = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"127.0.0.2\"]\nmax_connections = 2048\nrequest_timeout_secs = 5\n",
+            &[],
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "127.0.0.2/32"]);
+        assert_eq!(c.server.max_connections, 2048);
+        assert_eq!(c.server.request_timeout_secs, 5);
     }
 
     #[test]

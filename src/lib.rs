@@ -9,8 +9,9 @@
 //! - services: [`sync`] (`SyncEngine`), [`archive`] (`Archive`, the BoA fixings as the
 //!   daemon uses them), [`scheduler`] (`Scheduler`), [`alerts`] (`Alerts` and its sinks).
 //! - adapters: [`store`] (sled, encrypted tokens), [`boa`] (fetch), [`qbo`] (accounting
-//!   client, Intuit OAuth, token manager), [`crypto`], [`notify`] (sd_notify), [`metrics`].
-//! - leaves: [`config`], [`currency`], `boa::{model,parse,import}`, `sync::{rates,plan}`,
+//!   client, Intuit OAuth, token manager), [`crypto`], [`notify`] (sd_notify), [`metrics`],
+//!   [`outbound`] (size-capped reads of BoA and Intuit answers).
+//! - leaves: [`config`], [`cidr`], [`currency`], `boa::{model,parse,import}`, `sync::{rates,plan}`,
 //!   `scheduler::{time,clock}`.
 #![deny(
     clippy::unwrap_used,
@@ -24,6 +25,7 @@ pub mod alerts;
 pub mod app;
 pub mod archive;
 pub mod boa;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -35,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
+pub mod outbound;
 pub mod qbo;
 pub mod scheduler;
 pub mod shutdown;

@@ -97,8 +97,6 @@ pub struct Metrics {
     pub read_fallbacks: Counter,
     /// Rates in QuickBooks found different from what we had confirmed.
     pub drifts: Counter,
-    /// Stored records that could not be decoded (skipped).
-    pub bad_records: Counter,
 }
 
 impl Default for Metrics {
@@ -161,12 +159,6 @@ impl Metrics {
             "QuickBooks rates found different from the BoA rate we had confirmed",
             drifts.clone(),
         );
-        let bad_records = Counter::default();
-        registry.register(
-            "bad_records",
-            "Stored records that could not be decoded and were skipped",
-            bad_records.clone(),
-        );
         // Every outcome label exists from the start, so a scraper sees 0 before the first event.
         for outcome in [Outcome::Success, Outcome::Failure] {
             let _ = scrapes.get_or_create(&OutcomeLabels { outcome });
@@ -190,7 +182,6 @@ impl Metrics {
             companies_in_flight_limit,
             read_fallbacks,
             drifts,
-            bad_records,
         }
     }
 

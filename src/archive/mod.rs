@@ -268,11 +268,8 @@ impl Archive {
         let url = config.boa.url.to_string();
         let outcome = async {
             let page = self.boa_client()?.fetch().await?;
-            let body = page.body;
             // HTML parsing is CPU work: off the async workers.
-            let parsed = tokio::task::spawn_blocking(move || boa::parse_page(&body))
-                .await
-                .map_err(|e| Error::Parse(format!("the parser stopped: {e}")))??;
+            let parsed = boa::parse_page_blocking(page.body).await?;
             for table in &parsed.tables {
                 let prev = self.previous_table(table.kind, table.date)?;
                 let single = boa::ParsedPage { tables: vec![table.clone()] };
@@ -596,10 +593,7 @@ impl Archive {
             .map_err(|e| Error::Fetch(format!("archive index address: {e}")))?;
         let page = self.boa_client()?.fetch_url(index.as_str()).await?;
         let base = url::Url::parse(&page.url).unwrap_or(index);
-        let body = page.body;
-        tokio::task::spawn_blocking(move || boa::parse_archive_index(&body, &base))
-            .await
-            .map_err(|e| Error::Parse(format!("the parser stopped: {e}")))
+        Ok(boa::parse_archive_index_blocking(page.body, base).await)
     }
 
     /// Downloads `year`'s workbook from BoA and imports it.
@@ -614,12 +608,9 @@ impl Archive {
             .find(|l| l.year == Some(year))
             .ok_or(Error::NoWorkbook(year))?;
         let file = self.boa_client()?.fetch_bytes(&link.url).await?;
-        let name = link.name.clone();
-        let bytes = file.bytes;
         // xlsx decoding is CPU work: off the async workers.
-        let tables = tokio::task::spawn_blocking(move || boa::read_workbook(&bytes))
+        let tables = boa::read_workbook_blocking(file.bytes)
             .await
-            .map_err(|e| Error::BadWorkbook(format!("{name}: the reader stopped: {e}")))?
             .map_err(|e| Error::BadWorkbook(format!("{}: {e}", link.name)))?;
         self.import_tables(&link.name, &file.sha256, &tables).await
     }

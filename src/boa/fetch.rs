@@ -10,6 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::outbound::CapError;
+
 /// The official rate page, in Albanian (the default of `boa.url`).
 pub const DEFAULT_URL: &str = "https://www.bankofalbania.org/Tregjet/Kursi_zyrtar_i_kembimit/";
 
@@ -26,6 +28,12 @@ pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(2);
 
 /// Per-request timeout when none is configured (`boa.timeout_secs`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest page (the rate page, the archive index) read from BoA.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// Largest yearly workbook downloaded from BoA.
+pub const MAX_WORKBOOK_BYTES: usize = 32 << 20;
 
 /// The wait before retry number `retry` (1 for the first retry): `base × 2^(retry−1)`.
 pub fn backoff_delay(base: Duration, retry: u32) -> Duration {
@@ -55,6 +63,24 @@ pub enum FetchError {
     /// The HTTP client could not be built (bad configuration).
     #[error("building the HTTP client failed: {0}")]
     Client(String),
+    /// The answer is larger than the cap for its kind; nothing more was read.
+    #[error("{url}: the answer is larger than {} (the cap for a BoA {what}); refused", crate::outbound::human(*limit))]
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// `page` or `workbook`.
+        what: &'static str,
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// A workbook link (or where it redirected to) is not on BoA's host.
+    #[error("{url} is not on BoA's host {expected}; workbooks are only downloaded from BoA")]
+    ForeignHost {
+        /// The URL refused.
+        url: String,
+        /// The host of `boa.url`.
+        expected: String,
+    },
 }
 
 impl FetchError {
@@ -63,7 +89,9 @@ impl FetchError {
         match self {
             FetchError::Status { status, .. } => (500..=599).contains(status),
             FetchError::Timeout | FetchError::Network(_) | FetchError::Body(_) => true,
-            FetchError::Client(_) => false,
+            FetchError::Client(_)
+            | FetchError::TooLarge { .. }
+            | FetchError::ForeignHost { .. } => false,
         }
     }
 
@@ -183,7 +211,7 @@ impl BoaClient {
     /// # Errors
     /// As [`BoaClient::fetch`].
     pub async fn fetch_url(&self, url: &str) -> Result<FetchedPage, FetchError> {
-        let file = self.fetch_bytes(url).await?;
+        let file = self.fetch_retrying(url, "page", MAX_PAGE_BYTES).await?;
         let body = String::from_utf8(file.bytes)
             .map_err(|e| FetchError::Body(format!("{} is not UTF-8: {e}", file.url)))?;
         Ok(FetchedPage {
@@ -194,15 +222,46 @@ impl BoaClient {
         })
     }
 
-    /// Fetches a binary file (a yearly workbook), with retries.
+    /// Fetches a binary file (a yearly workbook), with retries. Only from BoA's host (the
+    /// host of the configured page URL), and at most [`MAX_WORKBOOK_BYTES`].
     ///
     /// # Errors
-    /// As [`BoaClient::fetch`].
+    /// As [`BoaClient::fetch`]; [`FetchError::ForeignHost`] for a link elsewhere (nothing is
+    /// requested) or a redirect elsewhere (nothing is read); [`FetchError::TooLarge`].
     pub async fn fetch_bytes(&self, url: &str) -> Result<FetchedFile, FetchError> {
+        self.check_boa_host(url)?;
+        self.fetch_retrying(url, "workbook", MAX_WORKBOOK_BYTES)
+            .await
+    }
+
+    /// Refuses a URL whose host is not the configured page's host.
+    fn check_boa_host(&self, url: &str) -> Result<(), FetchError> {
+        let host = |u: &str| {
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        };
+        let expected = host(&self.config.url).unwrap_or_default();
+        match host(url) {
+            Some(h) if !expected.is_empty() && h == expected => Ok(()),
+            _ => Err(FetchError::ForeignHost {
+                url: url.to_string(),
+                expected,
+            }),
+        }
+    }
+
+    /// GET with retries; the body read up to `limit`.
+    async fn fetch_retrying(
+        &self,
+        url: &str,
+        what: &'static str,
+        limit: usize,
+    ) -> Result<FetchedFile, FetchError> {
         let attempts = self.config.attempts.max(1);
         let mut retry = 0;
         loop {
-            match self.fetch_once(url).await {
+            match self.fetch_once(url, what, limit).await {
                 Ok(file) => return Ok(file),
                 Err(err) if err.is_retryable() && retry + 1 < attempts => {
                     retry += 1;
@@ -216,7 +275,12 @@ impl BoaClient {
     }
 
     /// One GET, no retry.
-    async fn fetch_once(&self, url: &str) -> Result<FetchedFile, FetchError> {
+    async fn fetch_once(
+        &self,
+        url: &str,
+        what: &'static str,
+        limit: usize,
+    ) -> Result<FetchedFile, FetchError> {
         let resp = self.http.get(url).send().await.map_err(classify)?;
         let status = resp.status();
         let final_url = resp.url().to_string();
@@ -226,13 +290,21 @@ impl BoaClient {
                 url: final_url,
             });
         }
-        let bytes = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                FetchError::Timeout
-            } else {
-                FetchError::Body(error_chain(&e))
-            }
-        })?;
+        if what == "workbook" {
+            // A redirect may have left BoA: read nothing from elsewhere.
+            self.check_boa_host(&final_url)?;
+        }
+        let bytes = crate::outbound::read_capped(resp, limit)
+            .await
+            .map_err(|e| match e {
+                CapError::TooLarge { limit } => FetchError::TooLarge {
+                    url: final_url.clone(),
+                    what,
+                    limit,
+                },
+                CapError::Read(e) if e.is_timeout() => FetchError::Timeout,
+                CapError::Read(e) => FetchError::Body(error_chain(&e)),
+            })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         Ok(FetchedFile {
             url: final_url,
@@ -321,6 +393,88 @@ mod tests {
             ..BoaClientConfig::default()
         };
         assert!(matches!(BoaClient::new(bad), Err(FetchError::Client(_))));
+    }
+
+    fn quick(url: &str) -> BoaClient {
+        BoaClient::new(BoaClientConfig {
+            attempts: 3,
+            backoff_base: Duration::from_millis(1),
+            timeout: Duration::from_secs(5),
+            ..BoaClientConfig::new(url)
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_over_4_mib_are_refused_and_not_retried() {
+        let base =
+            crate::outbound::tests::serve_once(200, "", vec![b'a'; MAX_PAGE_BYTES + 1]).await;
+        let err = quick(&format!("{base}/")).fetch().await.unwrap_err();
+        assert!(
+            matches!(err, FetchError::TooLarge { limit, what: "page", .. } if limit == MAX_PAGE_BYTES),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        let base = crate::outbound::tests::serve_once(200, "", vec![b'a'; 1000]).await;
+        assert_eq!(
+            quick(&format!("{base}/")).fetch().await.unwrap().body.len(),
+            1000
+        );
+    }
+
+    #[tokio::test]
+    async fn workbooks_only_from_boa_host_and_at_most_32_mib() {
+        let base =
+            crate::outbound::tests::serve_once(200, "", vec![b'w'; MAX_WORKBOOK_BYTES + 10]).await;
+        let client = quick(&format!("{base}/Tregjet/"));
+        let err = client
+            .fetch_bytes(&format!("{base}/rc/doc/2024.xlsx"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::TooLarge {
+                    what: "workbook",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("32 MiB"), "{err}");
+
+        // Same port, other host name: refused before any request.
+        let foreign = base.replace("127.0.0.1", "localhost");
+        let err = client
+            .fetch_bytes(&format!("{foreign}/rc/doc/2024.xlsx"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::ForeignHost { .. }), "{err}");
+        assert!(!err.is_retryable());
+        assert!(
+            err.to_string().contains("is not on BoA's host 127.0.0.1"),
+            "{err}"
+        );
+        let err = client.fetch_bytes("not a url").await.unwrap_err();
+        assert!(matches!(err, FetchError::ForeignHost { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_workbook_redirected_off_host_is_not_read() {
+        let elsewhere = crate::outbound::tests::serve_once(200, "", vec![b'w'; 10]).await;
+        let elsewhere = elsewhere.replace("127.0.0.1", "localhost");
+        let boa = crate::outbound::tests::serve_once(
+            302,
+            &format!("location: {elsewhere}/x.xlsx\r\ncontent-length: 0\r\n"),
+            Vec::new(),
+        )
+        .await;
+        let err = quick(&format!("{boa}/"))
+            .fetch_bytes(&format!("{boa}/rc/doc/2024.xlsx"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::ForeignHost { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -3,18 +3,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE,
+    HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, COOKIE, LOCATION,
+    RETRY_AFTER, SET_COOKIE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use super::limit::RateLimiter;
+use super::limit::{self, RateLimiter};
 use super::pages;
+use crate::cidr;
 use crate::ops::{self, ApiError, Ctx};
 
 /// Largest request body accepted (SPEC §6).
@@ -47,7 +50,8 @@ impl Req {
     }
 }
 
-/// Reads the body (bounded) and routes.
+/// Reads the body (bounded in size, and in time by `server.request_timeout_secs`) and routes.
+/// A body that does not arrive in time gets 408 and the connection is closed.
 pub async fn handle(
     state: &Arc<Ctx>,
     limiter: &RateLimiter,
@@ -55,22 +59,37 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let timeout = Duration::from_secs(state.config().server.request_timeout_secs);
+    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return error(&ApiError::new(
+                return secured(error(&ApiError::new(
                     413,
                     "body_too_large",
                     format!("request bodies are limited to {MAX_BODY} bytes"),
-                ));
+                )));
             }
-            return error(&ApiError::bad_request(
+            return secured(error(&ApiError::bad_request(
                 "bad_body",
                 "the request body could not be read",
-            ));
+            )));
+        }
+        Err(_) => {
+            let mut r = secured(error(&ApiError::new(
+                408,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            )));
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     let query = parts
@@ -93,13 +112,46 @@ pub async fn handle(
     route(state, limiter, r).await
 }
 
-/// Dispatches a request to its operation.
+/// Dispatches a request to its operation and adds the security headers every answer carries.
 pub async fn route(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response<Full<Bytes>> {
+    let private =
+        req.path.starts_with("/api/v1/oauth/") || req.path.starts_with("/api/v1/companies/");
+    let mut r = dispatch(state, limiter, req).await;
+    secure(&mut r, private);
+    r
+}
+
+/// SPEC §6: `nosniff` on everything, `X-Frame-Options: DENY` on pages, and `no-store` on the
+/// OAuth and admin answers (tokens, company data and one-time links must not be cached).
+fn secure(r: &mut Response<Full<Bytes>>, private: bool) {
+    let h = r.headers_mut();
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    let is_html = h
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html {
+        h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    if private {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// An answer made before routing (body errors), with the headers every answer carries.
+fn secured(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    secure(&mut r, false);
+    r
+}
+
+async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response<Full<Bytes>> {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let limited = !matches!(segs.as_slice(), ["health"] | ["metrics"]);
     if limited {
-        let per_minute = state.config().server.rate_limit_per_minute;
-        if let Err(wait) = limiter.check(req.peer.ip(), per_minute) {
+        let config = state.config();
+        let per_minute = config.server.rate_limit_per_minute;
+        let client = limit::client_ip(req.peer.ip(), &req.headers, &config.server.trusted_proxies);
+        if let Err(wait) = limiter.check(client, per_minute) {
             let mut e = ApiError::new(
                 429,
                 "rate_limited",
@@ -122,7 +174,12 @@ pub async fn route(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Respons
             Err(e) => error(&e),
         },
         ["metrics"] if m == Method::GET => {
-            if !state.http_addr.ip().is_loopback() {
+            // Open to local scrapers only when the TCP peer itself is local: a reverse proxy
+            // on this host forwards remote clients from a loopback address.
+            let peer = req.peer.ip().to_canonical();
+            let local = peer.is_loopback()
+                && !cidr::any_contains(&state.config().server.trusted_proxies, peer);
+            if !local {
                 if let Err(e) = admin(state, &req) {
                     return error(&e);
                 }
@@ -162,11 +219,14 @@ pub async fn route(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Respons
             }
         }
         ["api", "v1", "oauth", "callback"] if m == Method::GET => {
+            // Never echo what the caller put in `error=`: a bounded code reaches the
+            // operation, and a fixed sentence the page.
+            let denial = req.query("error").map(pages::oauth_error_code);
             let p = ops::connect::CallbackParams {
                 code: req.query("code"),
                 state: req.query("state"),
                 realm_id: req.query("realmId"),
-                error: req.query("error"),
+                error: denial,
             };
             let cookie = req.headers.get(COOKIE).and_then(|v| v.to_str().ok());
             match ops::connect::callback(state, &p, cookie).await {
@@ -180,7 +240,12 @@ pub async fn route(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Respons
                         html(200, &pages::connected(&c))
                     }
                 }
-                Err(e) => page_or_json(&req, &e, "QuickBooks connection failed"),
+                Err(mut e) => {
+                    if let (Some(code), "access_denied") = (denial, e.code) {
+                        e.message = pages::oauth_error_message(code);
+                    }
+                    page_or_json(&req, &e, "QuickBooks connection failed")
+                }
             }
         }
         ["api", "v1", "oauth", "disconnect", id] if m == Method::GET => {

@@ -62,6 +62,20 @@ pub fn render(ctx: &Ctx) -> Result<String, crate::store::Error> {
     set("disconnected", &|c| !c.is_active);
     set("sync_disabled", &|c| c.is_active && !c.sync_enabled);
     extra.register("companies", "Companies by state", states);
+    let bad_now = Gauge::<i64>::default();
+    bad_now.set(ctx.store.bad_records().len() as i64);
+    extra.register(
+        "bad_records",
+        "Stored records that cannot be decoded now (skipped)",
+        bad_now,
+    );
+    let bad_seen = Gauge::<i64>::default();
+    bad_seen.set(i64::try_from(ctx.store.bad_records_seen()).unwrap_or(i64::MAX));
+    extra.register(
+        "bad_records_seen",
+        "Undecodable stored records met since the daemon started",
+        bad_seen,
+    );
     // A formatting error into a String cannot happen; answer an empty body rather than panic.
     Ok(ctx.metrics.encode(&extra).unwrap_or_default())
 }

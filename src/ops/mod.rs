@@ -168,6 +168,17 @@ pub fn health_reasons(
             "{reconnect} companies need to reconnect (token refresh failed)"
         ));
     }
+    let bad = ctx.store.bad_records();
+    if !bad.is_empty() {
+        reasons.push(format!(
+            "{} stored records cannot be decoded and are skipped: {}",
+            bad.len(),
+            bad.iter()
+                .map(|b| b.key_display())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if let Some(last) = ctx.archive.scrapes(1)?.first() {
         if !last.success {
             reasons.push(format!(
@@ -210,6 +221,15 @@ pub fn health(ctx: &Ctx) -> (u16, Value) {
             )
         }
     }
+}
+
+fn run_json(r: &crate::scheduler::runner::RunRecord) -> Value {
+    json!({
+        "date": r.date.to_string(),
+        "started_at": rfc3339(r.started_at),
+        "finished_at": rfc3339(r.finished_at),
+        "outcome": r.outcome,
+    })
 }
 
 /// `status`: version, uptime, store, last fixing, schedule, sync-all progress, counts.
@@ -259,12 +279,12 @@ pub fn status(ctx: &Ctx) -> OpResult {
             "time": config.schedule.time.format("%H:%M").to_string(),
             "timezone": config.schedule.timezone.name(),
             "next_run": ctx.scheduler.next_run().map(rfc3339),
-            "last_run": ctx.scheduler.last_run().map(|r| json!({
-                "date": r.date.to_string(),
-                "started_at": rfc3339(r.started_at),
-                "finished_at": rfc3339(r.finished_at),
-                "outcome": r.outcome,
-            })),
+            "last_run": ctx.scheduler.last_run().map(|r| run_json(&r)),
+            "last_failed_run": ctx.scheduler.last_failed_run().map(|r| run_json(&r)),
+        },
+        "bad_records": {
+            "current": ctx.store.bad_records().iter().map(|b| json!({"tree": b.tree, "key": b.key_display(), "error": b.error})).collect::<Vec<_>>(),
+            "seen": ctx.store.bad_records_seen(),
         },
         "sync_all": {
             "running_for": ctx.engine.running_date().map(|d| d.to_string()),

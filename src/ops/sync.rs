@@ -72,7 +72,7 @@ pub async fn sync_all(ctx: &Ctx, date: Option<&str>) -> OpResult {
 }
 
 fn report_json(r: &RunReport) -> Value {
-    let results: Vec<Value> = r
+    let mut results: Vec<Value> = r
         .entries
         .iter()
         .map(|e| match &e.error {
@@ -91,6 +91,12 @@ fn report_json(r: &RunReport) -> Value {
             }
         })
         .collect();
+    results.extend(r.bad_records.iter().map(|key| {
+        json!({
+            "company_id": key, "company_name": null, "success": false, "rates_synced": 0,
+            "error": {"code": "bad_record", "message": "the company record cannot be decoded; it was skipped"},
+        })
+    }));
     json!({
         "success": true,
         "message": format!("Synced {}/{} companies successfully", r.successful, r.total),

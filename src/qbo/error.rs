@@ -49,6 +49,19 @@ pub enum Error {
     /// A 2xx answer we could not read.
     #[error("unexpected answer from Intuit: {0}")]
     Decode(String),
+    /// The answer was larger than [`super::MAX_ANSWER_BYTES`]; nothing more was read.
+    #[error("Intuit's answer is larger than {} and was refused", crate::outbound::human(*limit))]
+    TooLarge {
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// Intuit answered with a redirect; Intuit clients follow none (a redirect could send the
+    /// bearer token or client secret elsewhere).
+    #[error("Intuit answered with a redirect (HTTP {status}), which is not followed")]
+    Redirect {
+        /// The 3xx status.
+        status: u16,
+    },
 }
 
 impl Error {
@@ -88,7 +101,9 @@ impl Error {
             Error::Fault { .. } => "quickbooks_fault",
             Error::Http { .. } => "quickbooks_error",
             Error::Network(_) => "quickbooks_unreachable",
-            Error::Decode(_) => "quickbooks_bad_answer",
+            Error::Decode(_) | Error::TooLarge { .. } | Error::Redirect { .. } => {
+                "quickbooks_bad_answer"
+            }
         }
     }
 }
@@ -100,5 +115,13 @@ pub fn from_reqwest(e: reqwest::Error) -> Error {
         Error::Network("timed out".into())
     } else {
         Error::Network(e.to_string())
+    }
+}
+
+/// Maps a capped-body failure.
+pub fn from_cap(e: crate::outbound::CapError) -> Error {
+    match e {
+        crate::outbound::CapError::TooLarge { limit } => Error::TooLarge { limit },
+        crate::outbound::CapError::Read(e) => from_reqwest(e),
     }
 }

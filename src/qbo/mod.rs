@@ -13,8 +13,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use url::Url;
 
-use error::from_reqwest;
 pub use error::Error;
+use error::{from_cap, from_reqwest};
 use model::{CompanyCurrency, CurrencyPrefs, QboRate, RawRate};
 
 use crate::config::QuickbooksConfig;
@@ -31,10 +31,15 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("boa-exchange/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(30))
+        // SPEC §9: a redirect from Intuit is an error, never followed with our credentials.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
 }
 
 /// An answer plus the `intuit_tid` it carried.
+/// Largest answer read from Intuit (accounting API and OAuth endpoints).
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Traced<T> {
     /// The value.
@@ -80,7 +85,14 @@ impl QboClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = resp.bytes().await.map_err(from_reqwest)?;
+        if status.is_redirection() {
+            return Err(Error::Redirect {
+                status: status.as_u16(),
+            });
+        }
+        let body = crate::outbound::read_capped(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(from_cap)?;
         match status {
             StatusCode::UNAUTHORIZED => return Err(Error::Unauthorized),
             StatusCode::TOO_MANY_REQUESTS => {
@@ -290,5 +302,58 @@ fn parse_fault(f: &Value) -> Error {
         fault_type,
         code,
         message,
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+    use crate::outbound::tests::serve_once;
+
+    fn client(api_base: &str) -> QboClient {
+        crate::install_crypto_provider();
+        let c = crate::config::Config::from_toml(
+            &format!("[quickbooks]\napi_base = \"{api_base}\"\n"),
+            "t",
+            None,
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        QboClient::new(http_client(Duration::from_secs(5)).unwrap(), &c.quickbooks)
+    }
+
+    #[tokio::test]
+    async fn accounting_redirects_are_errors_not_followed() {
+        let target = serve_once(
+            200,
+            "",
+            br#"{"CompanyInfo":{"CompanyName":"Evil"}}"#.to_vec(),
+        )
+        .await;
+        let base = serve_once(
+            302,
+            &format!("location: {target}/\r\ncontent-length: 0\r\n"),
+            Vec::new(),
+        )
+        .await;
+        let e = client(&base).company_name("1", "tok").await.unwrap_err();
+        assert!(matches!(e, Error::Redirect { status: 302 }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn accounting_answers_over_4_mib_are_refused() {
+        let base = serve_once(200, "", vec![b' '; MAX_ANSWER_BYTES + 1]).await;
+        let e = client(&base).company_name("1", "tok").await.unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        let ok = serve_once(
+            200,
+            "",
+            br#"{"CompanyInfo":{"CompanyName":"Fine"}}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(
+            client(&ok).company_name("1", "tok").await.unwrap().value,
+            "Fine"
+        );
     }
 }

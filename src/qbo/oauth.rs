@@ -11,12 +11,26 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use url::Url;
 
-use super::error::{from_reqwest, Error};
+use super::error::{from_cap, from_reqwest, Error};
 use crate::config::QuickbooksConfig;
 use crate::store::records::{TokenExpiry, TokenSet};
 
 /// The scope we ask for.
 pub const SCOPE: &str = "com.intuit.quickbooks.accounting";
+
+/// Longest access-token lifetime believed (Intuit's is one hour).
+pub const MAX_ACCESS_LIFETIME_SECS: i64 = 24 * 3600;
+
+/// Longest refresh-token lifetime believed, rolling or hard (Intuit's are 100 days and 5 years).
+pub const MAX_REFRESH_LIFETIME_SECS: i64 = 5 * 366 * 24 * 3600;
+
+/// `now + secs`, with `secs` clamped to `0..=max`: an absurd lifetime from Intuit (negative,
+/// 10^18) is bounded, never a panic or an overflow.
+pub fn expires_at(now: DateTime<Utc>, secs: i64, max: i64) -> DateTime<Utc> {
+    chrono::TimeDelta::try_seconds(secs.clamp(0, max.max(0)))
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -136,12 +150,18 @@ impl OAuthClient {
             .map_err(from_reqwest)?;
         let tid = intuit_tid(resp.headers());
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(from_reqwest)?;
+        if (300..400).contains(&status) {
+            return Err(Error::Redirect { status });
+        }
+        let body = crate::outbound::read_capped(resp, super::MAX_ANSWER_BYTES)
+            .await
+            .map_err(from_cap)?;
         if status == 200 {
             let t: TokenResponse = serde_json::from_slice(&body)
                 .map_err(|e| Error::Decode(format!("token response: {e}")))?;
-            let secs = |s: i64| chrono::Duration::seconds(s.max(0));
-            let hard = t.x_refresh_token_hard_expires_in.map(|s| now + secs(s));
+            let hard = t
+                .x_refresh_token_hard_expires_in
+                .map(|s| expires_at(now, s, MAX_REFRESH_LIFETIME_SECS));
             let hard = match (hard, previous_hard) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -156,10 +176,13 @@ impl OAuthClient {
                     }
                 },
                 expiry: TokenExpiry {
-                    access_expires_at: now + secs(t.expires_in),
+                    access_expires_at: expires_at(now, t.expires_in, MAX_ACCESS_LIFETIME_SECS),
                     // Intuit always sends it; 100 days is its documented rolling window.
-                    refresh_expires_at: now
-                        + secs(t.x_refresh_token_expires_in.unwrap_or(8_640_000)),
+                    refresh_expires_at: expires_at(
+                        now,
+                        t.x_refresh_token_expires_in.unwrap_or(8_640_000),
+                        MAX_REFRESH_LIFETIME_SECS,
+                    ),
                     hard_expires_at: hard,
                     refreshed_at: now,
                 },
@@ -207,6 +230,7 @@ impl OAuthClient {
         let status = resp.status().as_u16();
         match status {
             200..=299 => Ok(()),
+            300..=399 => Err(Error::Redirect { status }),
             400 => {
                 // Already revoked / unknown token: the grant is gone either way.
                 Ok(())
@@ -225,4 +249,94 @@ pub fn intuit_tid(h: &reqwest::header::HeaderMap) -> Option<String> {
     h.get("intuit_tid")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::tests::serve_once;
+
+    fn client(token_url: &str) -> OAuthClient {
+        crate::install_crypto_provider();
+        let c = crate::config::Config::from_toml(
+            &format!("[quickbooks]\ntoken_url = \"{token_url}\"\nrevoke_url = \"{token_url}\"\n"),
+            "t",
+            None,
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        let http = super::super::http_client(Duration::from_secs(5)).unwrap();
+        OAuthClient::new(http, &c.quickbooks)
+    }
+
+    #[test]
+    fn lifetimes_are_clamped() {
+        let now = Utc::now();
+        let h = |s| chrono::TimeDelta::try_seconds(s).unwrap();
+        assert_eq!(
+            expires_at(now, 3600, MAX_ACCESS_LIFETIME_SECS),
+            now + h(3600)
+        );
+        assert_eq!(
+            expires_at(now, 1_000_000_000_000_000_000, MAX_ACCESS_LIFETIME_SECS),
+            now + h(86_400)
+        );
+        assert_eq!(
+            expires_at(now, i64::MAX, MAX_REFRESH_LIFETIME_SECS),
+            now + h(MAX_REFRESH_LIFETIME_SECS)
+        );
+        assert_eq!(expires_at(now, -5, MAX_ACCESS_LIFETIME_SECS), now);
+        assert_eq!(expires_at(now, i64::MIN, MAX_REFRESH_LIFETIME_SECS), now);
+        // Even an absurd cap cannot overflow the calendar.
+        let far = DateTime::<Utc>::MAX_UTC - h(10);
+        assert_eq!(expires_at(far, 3600, i64::MAX), far);
+    }
+
+    #[tokio::test]
+    async fn absurd_token_lifetimes_from_intuit_are_clamped() {
+        let body = br#"{"access_token":"a","refresh_token":"r","token_type":"bearer","expires_in":1000000000000000000,"x_refresh_token_expires_in":-86400,"x_refresh_token_hard_expires_in":9223372036854775807}"#;
+        let url = serve_once(200, "content-type: application/json\r\n", body.to_vec()).await;
+        let now = Utc::now();
+        let (set, _) = client(&url).exchange_code("c", now).await.unwrap();
+        assert_eq!(
+            set.expiry.access_expires_at,
+            now + chrono::TimeDelta::try_seconds(MAX_ACCESS_LIFETIME_SECS).unwrap()
+        );
+        assert_eq!(set.expiry.refresh_expires_at, now);
+        assert_eq!(
+            set.expiry.hard_expires_at,
+            Some(now + chrono::TimeDelta::try_seconds(MAX_REFRESH_LIFETIME_SECS).unwrap())
+        );
+    }
+
+    #[tokio::test]
+    async fn token_endpoint_redirects_are_refused() {
+        let url = serve_once(
+            307,
+            "location: http://127.0.0.1:9/steal\r\ncontent-length: 0\r\n",
+            Vec::new(),
+        )
+        .await;
+        let c = client(&url);
+        let e = c.exchange_code("c", Utc::now()).await.unwrap_err();
+        assert!(matches!(e, Error::Redirect { status: 307 }), "{e}");
+        assert!(matches!(
+            c.revoke("t").await.unwrap_err(),
+            Error::Redirect { status: 307 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn token_answers_over_4_mib_are_refused() {
+        let mut body = br#"{"access_token":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'x', super::super::MAX_ANSWER_BYTES));
+        body.extend(br#"","expires_in":3600}"#);
+        let url = serve_once(200, "", body).await;
+        let e = client(&url)
+            .exchange_code("c", Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("larger than 4 MiB"), "{e}");
+    }
 }

@@ -34,6 +34,9 @@ const KEEP_ALIVE_EVERY: chrono::Duration = chrono::Duration::hours(6);
 const ALERT_CHECK_EVERY: chrono::Duration = chrono::Duration::hours(1);
 
 const META_LAST_RUN: &str = "last_scheduled_run";
+/// A daily run that met undecodable company records: kept apart, so the run is not taken
+/// as done and catch-up tries it again.
+const META_LAST_FAILED_RUN: &str = "last_failed_run";
 
 /// The outcome of the last daily run (kept in the store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,9 +131,19 @@ impl Scheduler {
         *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
-    /// The last daily run, as stored.
+    /// The last daily run that completed, as stored.
     pub fn last_run(&self) -> Option<RunRecord> {
         self.store.meta_get(META_LAST_RUN).ok().flatten()
+    }
+
+    /// The last daily run recorded as failed (it met undecodable records), if newer than
+    /// the last completed one.
+    pub fn last_failed_run(&self) -> Option<RunRecord> {
+        let failed: Option<RunRecord> = self.store.meta_get(META_LAST_FAILED_RUN).ok().flatten();
+        match (failed, self.last_run()) {
+            (Some(f), Some(ok)) if f.date <= ok.date => None,
+            (f, _) => f,
+        }
     }
 
     /// Waits (by the injected clock) until `at`; `false` when shutdown begins first.
@@ -320,8 +333,19 @@ impl Scheduler {
         } else {
             Scope::FillNonBusinessDays
         };
+        let mut done = true;
         let outcome = match watched(token, self.engine.sync_all(date, scope)).await {
             None => return,
+            Some(Ok(report)) if !report.bad_records.is_empty() => {
+                done = false;
+                format!(
+                    "failed: {} company records cannot be decoded ({}); Synced {}/{} companies successfully",
+                    report.bad_records.len(),
+                    report.bad_records.join(", "),
+                    report.successful,
+                    report.total
+                )
+            }
             Some(Ok(report)) => {
                 let prefix = if unread {
                     "no fixing today (the BoA page could not be read); "
@@ -345,7 +369,12 @@ impl Scheduler {
             finished_at: self.now(),
             outcome: outcome.clone(),
         };
-        if let Err(e) = self.store.meta_put(META_LAST_RUN, &rec) {
+        let key = if done {
+            META_LAST_RUN
+        } else {
+            META_LAST_FAILED_RUN
+        };
+        if let Err(e) = self.store.meta_put(key, &rec) {
             tracing::error!(error = %e, "recording the daily run failed");
         }
         let _ = self.store.flush().await;

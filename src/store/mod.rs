@@ -156,6 +156,33 @@ pub struct Store {
     scrapes: sled::Tree,
     oauth_states: sled::Tree,
     meta: sled::Tree,
+    /// Undecodable records found by the last scan of each tree, by (tree, key): what status,
+    /// metrics and health report, and what keeps a record from being logged at every scan.
+    bad: std::sync::Mutex<std::collections::BTreeMap<(&'static str, Vec<u8>), String>>,
+    /// Distinct undecodable records met since start (a monotonic counter for metrics).
+    bad_seen: std::sync::atomic::AtomicU64,
+}
+
+/// A stored record that could not be decoded: skipped by scans, reported here (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    /// The tree it is in (e.g. `companies`).
+    pub tree: &'static str,
+    /// Its key as stored.
+    pub key: Vec<u8>,
+    /// Why it did not decode.
+    pub error: String,
+}
+
+impl BadRecord {
+    /// The key for logs and answers: as text when it is printable UTF-8 (realm ids are),
+    /// else `0x` and hex.
+    pub fn key_display(&self) -> String {
+        match std::str::from_utf8(&self.key) {
+            Ok(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic()) => s.to_string(),
+            _ => format!("0x{}", hex::encode(&self.key)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -296,6 +323,8 @@ impl Store {
             db,
             path,
             vault,
+            bad: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            bad_seen: std::sync::atomic::AtomicU64::new(0),
         };
         store.check_schema()?;
         Ok(store)
@@ -446,14 +475,82 @@ impl Store {
         Self::get(&self.companies, keys::COMPANIES, realm.as_bytes())
     }
 
-    /// Every company, in realm order.
+    /// Every company that decodes, in realm order. Undecodable records are skipped, logged
+    /// and counted (see [`Store::companies_scan`]); one bad record never hides the others.
     ///
     /// # Errors
-    /// sled or decode failure of any record.
+    /// sled failure.
     pub fn companies(&self) -> Result<Vec<Company>> {
-        Self::scan(&self.companies, keys::COMPANIES, b"")
-            .map(|r| r.map(|(_, c)| c))
+        Ok(self.companies_scan()?.0)
+    }
+
+    /// Every company that decodes, in realm order, and the records that do not. Each bad
+    /// record is logged with its key the first time a scan meets it, and counted in
+    /// [`Store::bad_records_seen`]; [`Store::bad_records`] lists those of the latest scans.
+    ///
+    /// # Errors
+    /// sled failure (a decode failure is not an error here).
+    pub fn companies_scan(&self) -> Result<(Vec<Company>, Vec<BadRecord>)> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in self.companies.iter() {
+            let (k, v) = r?;
+            match codec::decode::<Company>(&v) {
+                Ok(c) => good.push(c),
+                Err(e) => bad.push(BadRecord {
+                    tree: keys::COMPANIES,
+                    key: k.to_vec(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        self.note_bad(keys::COMPANIES, &bad);
+        Ok((good, bad))
+    }
+
+    /// Undecodable records found by the latest full scan of each tree.
+    pub fn bad_records(&self) -> Vec<BadRecord> {
+        let known = match self.bad.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        known
+            .iter()
+            .map(|((tree, key), error)| BadRecord {
+                tree,
+                key: key.clone(),
+                error: error.clone(),
+            })
             .collect()
+    }
+
+    /// Distinct undecodable records met since the store was opened (monotonic).
+    pub fn bad_records_seen(&self) -> u64 {
+        self.bad_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces what is known bad in `tree` with a full scan's findings; logs the new ones.
+    fn note_bad(&self, tree: &'static str, found: &[BadRecord]) {
+        let mut known = match self.bad.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for b in found {
+            if !known.contains_key(&(tree, b.key.clone())) {
+                tracing::warn!(
+                    tree,
+                    key = %b.key_display(),
+                    error = %b.error,
+                    "skipping a stored record that cannot be decoded"
+                );
+                self.bad_seen
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        known.retain(|(t, _), _| *t != tree);
+        for b in found {
+            known.insert((tree, b.key.clone()), b.error.clone());
+        }
     }
 
     /// Writes a company record and flushes before returning.

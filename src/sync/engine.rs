@@ -121,6 +121,9 @@ pub struct RunReport {
     pub seconds: f64,
     /// One line per company, in the order of the store.
     pub entries: Vec<RunEntry>,
+    /// Company records that could not be decoded (their keys): skipped, so the run counts
+    /// as failed for them.
+    pub bad_records: Vec<String>,
 }
 
 /// A finished sync-all without its lines (kept for `status` and metrics).
@@ -820,9 +823,17 @@ impl SyncEngine {
     async fn run_all(self: &Arc<Self>, date: NaiveDate, scope: Scope) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
         // Only what the run needs of each company (the records are re-read one by one).
-        let companies: Vec<(String, String)> = self
-            .store
-            .companies()?
+        let (companies, bad) = self.store.companies_scan()?;
+        let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
+        for key in &bad_records {
+            self.alerts.raise(
+                &format!("bad_record:{key}"),
+                "bad_record",
+                None,
+                &format!("the company record {key} cannot be decoded; it is skipped (restore it from a backup or reconnect the company)"),
+            );
+        }
+        let companies: Vec<(String, String)> = companies
             .into_iter()
             .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
             .filter(|c| scope == Scope::All || c.fill_non_business_days)
@@ -833,6 +844,7 @@ impl SyncEngine {
         p.total.store(total, Relaxed);
         p.done.store(0, Relaxed);
         p.failed.store(0, Relaxed);
+        let total = total + bad_records.len();
         tracing::info!(companies = total, fixing_date = %date, "Syncing rates for {date} to {total} companies");
         let mut aimd = Aimd::new(self.config().quickbooks.max_concurrent_companies);
         self.set_level(aimd.level);
@@ -904,6 +916,7 @@ impl SyncEngine {
             entries.push((idx, entry));
         }
         entries.sort_by_key(|(i, _)| *i);
+        failed += bad_records.len();
         let seconds = started.elapsed().as_secs_f64();
         let finished_at = self.clock.now();
         *lock(&self.last_run) = Some(LastRun {
@@ -934,6 +947,7 @@ impl SyncEngine {
             failed,
             seconds,
             entries: entries.into_iter().map(|(_, e)| e).collect(),
+            bad_records,
         })
     }
 

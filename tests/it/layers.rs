@@ -28,6 +28,8 @@ fn layer(module: &str) -> Option<u8> {
         ("crypto", 4),
         ("notify", 4),
         ("metrics", 4),
+        ("outbound", 4),
+        ("cidr", 5),
         ("config", 5),
         ("currency", 5),
         ("boa::model", 5),

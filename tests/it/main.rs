@@ -10,6 +10,7 @@ mod demo;
 mod engine;
 mod fake_intuit_selftest;
 mod fixings_e2e;
+mod hardening;
 mod layers;
 mod oauth;
 mod schedule;

@@ -1380,3 +1380,56 @@ async fn a_wide_sync_all_finishes_and_every_company_is_synced() {
     // And it still answers.
     assert_eq!(w.control("status", json!({}))["ok"], true);
 }
+
+/// SPEC §9: one undecodable company record is skipped, logged, counted and alerted; every
+/// other company syncs; the run counts it as failed; health says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_company_record_is_skipped_and_the_others_sync() {
+    let mut w = world_with(&[
+        spec("1001", "Lek Co", "ALL", &["EUR", "USD"]),
+        spec("2002", "Euro Co", "EUR", &["USD"]),
+    ])
+    .await;
+    w.daemon.signal(libc::SIGTERM);
+    w.daemon.wait_exit(Duration::from_secs(20));
+    {
+        let db = sled::open(w.daemon.data_dir().join("db")).expect("open the stopped store");
+        let companies = db.open_tree("companies").expect("tree");
+        companies
+            .insert("1500", &b"\xff\x00garbage, not a record"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    tokio::task::block_in_place(|| w.daemon.spawn_and_wait_ready());
+    let a = sync_all(&w, FRIDAY).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
+    assert_eq!(v["successful"], 2, "{v}");
+    assert_eq!(v["failed"], 1, "{v}");
+    let bad: Vec<&Value> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["error"]["code"] == "bad_record")
+        .collect();
+    assert_eq!(bad.len(), 1, "{v}");
+    assert_eq!(bad[0]["company_id"], "1500");
+    assert_eq!(rate(&w, "1001", "USD", FRIDAY), Some(dec("82.24")));
+    let st = w.control("status", json!({}));
+    assert_eq!(
+        st["data"]["bad_records"]["current"][0]["key"], "1500",
+        "{st}"
+    );
+    let h = w.get("/health").await.json();
+    assert!(
+        h["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("1500")),
+        "{h}"
+    );
+    let list = w.admin_get("/api/v1/companies/list").await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.json()["count"], 2);
+}
