@@ -365,9 +365,9 @@ fn a_held_store_is_refused_after_the_lock_wait_and_reopens_once_dropped() {
     let id = dir.path().join("identity.txt");
     let first = Store::open(dir.path(), &id).unwrap();
     let started = std::time::Instant::now();
-    let e = Store::open(dir.path(), &id)
-        .err()
-        .expect("second open refused");
+    let Err(e) = Store::open(dir.path(), &id) else {
+        panic!("second open refused")
+    };
     assert!(started.elapsed() >= LOCK_WAIT, "waited for the lock first");
     assert!(
         e.to_string()
