@@ -4,6 +4,7 @@
 pub mod companies;
 mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod oauth;
 pub use error::ApiError;
 

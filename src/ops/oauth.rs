@@ -12,7 +12,7 @@ use crate::app::AppState;
 use crate::config::Enrollment;
 use crate::currency::Currency;
 use crate::qbo::tokens::HARD_EXPIRY_WARNING;
-use crate::store::records::{Company, Connection, LogRecord, PendingAuth};
+use crate::store::records::{Company, Connection, LogRecord, PendingAuth, TokenSet};
 
 /// Name of the cookie that binds a `state` to the browser that started the flow.
 pub const STATE_COOKIE: &str = "boa_oauth_state";
@@ -283,6 +283,35 @@ pub async fn callback(
                 ApiError::upstream(e.code(), format!("exchanging the authorization code: {e}"))
             }
         })?;
+    store_connection(state, realm, &tokens, tid, &Overrides::default()).await
+}
+
+/// What an admin says about a company that QuickBooks would otherwise tell (`adopt`,
+/// `import-connections`); the browser flow gives none.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Display name instead of CompanyInfo's `CompanyName`.
+    pub name: Option<String>,
+    /// Home currency instead of Preferences' `HomeCurrency`.
+    pub home: Option<Currency>,
+    /// The company log's connection record (default: "connected/reconnected to QuickBooks").
+    pub log_message: Option<&'static str>,
+}
+
+/// With a fresh grant for `realm`: reads CompanyInfo, Preferences and the currency list,
+/// creates or re-activates the company and stores it with its tokens (encrypted, flushed).
+/// Shared by the OAuth callback and the takeover of existing connections (`ops::migrate`).
+///
+/// # Errors
+/// 502 when a QuickBooks read fails (nothing stored then); store failure.
+pub async fn store_connection(
+    state: &AppState,
+    realm: &str,
+    tokens: &TokenSet,
+    tid: Option<String>,
+    over: &Overrides,
+) -> Result<Company, ApiError> {
+    let now = state.now();
     let qbo = state.qbo();
     let at = tokens.access_token.as_str();
     let up = |what: &str| {
@@ -296,6 +325,7 @@ pub async fn callback(
         .await
         .map_err(up("CompanyInfo"))?
         .value;
+    let name = over.name.clone().unwrap_or(name);
     let prefs = qbo
         .preferences(realm, at)
         .await
@@ -306,7 +336,7 @@ pub async fn callback(
         .await
         .map_err(up("currencies"))?
         .value;
-    let home = prefs.home.unwrap_or(Currency::ALL);
+    let home = over.home.or(prefs.home).unwrap_or(Currency::ALL);
     let active: Vec<Currency> = currencies
         .iter()
         .filter(|c| c.active && c.code != home)
@@ -343,10 +373,10 @@ pub async fn callback(
     company.active_currencies = active;
     company.currencies_checked_at = Some(now);
     company.updated_at = now;
-    let message = if reconnect {
-        "reconnected to QuickBooks"
-    } else {
-        "connected to QuickBooks"
+    let message = match (over.log_message, reconnect) {
+        (Some(m), _) => m,
+        (None, true) => "reconnected to QuickBooks",
+        (None, false) => "connected to QuickBooks",
     };
     state.store.append_log(
         realm,
@@ -354,7 +384,7 @@ pub async fn callback(
     )?;
     state
         .store
-        .save_company_and_tokens(&company, &tokens)
+        .save_company_and_tokens(&company, tokens)
         .await?;
     tracing::info!(
         realm_id = realm,
