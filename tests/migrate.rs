@@ -568,3 +568,65 @@ async fn a_100_mb_file_streams_through_in_batches_with_right_line_numbers() {
     assert!(took < Duration::from_secs(60), "{took:?}");
     eprintln!("100 MB import file ({size} bytes): {took:?}");
 }
+
+/// With the schedule on, an adopted or imported company counts as newly connected: it is
+/// synced for today at once (SPEC §5, §10), without anyone asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_schedule_on_taken_over_companies_are_synced_at_once() {
+    use boa_exchange::scheduler::clock::ManualClock;
+    use chrono::TimeZone;
+    use support::fake_boa::{self, FakeBoa};
+    use support::fake_intuit::{FakeIntuit, FakeIntuitConfig};
+    use support::inproc::InProcDaemon;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let boa = FakeBoa::start().await;
+    boa.set_page(fake_boa::fixture(fake_boa::FRIDAY));
+    let intuit = FakeIntuit::start(FakeIntuitConfig::default()).await;
+    let toml = format!(
+        "[quickbooks]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+         authorize_url = \"{}\"\ntoken_url = \"{}\"\nrevoke_url = \"{}\"\napi_base = \"{}\"\ntimeout_secs = 10\n\
+         [boa]\nurl = \"{}\"\ntimeout_secs = 5\n\
+         [schedule]\nenabled = true\ntime = \"13:00\"\ntimezone = \"Europe/Tirane\"\n",
+        intuit.client_id(),
+        intuit.client_secret(),
+        intuit.authorize_url(),
+        intuit.token_url(),
+        intuit.revoke_url(),
+        intuit.api_base(),
+        boa.url(),
+    );
+    // Friday 14:00 in Tirana: the day's run is due, Friday's fixing is published.
+    let now = chrono_tz::Europe::Tirane
+        .with_ymd_and_hms(2026, 5, 22, 14, 0, 0)
+        .single()
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let d = InProcDaemon::start(&toml, ManualClock::new(now)).await;
+    let rt1 = intuit.grant_from_other_deployment(spec("9301", "Soon Co", "EUR", &["ALL", "USD"]));
+    let rt2 = intuit.grant_from_other_deployment(spec("9302", "Also Co", "EUR", &["ALL", "USD"]));
+    let a = d
+        .control("adopt", json!({"realm": "9301", "refresh_token": rt1}))
+        .await;
+    assert_eq!(a["ok"], true, "{a}");
+    let a = d
+        .control(
+            "import_connections",
+            json!({"lines": [{"line": 1, "text": json!({"realm_id": "9302", "refresh_token": rt2}).to_string()}]}),
+        )
+        .await;
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["data"]["imported"], 1, "{a}");
+    let day = NaiveDate::from_str(FRIDAY).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for realm in ["9301", "9302"] {
+        while intuit.exchange_rate(realm, "USD", day).is_none() {
+            assert!(Instant::now() < deadline, "{realm} not synced at once");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            intuit.exchange_rate(realm, "USD", day).map(|r| r.rate),
+            Some(dec("0.862055"))
+        );
+    }
+}
