@@ -130,6 +130,29 @@ pub enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Take over an existing QuickBooks connection: its refresh token is read from standard
+    /// input (never an argument).
+    Adopt {
+        /// Realm id (the QuickBooks company id).
+        realm: String,
+        /// Display name instead of the one QuickBooks gives.
+        #[arg(long, value_name = "TEXT")]
+        name: Option<String>,
+        /// Home currency instead of the one QuickBooks gives.
+        #[arg(long, value_name = "XXX")]
+        home_currency: Option<String>,
+    },
+    /// Bring many connections over from a JSON Lines file (e.g. the predecessor's export).
+    ImportConnections {
+        /// The JSON Lines file, one company per line.
+        file: PathBuf,
+        /// File holding the predecessor's Fernet key (for `refresh_token_fernet`).
+        #[arg(long, value_name = "PATH")]
+        fernet_key_file: Option<PathBuf>,
+        /// Parse and decrypt every line, contact nobody, store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Where the installed service's control socket is (`RuntimeDirectory=boa-exchange`).
@@ -216,6 +239,8 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
         Command::ImportArchive { .. } => {
             return Err("import-archive: give FILE, --year YYYY or --list".into())
         }
+        // They read stdin or a file and talk to the daemon themselves (`run_admin`).
+        Command::Adopt { .. } | Command::ImportConnections { .. } => return Ok(None),
     }))
 }
 
@@ -240,8 +265,49 @@ pub fn import_request(file: &Path) -> Result<Value, String> {
     }))
 }
 
+/// The control socket to use: `--socket`, else the config's, else the packaged one.
+fn socket_path(cli: &Cli) -> Result<PathBuf, ExitCode> {
+    match &cli.socket {
+        Some(s) => Ok(s.clone()),
+        None => match Config::load(cli.config.as_deref()) {
+            // The service's socket lives in $RUNTIME_DIRECTORY, which an admin's shell does not
+            // have: fall back to the packaged location when the configured one is absent.
+            Ok(c) if !c.control_socket.exists() && Path::new(SERVICE_SOCKET).exists() => {
+                Ok(PathBuf::from(SERVICE_SOCKET))
+            }
+            Ok(c) => Ok(c.control_socket),
+            Err(e) => {
+                eprintln!("{e}");
+                Err(ExitCode::from(EXIT_USAGE))
+            }
+        },
+    }
+}
+
+/// Connects to the daemon (exit 2 for a bad config, 3 when it does not answer).
+async fn connect(cli: &Cli) -> Result<Client, ExitCode> {
+    let socket = socket_path(cli)?;
+    Client::connect(&socket).await.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    })
+}
+
 /// Runs an admin command against the daemon.
 pub async fn run_admin(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Adopt {
+            realm,
+            name,
+            home_currency,
+        } => return adopt(cli, realm, name.as_deref(), home_currency.as_deref()).await,
+        Command::ImportConnections {
+            file,
+            fernet_key_file,
+            dry_run,
+        } => return import_connections(cli, file, fernet_key_file.as_deref(), *dry_run).await,
+        _ => {}
+    }
     let request = match &cli.command {
         // An unreadable or foreign workbook is a failed operation, not a usage error.
         Command::ImportArchive {
@@ -265,27 +331,9 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let socket = match &cli.socket {
-        Some(s) => s.clone(),
-        None => match Config::load(cli.config.as_deref()) {
-            // The service's socket lives in $RUNTIME_DIRECTORY, which an admin's shell does not
-            // have: fall back to the packaged location when the configured one is absent.
-            Ok(c) if !c.control_socket.exists() && Path::new(SERVICE_SOCKET).exists() => {
-                PathBuf::from(SERVICE_SOCKET)
-            }
-            Ok(c) => c.control_socket,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-    };
-    let mut client = match Client::connect(&socket).await {
+    let mut client = match connect(cli).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_UNREACHABLE);
-        }
+        Err(code) => return code,
     };
     let (raw, answer) = match client.call(cmd, args).await {
         Ok(a) => a,
@@ -298,10 +346,15 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    let _ = raw;
+    print_answer(cli, cmd, &answer)
+}
+
+/// Prints an answer (`--json`: the operation's JSON; else readable) and picks the exit code.
+pub fn print_answer(cli: &Cli, cmd: &str, answer: &crate::control::Response) -> ExitCode {
     if cli.json {
         // The operation's JSON, as the HTTP API would answer it: the data on success, the
         // SPEC §6 error body on failure.
-        let _ = raw;
         let out = match (&answer.data, &answer.error) {
             (Some(d), _) if answer.ok => d.clone(),
             (_, Some(e)) => {
@@ -328,4 +381,284 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
         .as_ref()
         .and_then(|e| crate::ops::Kind::parse(&e.kind));
     ExitCode::from(kind.map_or(EXIT_FAILED, crate::ops::Kind::exit_code))
+}
+
+/// Longest refresh token `adopt` accepts on stdin (Intuit's are under 100 characters).
+const MAX_TOKEN: u64 = 16 * 1024;
+
+/// Reads the refresh token from stdin: one token, surrounding whitespace trimmed.
+fn read_token() -> Result<String, String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("adopt: paste the refresh token and press Enter (it is not shown elsewhere)");
+    }
+    let mut buf = String::new();
+    let read = if stdin.is_terminal() {
+        stdin.read_line(&mut buf).map(|_| ())
+    } else {
+        stdin
+            .lock()
+            .take(MAX_TOKEN + 1)
+            .read_to_string(&mut buf)
+            .map(|_| ())
+    };
+    let none = "adopt: no refresh token on standard input (pipe it in, e.g. `… | boa-exchange adopt REALM`)";
+    if read.is_err() {
+        return Err(none.into());
+    }
+    if buf.len() as u64 > MAX_TOKEN {
+        return Err("adopt: standard input is too long for a refresh token".into());
+    }
+    let token = buf.trim();
+    if token.is_empty() {
+        return Err(none.into());
+    }
+    if token.chars().any(char::is_whitespace) {
+        return Err(
+            "adopt: standard input holds more than one word; give exactly one refresh token".into(),
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// `adopt REALM [--name TEXT] [--home-currency XXX]`, the token from stdin.
+async fn adopt(cli: &Cli, realm: &str, name: Option<&str>, home: Option<&str>) -> ExitCode {
+    // Checked here too, so a typo costs no token read.
+    let checks = crate::ops::migrate::check_realm(realm).and_then(|()| {
+        home.map(crate::ops::migrate::check_currency)
+            .transpose()
+            .map(|_| ())
+    });
+    if let Err(e) = checks {
+        eprintln!("adopt: {}", e.message);
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if name.is_some_and(|n| n.trim().is_empty()) {
+        eprintln!("adopt: --name is empty");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let token = match read_token() {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut client = match connect(cli).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let args = json!({"realm": realm, "name": name, "home_currency": home, "refresh_token": token});
+    let answer = match client.call("adopt", args).await {
+        Ok((_, a)) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    if let Some(w) = answer.data.as_ref().and_then(|d| d["warning"].as_str()) {
+        eprintln!("warning: {w}");
+    }
+    print_answer(cli, "adopt", &answer)
+}
+
+/// One line of the import file, read with a bound.
+enum FileLine {
+    Text(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads one `\n`-terminated line of at most `MAX_IMPORT_LINE` bytes; a longer line is skipped
+/// up to its newline without being held in memory. `None` at end of file.
+fn next_line(
+    r: &mut impl std::io::BufRead,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<FileLine>> {
+    let max = crate::ops::migrate::MAX_IMPORT_LINE;
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let available = r.fill_buf()?;
+        if available.is_empty() {
+            if !any {
+                return Ok(None);
+            }
+            break;
+        }
+        any = true;
+        let (chunk, used, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(pos) => (&available[..pos], pos + 1, true),
+            None => (available, available.len(), false),
+        };
+        if !too_long {
+            buf.extend_from_slice(chunk);
+            if buf.len() > max {
+                too_long = true;
+                buf.clear();
+            }
+        }
+        r.consume(used);
+        if done {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some(FileLine::TooLong));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(match String::from_utf8(std::mem::take(buf)) {
+        Ok(s) => FileLine::Text(s),
+        Err(_) => FileLine::NotUtf8,
+    }))
+}
+
+/// Lines per `import_connections` request, and its text budget: well under the control
+/// socket's 8 MiB line even if JSON escaping doubles the text.
+const BATCH_LINES: usize = 1000;
+const BATCH_BYTES: usize = 3 * 1024 * 1024;
+
+/// `import-connections FILE [--fernet-key-file PATH] [--dry-run]`: the file and the key are
+/// read here (the daemon runs as another user and need not see the admin's files) and sent
+/// in batches; the results are merged with the right line numbers.
+async fn import_connections(
+    cli: &Cli,
+    file: &Path,
+    key_file: Option<&Path>,
+    dry_run: bool,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    let usage = |msg: String| {
+        eprintln!("import-connections: {msg}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let key = match key_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Err(e) => return usage(format!("{}: {e}", p.display())),
+            Ok(k) => match crate::ops::migrate::fernet_key(&k) {
+                Ok(_) => Some(k.trim().to_string()),
+                Err(e) => return usage(format!("{}: {}", p.display(), e.message)),
+            },
+        },
+    };
+    let f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) => return usage(format!("{}: {e}", file.display())),
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut client = match connect(cli).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let progress = std::io::stderr().is_terminal();
+    let mut results: Vec<Value> = Vec::new();
+    let mut batch: Vec<Value> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut line_no = 0u64;
+    let mut buf = Vec::new();
+    let mut records = 0u64;
+    loop {
+        let line = match next_line(&mut reader, &mut buf) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("import-connections: reading {}: {e}", file.display());
+                return ExitCode::from(EXIT_FAILED);
+            }
+        };
+        let eof = line.is_none();
+        if let Some(line) = line {
+            line_no += 1;
+            let fail = |msg: &str| json!({"line": line_no, "realm_id": null, "ok": false, "action": "failed", "error": msg});
+            match line {
+                FileLine::Text(t) if t.trim().is_empty() => {}
+                FileLine::Text(t) => {
+                    records += 1;
+                    batch_bytes += t.len() + 32;
+                    batch.push(json!({"line": line_no, "text": t}));
+                }
+                FileLine::TooLong => {
+                    records += 1;
+                    results.push(fail(&crate::ops::migrate::too_long()));
+                }
+                FileLine::NotUtf8 => {
+                    records += 1;
+                    results.push(fail("not UTF-8 text"));
+                }
+            }
+        }
+        if eof && records == 0 {
+            return usage(format!(
+                "{} has no connection records (it is empty)",
+                file.display()
+            ));
+        }
+        if batch.is_empty() || !(eof || batch.len() >= BATCH_LINES || batch_bytes >= BATCH_BYTES) {
+            if eof {
+                break;
+            }
+            continue;
+        }
+        let mut args = json!({"lines": std::mem::take(&mut batch), "dry_run": dry_run});
+        batch_bytes = 0;
+        if let Some(k) = &key {
+            args["fernet_key"] = json!(k);
+        }
+        let answer = match client.call("import_connections", args).await {
+            Ok((_, a)) => a,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        };
+        match (answer.ok, answer.data) {
+            (true, Some(mut d)) => {
+                if let Some(rs) = d["results"].as_array_mut() {
+                    results.append(rs);
+                }
+            }
+            (_, data) => {
+                let answer = crate::control::Response { data, ..answer };
+                return print_answer(cli, "import_connections", &answer);
+            }
+        }
+        if progress {
+            let count = |a: &str| results.iter().filter(|r| r["action"] == a).count();
+            eprintln!(
+                "import-connections: {line_no} lines read: {} imported, {} skipped, {} failed{}",
+                count("imported"),
+                count("skipped"),
+                count("failed"),
+                if dry_run { " (dry run)" } else { "" }
+            );
+        }
+        if eof {
+            break;
+        }
+    }
+    results.sort_by_key(|r| r["line"].as_u64().unwrap_or(0));
+    let count = |a: &str| results.iter().filter(|r| r["action"] == a).count();
+    let failed = count("failed");
+    let data = json!({
+        "success": true,
+        "dry_run": dry_run,
+        "imported": count("imported"),
+        "skipped": count("skipped"),
+        "failed": failed,
+        "results": results,
+    });
+    if cli.json {
+        println!("{data}");
+    } else {
+        print!("{}", render::render("import_connections", &data));
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
 }

@@ -200,6 +200,46 @@ pub fn render(cmd: &str, data: &Value) -> String {
             out
         }
         "connect_url" => format!("{}\n", s(&data["url"])),
+        "import_connections" => {
+            let dry = data["dry_run"] == true;
+            let mut out = format!(
+                "{}{} imported, {} skipped, {} failed\n",
+                if dry {
+                    "dry run (nothing contacted or stored): would be "
+                } else {
+                    ""
+                },
+                s(&data["imported"]),
+                s(&data["skipped"]),
+                s(&data["failed"]),
+            );
+            // Imported lines are the expected case; list the others (and any warning).
+            let rows: Vec<Vec<String>> = data["results"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|r| r["action"] != "imported" || r.get("warning").is_some())
+                        .map(|r| {
+                            let why = r["error"]
+                                .as_str()
+                                .or_else(|| r["reason"].as_str())
+                                .or_else(|| r["warning"].as_str())
+                                .unwrap_or("");
+                            vec![
+                                s(&r["line"]),
+                                s(&r["realm_id"]),
+                                s(&r["action"]),
+                                why.to_string(),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !rows.is_empty() {
+                out.push_str(&table(&["LINE", "REALM", "ACTION", "WHY"], &rows));
+            }
+            out
+        }
         _ => match data.get("message") {
             Some(Value::String(m)) if data.as_object().map(|o| o.len() <= 2).unwrap_or(false) => {
                 format!("{m}\n")

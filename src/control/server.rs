@@ -248,6 +248,14 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
             Err(e) => Err(e),
         },
         "import_tables" => import(state, a).await,
+        "adopt" => match (arg_str(a, "realm"), arg_str(a, "refresh_token")) {
+            (Ok(r), Ok(t)) => {
+                ops::migrate::adopt(state, r, arg_opt(a, "name"), arg_opt(a, "home_currency"), t)
+                    .await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        "import_connections" => ops::migrate::import_connections(state, a).await,
         "archive_index" => ops::rates::archive_index(state).await,
         "import_year" => match a
             .get("year")

@@ -239,7 +239,7 @@ pub async fn callback(
             _ => return Err(invalid_invite()),
         }
     }
-    let company = store_connection(ctx, realm, read, &tokens, tid).await?;
+    let company = store_connection(ctx, realm, read, &tokens, tid, &Overrides::default()).await?;
     super::sync::after_connected(ctx, realm);
     Ok(company)
 }
@@ -407,18 +407,56 @@ pub async fn read_company(
     })
 }
 
-/// Creates or re-activates the company from what QuickBooks said and stores it with its
-/// tokens (encrypted, flushed), under the realm's token lock.
+/// What an admin says about a company that QuickBooks would otherwise tell (`adopt`,
+/// `import-connections`); the browser flow gives none.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Display name instead of CompanyInfo's `CompanyName`.
+    pub name: Option<String>,
+    /// Home currency instead of Preferences' `HomeCurrency`.
+    pub home: Option<Currency>,
+    /// The company log's connection record (default: "connected/reconnected to QuickBooks").
+    pub log_message: Option<&'static str>,
+}
+
+/// With a fresh grant for `realm`: reads the company from QuickBooks and stores it with its
+/// tokens ([`read_company`] then [`store_connection`]). Shared by the OAuth callback and the
+/// takeover of existing connections (`ops::migrate`).
+///
+/// # Errors
+/// 502 when a QuickBooks read fails (nothing stored then); store failure.
+pub async fn connect_with_grant(
+    ctx: &Ctx,
+    realm: &str,
+    tokens: &TokenSet,
+    tid: Option<String>,
+    over: &Overrides,
+) -> Result<Company, ApiError> {
+    let read = read_company(ctx, realm, &tokens.access_token).await?;
+    store_connection(ctx, realm, read, tokens, tid, over).await
+}
+
+/// Creates or re-activates the company from what QuickBooks said (and what the admin
+/// overrides) and stores it with its tokens (encrypted, flushed), under the realm's token
+/// lock.
 ///
 /// # Errors
 /// Store failure.
 pub async fn store_connection(
     ctx: &Ctx,
     realm: &str,
-    read: CompanyRead,
+    mut read: CompanyRead,
     tokens: &TokenSet,
     tid: Option<String>,
+    over: &Overrides,
 ) -> Result<Company, ApiError> {
+    if let Some(name) = &over.name {
+        read.name.clone_from(name);
+    }
+    if let Some(home) = over.home {
+        read.home = home;
+        read.active.retain(|c| *c != home);
+    }
     let now = ctx.now();
     let config = ctx.config();
     let lock = ctx.tokens.lock_for(realm);
@@ -452,10 +490,10 @@ pub async fn store_connection(
     company.active_currencies = read.active;
     company.currencies_checked_at = Some(now);
     company.updated_at = now;
-    let message = if reconnect {
-        "reconnected to QuickBooks"
-    } else {
-        "connected to QuickBooks"
+    let message = match (over.log_message, reconnect) {
+        (Some(m), _) => m,
+        (None, true) => "reconnected to QuickBooks",
+        (None, false) => "connected to QuickBooks",
     };
     ctx.store.append_log(
         realm,

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod error;
 pub mod landing;
 pub mod metrics;
+pub mod migrate;
 pub mod rates;
 pub mod sync;
 pub use error::{ApiError, Kind};

@@ -674,6 +674,18 @@ impl Store {
         self.flush().await
     }
 
+    /// Deletes a company's record, then its tokens, then flushes: undoes a takeover whose
+    /// grant turned out to belong to another company (`ops::migrate`). A crash in between
+    /// leaves only an orphan ciphertext, which nothing reads.
+    ///
+    /// # Errors
+    /// sled failure.
+    pub async fn remove_company(&self, realm: &str) -> Result<()> {
+        self.companies.remove(realm.as_bytes())?;
+        self.tokens.remove(realm.as_bytes())?;
+        self.flush().await
+    }
+
     /// Company counts for health and status.
     ///
     /// # Errors

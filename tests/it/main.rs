@@ -12,6 +12,7 @@ mod fake_intuit_selftest;
 mod fixings_e2e;
 mod hardening;
 mod layers;
+mod migrate;
 mod oauth;
 mod schedule;
 mod sync_api;

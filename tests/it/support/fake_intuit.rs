@@ -809,6 +809,24 @@ impl FakeIntuit {
         issue_grant_locked(&mut st, realm)
     }
 
+    /// A grant "made by another deployment" (the predecessor, or a single-tenant install):
+    /// registers the company unless it is known, and mints a grant for it that did not come
+    /// through our connect flow. Its refresh token was issued a rotation interval ago, so the
+    /// first refresh rotates it (the old value then lives only for the grace period), as a
+    /// long-running deployment's token would. Returns the refresh token; not a token call.
+    pub fn grant_from_other_deployment(&self, spec: CompanySpec) -> String {
+        let mut st = self.state();
+        let realm = spec.realm_id.clone();
+        if !st.companies.contains_key(&realm) {
+            st.add_company(spec);
+        }
+        let now = st.now();
+        let id = st.create_grant(&realm, now);
+        let aged = now - td(st.config.rotation_interval);
+        st.grants[id].current_rt_issued_at = aged;
+        st.grants[id].current_rt.clone()
+    }
+
     /// The realm the next authorize hands out (sticky until changed).
     pub fn set_next_realm(&self, realm: impl Into<String>) {
         self.state().next_realm = Some(realm.into());

@@ -1,0 +1,823 @@
+//! Taking over existing QuickBooks connections without customers reconnecting (SPEC §10):
+//! `adopt` (one refresh token) and `import-connections` (JSON Lines exported from the
+//! predecessor's `companies` table, batch by batch from the admin CLI).
+//!
+//! A takeover refreshes the given token at Intuit and stores the answer (encrypted, flushed)
+//! before anything else: the refresh may rotate the token, and from then on only the new one
+//! lives. The company is stored connected at once, with what the admin gave and defaults for
+//! the rest, and "details not read" (`currencies_checked_at` empty, so the first sync reads
+//! Preferences and currencies before any write). Then CompanyInfo, Preferences and the
+//! currency list are read as for a new connection and the record completed. When those reads
+//! fail the company stays connected with its new tokens (the answer says so): losing the
+//! rotated token would force the customer to reconnect. One exception: QuickBooks refusing
+//! the new access token for this realm (401) means the token belongs to another company, and
+//! the takeover is undone (the realm's previous record and tokens put back).
+//!
+//! Tokens and the Fernet key are never logged, never answered, never stored in plaintext.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::connect::{connect_with_grant, is_realm_id, Overrides};
+use super::{ApiError, Ctx, OpResult};
+use crate::currency::Currency;
+use crate::store::records::{Company, Connection, LogRecord, TokenSet};
+
+/// Longest import line the CLI sends (a predecessor's row is well under 4 KiB); longer lines
+/// are reported as failed without being read into memory whole.
+pub const MAX_IMPORT_LINE: usize = 64 * 1024;
+
+/// Longest company name (as for `set --name`).
+const MAX_NAME: usize = 200;
+
+/// Where a line's refresh token comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `refresh_token`: plaintext.
+    Plain(String),
+    /// `refresh_token_fernet`: a Fernet token under the predecessor's key.
+    Fernet(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Plain(_) => f.write_str("Plain(***)"),
+            TokenSource::Fernet(_) => f.write_str("Fernet(***)"),
+        }
+    }
+}
+
+/// One line of an import file, parsed and checked (token not yet decrypted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportLine {
+    /// `realm_id` or `company_id`.
+    pub realm: String,
+    /// The refresh token as found on the line.
+    pub token: TokenSource,
+    /// `company_name` (overrides CompanyInfo).
+    pub name: Option<String>,
+    /// `home_currency` (overrides Preferences).
+    pub home: Option<Currency>,
+    /// `sync_enabled` (default true).
+    pub sync_enabled: Option<bool>,
+    /// `is_active` (default true; false lines are skipped).
+    pub is_active: bool,
+    /// `created_at`, kept as the company's creation time.
+    pub created_at: Option<DateTime<Utc>>,
+    /// `last_sync_at`, kept until the first sync here.
+    pub last_sync_at: Option<DateTime<Utc>>,
+}
+
+/// What is taken over: a realm, its plaintext refresh token and what the admin says.
+struct Takeover {
+    realm: String,
+    refresh_token: String,
+    name: Option<String>,
+    home: Option<Currency>,
+    sync_enabled: Option<bool>,
+    created_at: Option<DateTime<Utc>>,
+    last_sync_at: Option<DateTime<Utc>>,
+    /// The company log's record ("adopted", "imported").
+    how: &'static str,
+}
+
+/// A finished takeover: the stored company, and why its details are not read yet if so.
+struct Taken {
+    company: Company,
+    warning: Option<String>,
+}
+
+/// A realm id as the OAuth callback accepts it: 1-64 ASCII letters and digits.
+///
+/// # Errors
+/// 400 `bad_realm`.
+pub fn check_realm(realm: &str) -> Result<(), ApiError> {
+    if !is_realm_id(realm) {
+        return Err(ApiError::bad_request(
+            "bad_realm",
+            format!(
+                "{:?} is not a QuickBooks company id (1-64 letters and digits)",
+                short(realm)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The first 70 characters of a value for a message (a pasted token must not be echoed whole).
+fn short(s: &str) -> String {
+    let mut out: String = s.chars().take(70).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// A home currency as `set --home-currency` accepts it.
+///
+/// # Errors
+/// 400 `bad_currency`.
+pub fn check_currency(s: &str) -> Result<Currency, ApiError> {
+    Currency::new(s)
+        .ok()
+        .filter(|c| {
+            s.len() == 3
+                && s.chars().all(|ch| ch.is_ascii_uppercase())
+                && super::companies::is_iso_currency(*c)
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_currency",
+                format!(
+                    "home_currency: {:?} is not an ISO 4217 currency code (e.g. EUR)",
+                    short(s)
+                ),
+            )
+        })
+}
+
+fn check_name(s: &str) -> Result<Option<String>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.chars().count() > MAX_NAME {
+        return Err(format!("company_name is longer than {MAX_NAME} characters"));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// A boolean as exports write them: JSON true/false, SQLite's 0/1, PostgreSQL's "t"/"f".
+fn flag(v: &Value, key: &str) -> Result<Option<bool>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::Number(n) if n.as_i64() == Some(0) => Ok(Some(false)),
+        Value::Number(n) if n.as_i64() == Some(1) => Ok(Some(true)),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" | "yes" => Ok(Some(true)),
+            "false" | "f" | "0" | "no" => Ok(Some(false)),
+            _ => Err(format!("{key}: {:?} is not true or false", short(s))),
+        },
+        other => Err(format!("{key}: {other} is not true or false")),
+    }
+}
+
+/// A timestamp as exports write them: RFC 3339, or a naive `YYYY-MM-DD[ T]HH:MM:SS[.frac]`
+/// (SQLAlchemy in SQLite, `timestamp` in PostgreSQL), taken as UTC.
+fn timestamp(v: &Value, key: &str) -> Result<Option<DateTime<Utc>>, String> {
+    let s = match v {
+        Value::Null => return Ok(None),
+        Value::String(s) if s.trim().is_empty() => return Ok(None),
+        Value::String(s) => s.trim(),
+        other => return Err(format!("{key}: {other} is not a date-time")),
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    // PostgreSQL's timestamptz text: "2024-01-15 07:00:00.123+00".
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, f) {
+            return Ok(Some(t.with_timezone(&Utc)));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Ok(Some(t.and_utc()));
+        }
+    }
+    Err(format!("{key}: {:?} is not a date-time", short(s)))
+}
+
+fn text<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(_) => Err(format!("{key} must be a string")),
+    }
+}
+
+/// Parses one import line (SPEC §10). Unknown keys are ignored. The error is a message for
+/// the line's result; it never contains the token.
+///
+/// # Errors
+/// Not a JSON object, no realm, no token or two, a bad realm, currency, flag or date.
+pub fn parse_line(line: &str) -> Result<ImportLine, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
+    let Value::Object(obj) = v else {
+        return Err("not a JSON object".into());
+    };
+    let realm = match obj.get("realm_id").or_else(|| obj.get("company_id")) {
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        None | Some(Value::Null) => return Err("no realm_id (or company_id)".into()),
+        Some(_) => return Err("realm_id must be a string".into()),
+    };
+    check_realm(&realm).map_err(|e| e.message)?;
+    let token = match (
+        text(&obj, "refresh_token")?,
+        text(&obj, "refresh_token_fernet")?,
+    ) {
+        (Some(t), None) => TokenSource::Plain(t.to_string()),
+        (None, Some(t)) => TokenSource::Fernet(t.to_string()),
+        (Some(_), Some(_)) => {
+            return Err("give refresh_token or refresh_token_fernet, not both".into())
+        }
+        (None, None) => return Err("no refresh_token (or refresh_token_fernet)".into()),
+    };
+    let name = match text(&obj, "company_name")? {
+        Some(s) => check_name(s)?,
+        None => None,
+    };
+    let home = match text(&obj, "home_currency")? {
+        Some(s) => Some(check_currency(s).map_err(|e| e.message)?),
+        None => None,
+    };
+    let get = |k: &str| obj.get(k).unwrap_or(&Value::Null);
+    Ok(ImportLine {
+        realm,
+        token,
+        name,
+        home,
+        sync_enabled: flag(get("sync_enabled"), "sync_enabled")?,
+        is_active: flag(get("is_active"), "is_active")?.unwrap_or(true),
+        created_at: timestamp(get("created_at"), "created_at")?,
+        last_sync_at: timestamp(get("last_sync_at"), "last_sync_at")?,
+    })
+}
+
+/// The predecessor's Fernet key (url-safe base64 of 32 bytes; surrounding whitespace ignored).
+///
+/// # Errors
+/// 400 `bad_fernet_key`.
+pub fn fernet_key(key: &str) -> Result<fernet::Fernet, ApiError> {
+    fernet::Fernet::new(key.trim()).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_fernet_key",
+            "the Fernet key is not a url-safe base64 encoding of 32 bytes",
+        )
+    })
+}
+
+/// The plaintext refresh token of a line.
+///
+/// # Errors
+/// A Fernet token without a key, or one the key cannot decrypt.
+pub fn reveal(token: &TokenSource, key: Option<&fernet::Fernet>) -> Result<String, String> {
+    match token {
+        TokenSource::Plain(t) => Ok(t.clone()),
+        TokenSource::Fernet(t) => {
+            let key =
+                key.ok_or("refresh_token_fernet needs the predecessor's key (--fernet-key-file)")?;
+            let plain = key
+                .decrypt(t)
+                .map_err(|_| "cannot decrypt refresh_token_fernet with the given key (wrong key, or not a Fernet token)")?;
+            let plain = String::from_utf8(plain)
+                .map_err(|_| "refresh_token_fernet does not decrypt to text")?;
+            let plain = plain.trim();
+            if plain.is_empty() {
+                return Err("refresh_token_fernet decrypts to an empty token".into());
+            }
+            Ok(plain.to_string())
+        }
+    }
+}
+
+/// Intuit refusing a refresh token, with Intuit's own words.
+fn refused(realm: &str, e: &crate::qbo::Error) -> ApiError {
+    if e.is_invalid_grant() {
+        ApiError::new(
+            502,
+            "token_refused",
+            format!("Intuit refused the refresh token for {realm}: {e}; nothing was stored"),
+        )
+    } else {
+        ApiError::new(
+            502,
+            e.code(),
+            format!("refreshing the token for {realm} at Intuit failed: {e}; nothing was stored"),
+        )
+    }
+}
+
+/// The company as stored the moment Intuit answers: connected with the new tokens, details
+/// to be read (by the takeover, or else by the first sync).
+fn provisional(
+    state: &Ctx,
+    existing: Option<Company>,
+    t: &Takeover,
+    tokens: &TokenSet,
+    now: DateTime<Utc>,
+) -> Company {
+    let mut c = existing.unwrap_or_else(|| Company {
+        realm_id: t.realm.clone(),
+        company_name: format!("QuickBooks company {}", t.realm),
+        home_currency: Currency::ALL,
+        is_active: true,
+        sync_enabled: true,
+        is_sandbox: state.config().quickbooks.sandbox,
+        fill_non_business_days: true,
+        created_at: now,
+        updated_at: now,
+        last_sync_at: None,
+        connection: Connection::Connected,
+        tokens: None,
+        // Assumed until Preferences are read (always before the first write).
+        multicurrency: true,
+        active_currencies: vec![],
+        currencies_checked_at: None,
+    });
+    if let Some(n) = &t.name {
+        c.company_name.clone_from(n);
+    }
+    if let Some(h) = t.home {
+        c.home_currency = h;
+    }
+    if let Some(s) = t.sync_enabled {
+        c.sync_enabled = s;
+    }
+    if let Some(at) = t.created_at {
+        c.created_at = at;
+    }
+    if c.last_sync_at.is_none() {
+        c.last_sync_at = t.last_sync_at;
+    }
+    c.is_active = true;
+    c.connection = Connection::Connected;
+    c.tokens = Some(tokens.expiry.clone());
+    c.currencies_checked_at = None;
+    c.updated_at = now;
+    c
+}
+
+/// Refreshes at Intuit (transient failures retried twice), stores the rotation, reads the
+/// company. See the module docs for what happens when the reads fail.
+async fn take_over(state: &Ctx, t: &Takeover) -> Result<Taken, ApiError> {
+    let oauth = state.tokens.oauth();
+    let mut attempt = 0u32;
+    let (tokens, tid) = loop {
+        match oauth.refresh(&t.refresh_token, None, state.now()).await {
+            Err(e) if e.is_retryable() && attempt < 2 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(attempt - 1)).await;
+            }
+            Err(e) => return Err(refused(&t.realm, &e)),
+            Ok(ok) => break ok,
+        }
+    };
+    let now = state.now();
+    // Before anything else: from here on only the new refresh token may be alive.
+    let existing = state.store.company(&t.realm)?;
+    let previous_tokens = match existing {
+        Some(_) => state.store.tokens(&t.realm)?,
+        None => None,
+    };
+    let company = provisional(state, existing.clone(), t, &tokens, now);
+    state
+        .store
+        .save_company_and_tokens(&company, &tokens)
+        .await?;
+    let over = Overrides {
+        name: t.name.clone(),
+        home: t.home,
+        log_message: Some(t.how),
+    };
+    match connect_with_grant(state, &t.realm, &tokens, tid.clone(), &over).await {
+        Ok(company) => Ok(Taken {
+            company,
+            warning: None,
+        }),
+        Err(e) if e.code == "unauthorized" => {
+            // A fresh access token refused for this realm: the grant is another company's.
+            match (&existing, previous_tokens) {
+                (None, _) => state.store.remove_company(&t.realm).await?,
+                (Some(prev), Some(pt)) => state.store.save_company_and_tokens(prev, &pt).await?,
+                (Some(prev), None) => state.store.save_company_without_tokens(prev).await?,
+            }
+            // QuickBooks' refusal, like Intuit's: the operation failed (exit 1), the input
+            // itself was well formed.
+            Err(ApiError::new(
+                409,
+                "token_not_for_realm",
+                format!(
+                    "Intuit accepted the refresh token but QuickBooks refused it for company {}: \
+                     it belongs to another company; nothing was stored for {}",
+                    t.realm, t.realm
+                ),
+            ))
+        }
+        Err(e) => {
+            let warning = format!(
+                "the connection was taken over and its new tokens stored, but reading the \
+                 company from QuickBooks failed ({}); it is read again before its first sync",
+                e.message
+            );
+            state.store.append_log(
+                &t.realm,
+                &LogRecord::connection(
+                    state.now(),
+                    true,
+                    format!("{}; {warning}", t.how),
+                    tid.into_iter().collect(),
+                ),
+            )?;
+            tracing::warn!(realm_id = %t.realm, "Company {}: {warning}", t.realm);
+            Ok(Taken {
+                company,
+                warning: Some(warning),
+            })
+        }
+    }
+}
+
+/// `adopt REALM [--name TEXT] [--home-currency XXX]` (refresh token from the CLI's stdin):
+/// takes over one connection. The company counts as newly connected.
+///
+/// # Errors
+/// 400 bad realm, name, currency or empty token; 502 Intuit refused the token (its reason
+/// quoted; nothing stored) or failed; store failure.
+pub async fn adopt(
+    state: &Arc<Ctx>,
+    realm: &str,
+    name: Option<&str>,
+    home_currency: Option<&str>,
+    refresh_token: &str,
+) -> OpResult {
+    check_realm(realm)?;
+    let name = match name {
+        Some(n) => Some(
+            check_name(n)
+                .map_err(|m| ApiError::bad_request("bad_name", m))?
+                .ok_or_else(|| ApiError::bad_request("bad_name", "--name is empty"))?,
+        ),
+        None => None,
+    };
+    let home = home_currency.map(check_currency).transpose()?;
+    let refresh_token = refresh_token.trim();
+    if refresh_token.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_token",
+            "no refresh token given (the CLI reads it from standard input)",
+        ));
+    }
+    let t = Takeover {
+        realm: realm.to_string(),
+        refresh_token: refresh_token.to_string(),
+        name,
+        home,
+        sync_enabled: None,
+        created_at: None,
+        last_sync_at: None,
+        how: "adopted (connection taken over with an existing refresh token)",
+    };
+    let taken = take_over(state, &t).await?;
+    super::sync::after_connected(state, realm);
+    let c = &taken.company;
+    tracing::info!(
+        realm_id = realm,
+        "Company {realm}: adopted ({})",
+        c.company_name
+    );
+    Ok(json!({
+        "success": true,
+        "message": format!("Adopted {} ({realm}); it syncs like any connected company", c.company_name),
+        "company_id": c.realm_id,
+        "company_name": c.company_name,
+        "home_currency": c.home_currency.as_str(),
+        "details_read": taken.warning.is_none(),
+        "warning": taken.warning,
+        "company": super::companies::entry(c),
+    }))
+}
+
+/// One line's result (SPEC §10).
+fn result(line: u64, realm: Option<&str>, action: &str, error: Option<&str>) -> Value {
+    json!({
+        "line": line,
+        "realm_id": realm,
+        "ok": action != "failed",
+        "action": action,
+        "error": error,
+    })
+}
+
+/// The realm of a line that did not parse, when one can be seen (for the result only).
+fn realm_of(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    match v.get("realm_id").or_else(|| v.get("company_id"))? {
+        Value::String(s) => Some(short(s.trim())),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The answer of one batch, from its per-line results.
+fn batch_answer(dry_run: bool, results: Vec<Value>) -> Value {
+    let count = |a: &str| results.iter().filter(|r| r["action"] == a).count();
+    json!({
+        "success": true,
+        "dry_run": dry_run,
+        "imported": count("imported"),
+        "skipped": count("skipped"),
+        "failed": count("failed"),
+        "results": results,
+    })
+}
+
+/// `import_connections`: one batch of an import file, as the CLI sends it:
+/// `{"lines": [{"line": N, "text": "…"}], "fernet_key": "…"?, "dry_run": bool}`. Lines are
+/// parsed and decrypted first, then taken over concurrently (at most
+/// `quickbooks.max_concurrent_companies` at a time). One line's failure never stops another.
+///
+/// # Errors
+/// 400 for a malformed request or Fernet key; store failure.
+pub async fn import_connections(state: &Arc<Ctx>, args: &Value) -> OpResult {
+    let dry_run = args
+        .get("dry_run")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let key = match args.get("fernet_key").and_then(Value::as_str) {
+        Some(k) => Some(fernet_key(k)?),
+        None => None,
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "bad_lines",
+            "\"lines\" must be a list of {\"line\": N, \"text\": \"...\"}",
+        )
+    };
+    let lines: Vec<(u64, &str)> = args
+        .get("lines")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .map(|l| Some((l.get("line")?.as_u64()?, l.get("text")?.as_str()?)))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+
+    let mut results: Vec<Option<Value>> = vec![None; lines.len()];
+    let mut work = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, (n, text)) in lines.iter().enumerate() {
+        let (n, text) = (*n, *text);
+        if text.len() > MAX_IMPORT_LINE {
+            results[i] = Some(result(n, None, "failed", Some(&too_long())));
+            continue;
+        }
+        let l = match parse_line(text) {
+            Ok(l) => l,
+            Err(msg) => {
+                results[i] = Some(result(n, realm_of(text).as_deref(), "failed", Some(&msg)));
+                continue;
+            }
+        };
+        let realm = Some(l.realm.as_str());
+        if !l.is_active {
+            results[i] = Some(skipped(n, realm, "is_active is false in the file"));
+            continue;
+        }
+        let token = match reveal(&l.token, key.as_ref()) {
+            Ok(t) => t,
+            Err(msg) => {
+                results[i] = Some(result(n, realm, "failed", Some(&msg)));
+                continue;
+            }
+        };
+        if !seen.insert(l.realm.clone()) {
+            results[i] = Some(skipped(n, realm, "the same realm is on an earlier line"));
+            continue;
+        }
+        if state
+            .store
+            .company(&l.realm)?
+            .is_some_and(|c| c.is_connected())
+        {
+            results[i] = Some(skipped(n, realm, "already connected here"));
+            continue;
+        }
+        if dry_run {
+            results[i] = Some(result(n, realm, "imported", None));
+            continue;
+        }
+        work.push((
+            i,
+            Takeover {
+                realm: l.realm,
+                refresh_token: token,
+                name: l.name,
+                home: l.home,
+                sync_enabled: l.sync_enabled,
+                created_at: l.created_at,
+                last_sync_at: l.last_sync_at,
+                how: "imported (connection taken over from an import file)",
+            },
+        ));
+    }
+
+    let limit = state.config().quickbooks.max_concurrent_companies.max(1);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, t) in work {
+        let st = state.clone();
+        let permits = permits.clone();
+        // Tracked so a shutdown waits for a rotation in flight to be stored.
+        set.spawn(state.tasks.track_future(async move {
+            let _permit = permits.acquire_owned().await;
+            let r = take_over(&st, &t).await;
+            (i, t.realm, r)
+        }));
+    }
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, realm, r)) = joined else { continue };
+        let n = lines[i].0;
+        results[i] = Some(match r {
+            Ok(taken) => {
+                super::sync::after_connected(state, &realm);
+                let mut v = result(n, Some(&realm), "imported", None);
+                if let Some(w) = taken.warning {
+                    v["warning"] = json!(w);
+                }
+                v
+            }
+            Err(e) => {
+                tracing::warn!(realm_id = %realm, error = %e.message, "import-connections: {realm} failed");
+                result(n, Some(&realm), "failed", Some(&e.message))
+            }
+        });
+    }
+    let results: Vec<Value> = results
+        .into_iter()
+        .zip(&lines)
+        .map(|(r, (n, _))| {
+            r.unwrap_or_else(|| {
+                result(
+                    *n,
+                    None,
+                    "failed",
+                    Some("internal error; see the daemon's log"),
+                )
+            })
+        })
+        .collect();
+    let answer = batch_answer(dry_run, results);
+    tracing::info!(
+        lines = lines.len(),
+        dry_run,
+        "import-connections: {} imported, {} skipped, {} failed",
+        answer["imported"],
+        answer["skipped"],
+        answer["failed"]
+    );
+    Ok(answer)
+}
+
+fn skipped(line: u64, realm: Option<&str>, reason: &str) -> Value {
+    let mut v = result(line, realm, "skipped", None);
+    v["reason"] = json!(reason);
+    v
+}
+
+/// The message of a line over [`MAX_IMPORT_LINE`].
+pub fn too_long() -> String {
+    format!(
+        "line too long (over {} KiB); not a connection record",
+        MAX_IMPORT_LINE / 1024
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_predecessor_row_and_ignores_unknown_keys() {
+        let l = parse_line(
+            r#"{"id": 7, "company_id": "9341453199574798", "company_name": " Acme ", "refresh_token_fernet": "gAAAA", "home_currency": "EUR", "is_active": 1, "sync_enabled": 0, "created_at": "2024-01-15 07:00:00.123456", "last_sync_at": null, "extra": [1]}"#,
+        )
+        .unwrap();
+        assert_eq!(l.realm, "9341453199574798");
+        assert_eq!(l.token, TokenSource::Fernet("gAAAA".into()));
+        assert_eq!(l.name.as_deref(), Some("Acme"));
+        assert_eq!(l.home, Some(Currency::new("EUR").unwrap()));
+        assert!(l.is_active);
+        assert_eq!(l.sync_enabled, Some(false));
+        assert_eq!(
+            l.created_at.map(|t| t.to_rfc3339()),
+            Some("2024-01-15T07:00:00.123456+00:00".into())
+        );
+        assert_eq!(l.last_sync_at, None);
+    }
+
+    #[test]
+    fn parses_plain_tokens_and_postgres_values() {
+        let l = parse_line(r#"{"realm_id": 123, "refresh_token": "RT1", "is_active": "f", "created_at": "2024-01-15T08:00:00+01:00"}"#).unwrap();
+        assert_eq!(l.realm, "123");
+        assert_eq!(l.token, TokenSource::Plain("RT1".into()));
+        assert!(!l.is_active);
+        assert_eq!(l.sync_enabled, None);
+        assert_eq!(
+            l.created_at.map(|t| t.to_rfc3339()),
+            Some("2024-01-15T07:00:00+00:00".into())
+        );
+        let pg = parse_line(r#"{"realm_id": "1", "refresh_token": "x", "last_sync_at": "2024-01-15 07:00:00.5+00"}"#).unwrap();
+        assert!(pg.last_sync_at.is_some());
+    }
+
+    #[test]
+    fn refuses_bad_lines_with_reasons_that_never_echo_the_token() {
+        let cases = [
+            ("{not json", "not valid JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"refresh_token": "SECRET"}"#, "no realm_id"),
+            (r#"{"realm_id": "12"}"#, "no refresh_token"),
+            (
+                r#"{"realm_id": "12", "refresh_token": "SECRET", "refresh_token_fernet": "SECRET"}"#,
+                "not both",
+            ),
+            (
+                r#"{"realm_id": "12-3", "refresh_token": "SECRET"}"#,
+                "not a QuickBooks company id",
+            ),
+            (
+                r#"{"realm_id": "12", "refresh_token": "SECRET", "home_currency": "EURO"}"#,
+                "ISO 4217",
+            ),
+            (
+                r#"{"realm_id": "12", "refresh_token": "SECRET", "home_currency": "XYZ"}"#,
+                "ISO 4217",
+            ),
+            (
+                r#"{"realm_id": "12", "refresh_token": "SECRET", "is_active": "maybe"}"#,
+                "is_active",
+            ),
+            (
+                r#"{"realm_id": "12", "refresh_token": "SECRET", "created_at": "yesterday"}"#,
+                "created_at",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = parse_line(line).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+            assert!(!e.contains("SECRET"), "{line}: {e}");
+        }
+        let long = format!(
+            r#"{{"realm_id": "{}", "refresh_token": "x"}}"#,
+            "1".repeat(65)
+        );
+        assert!(parse_line(&long).is_err());
+    }
+
+    #[test]
+    fn fernet_tokens_decrypt_with_the_right_key_only() {
+        let key = fernet::Fernet::generate_key();
+        let token = fernet::Fernet::new(&key)
+            .unwrap()
+            .encrypt(b"AB11-the-refresh-token");
+        // Keys are read from files: whitespace around them is ignored.
+        let f = fernet_key(&format!("  {key}\n")).unwrap();
+        let src = TokenSource::Fernet(token.clone());
+        assert_eq!(reveal(&src, Some(&f)).unwrap(), "AB11-the-refresh-token");
+
+        let other = fernet_key(&fernet::Fernet::generate_key()).unwrap();
+        let e = reveal(&src, Some(&other)).unwrap_err();
+        assert!(
+            e.contains("cannot decrypt refresh_token_fernet with the given key"),
+            "{e}"
+        );
+        assert!(reveal(&src, None)
+            .unwrap_err()
+            .contains("--fernet-key-file"));
+        assert!(reveal(&TokenSource::Fernet("garbage".into()), Some(&f)).is_err());
+        assert_eq!(
+            reveal(&TokenSource::Plain("RT".into()), None).unwrap(),
+            "RT"
+        );
+        assert_eq!(
+            fernet_key("too-short").err().map(|e| e.code),
+            Some("bad_fernet_key")
+        );
+    }
+
+    #[test]
+    fn token_sources_do_not_debug_print_the_token() {
+        let s = format!("{:?}", TokenSource::Plain("SECRET".into()));
+        assert!(!s.contains("SECRET"));
+    }
+
+    #[test]
+    fn realm_and_currency_rules_match_the_callback_and_settings() {
+        assert!(check_realm("9341453199574798").is_ok());
+        assert!(check_realm("").is_err());
+        assert!(check_realm(&"1".repeat(65)).is_err());
+        assert!(check_realm("12 3").is_err());
+        assert!(check_currency("USD").is_ok());
+        assert!(check_currency("usd").is_err());
+        assert!(check_currency("ABC").is_err());
+    }
+}
