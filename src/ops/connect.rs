@@ -213,6 +213,13 @@ pub async fn callback(
             "realmId is not a QuickBooks company id",
         ));
     }
+    // An invite used meanwhile by another flow: refused before the code is exchanged.
+    if let Some(code) = &invite {
+        match ctx.store.pending(&format!("invite:{code}"))? {
+            Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
+            _ => return Err(invalid_invite()),
+        }
+    }
     let (tokens, tid) = ctx
         .tokens
         .oauth()

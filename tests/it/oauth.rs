@@ -1772,3 +1772,42 @@ async fn oauth_status_shows_expiries_and_hard_expiry_never_tokens() {
         &secrets,
     );
 }
+
+/// SPEC §9: an invite is consumed when its connection succeeds, not when the flow starts —
+/// an abandoned flow does not burn the link; two flows started from one link connect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_flow_does_not_burn_the_invite() {
+    let w = World::start("[server]\nenrollment = \"invite\"\n").await;
+    let link = w.control("connect_url", json!({}));
+    let url = url::Url::parse(link["data"]["url"].as_str().expect("url")).expect("URL");
+    let query = url.query().expect("invite query").to_string();
+    let local = w.url(&format!("/api/v1/oauth/connect?{query}"));
+
+    // Started and abandoned at Intuit's consent page: the link still works.
+    let a = w.get(&format!("/api/v1/oauth/connect?{query}")).await;
+    assert_eq!(a.status, 302, "{}", a.text);
+
+    // Two flows from the same link: the first to come back connects, the other is refused.
+    w.intuit.add_company(spec("1717", "First Co"));
+    w.intuit.set_next_realm("1717");
+    let (cookie1, cb1) = authorize_at(&w.http, &local).await;
+    w.intuit.add_company(spec("1818", "Second Co"));
+    w.intuit.set_next_realm("1818");
+    let (cookie2, cb2) = authorize_at(&w.http, &local).await;
+    let c1 = w.callback(&cb1, Some(&cookie1)).await;
+    assert_eq!(c1.status, 200, "{}", c1.text);
+    let c2 = w.callback(&cb2, Some(&cookie2)).await;
+    assert_eq!(
+        c2.status, 403,
+        "the invite was used by the first: {}",
+        c2.text
+    );
+    assert_eq!(company_count(&w).await, 1);
+    assert_eq!(
+        w.intuit.token_calls(),
+        1,
+        "the second code is not even exchanged"
+    );
+    let a = w.get(&format!("/api/v1/oauth/connect?{query}")).await;
+    assert_eq!(a.status, 403, "used up: {}", a.text);
+}

@@ -1433,3 +1433,48 @@ async fn a_garbage_company_record_is_skipped_and_the_others_sync() {
     assert_eq!(list.status, 200, "{}", list.text);
     assert_eq!(list.json()["count"], 2);
 }
+
+/// SPEC §6/§16.6: a client that goes away mid-sync cancels nothing: the token rotated on
+/// the way and the attempt's records are stored, and the next sync uses the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_refresh_loses_nothing() {
+    let w = world_with(&[spec("1001", "Lek Co", "ALL", &["EUR", "USD"])]).await;
+    let logs_before = w.control("logs", json!({"realm": "1001", "limit": 100}))["data"]["logs"]
+        .as_array()
+        .unwrap()
+        .len();
+    // The stored access token is refused: the sync refreshes, and the refresh rotates.
+    w.intuit.expire_access_tokens("1001");
+    w.intuit.rotate_now("1001");
+    w.intuit.set_latency(Duration::from_millis(400));
+    let refreshes = w.intuit.refreshes("1001");
+    let aborted = w
+        .http
+        .post(w.url(&format!("/api/v1/companies/1001/sync?target_date={FRIDAY}")))
+        .bearer_auth(crate::support::world::ADMIN_KEY)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(aborted.is_err(), "the client gave up before the answer");
+    // The sync goes on without its client and records its attempt.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = w.control("logs", json!({"realm": "1001", "limit": 100}))["data"]["logs"]
+            .as_array()
+            .unwrap()
+            .len();
+        if n >= logs_before + 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the attempt was never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.intuit.set_latency(Duration::ZERO);
+    assert_eq!(w.intuit.refreshes("1001"), refreshes + 1);
+    assert_eq!(rate(&w, "1001", "USD", FRIDAY), Some(dec("82.24")));
+    // The old refresh token dies after Intuit's grace: only the stored rotation works now.
+    w.intuit.advance(Duration::from_secs(2 * 24 * 3600));
+    w.intuit.expire_access_tokens("1001");
+    let a = sync(&w, "1001", "2026-05-23").await;
+    assert_eq!(a.status, 200, "the rotated token was stored: {}", a.text);
+}
