@@ -280,6 +280,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
             "time": config.schedule.time.format("%H:%M").to_string(),
             "timezone": config.schedule.timezone.name(),
             "next_run": ctx.scheduler.next_run().map(rfc3339),
+            "clock_seen": ctx.scheduler.clock_seen().map(rfc3339),
             "last_run": ctx.scheduler.last_run().map(|r| run_json(&r)),
             "last_failed_run": ctx.scheduler.last_failed_run().map(|r| run_json(&r)),
         },

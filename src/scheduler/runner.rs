@@ -82,6 +82,8 @@ pub struct Scheduler {
     config: ConfigWatch,
     shutdown: CancellationToken,
     next_run: Mutex<Option<DateTime<Utc>>>,
+    /// The latest clock reading the loop has fully acted on (nothing more is due at it).
+    seen: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// Runs `f` while pinging the watchdog, so long work does not look like a hang; returns
@@ -111,6 +113,7 @@ impl Scheduler {
             config: p.config,
             shutdown: p.shutdown,
             next_run: Mutex::new(None),
+            seen: Mutex::new(None),
         }
     }
 
@@ -131,6 +134,16 @@ impl Scheduler {
         *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
+    /// The latest clock reading the loop has fully acted on: when it equals the clock's
+    /// `now`, everything due by then has happened (tests wait for it instead of sleeping).
+    pub fn clock_seen(&self) -> Option<DateTime<Utc>> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark_seen(&self, at: DateTime<Utc>) {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
     /// The last daily run that completed, as stored.
     pub fn last_run(&self) -> Option<RunRecord> {
         self.store.meta_get(META_LAST_RUN).ok().flatten()
@@ -148,7 +161,12 @@ impl Scheduler {
 
     /// Waits (by the injected clock) until `at`; `false` when shutdown begins first.
     async fn wait_until(&self, token: &CancellationToken, at: DateTime<Utc>) -> bool {
-        while self.now() < at {
+        loop {
+            let now = self.now();
+            if now >= at {
+                break;
+            }
+            self.mark_seen(now);
             tokio::select! {
                 _ = token.cancelled() => return false,
                 _ = self.clock.sleep_until(at, TICK) => notify::watchdog(),
@@ -212,23 +230,26 @@ impl Scheduler {
                 if c.schedule.time != at || c.schedule.timezone != tz || !c.schedule.enabled {
                     break;
                 }
-                if now >= next {
-                    let date = local_date(next, tz);
-                    let today = local_date(now, tz);
-                    if date < today && now >= local_instant(today, at, tz) {
-                        // The wall clock jumped over several runs (host suspended, clock
-                        // stepped): today's run is due, so catch up as after downtime.
-                        self.catch_up_missed(&token).await;
-                    } else {
-                        self.daily_run(&token, date).await;
-                    }
-                    break;
+                if now < next {
+                    self.mark_seen(now);
+                    continue;
                 }
+                let date = local_date(next, tz);
+                let today = local_date(now, tz);
+                if date < today && now >= local_instant(today, at, tz) {
+                    // The wall clock jumped over several runs (host suspended, clock
+                    // stepped): today's run is due, so catch up as after downtime.
+                    self.catch_up_missed(&token).await;
+                } else {
+                    self.daily_run(&token, date).await;
+                }
+                break;
             }
             if !self.config().schedule.enabled {
                 // Disabled: idle until re-enabled by a reload.
                 self.set_next_run(None);
                 while !self.config().schedule.enabled {
+                    self.mark_seen(self.now());
                     tokio::select! {
                         _ = token.cancelled() => return,
                         _ = tokio::time::sleep(TICK) => notify::watchdog(),

@@ -232,9 +232,32 @@ async fn wait_next_run(d: &InProcDaemon, at: &str) -> Value {
     }
 }
 
+/// Waits until the scheduler has fully acted on the clock's current reading (`status` →
+/// `schedule.clock_seen` equals it): whatever is due by now has happened, so "nothing
+/// happened" can be asserted at once, without sleeping and hoping.
+async fn settle(d: &InProcDaemon) {
+    let now = d
+        .clock
+        .now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(d).await;
+        if s["schedule"]["clock_seen"] == now.as_str() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "the scheduler never settled at {now}: {}",
+            s["schedule"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the daemon has recorded a scrape stamped with the clock's current time (the
-/// fetch is done and stored); then gives it a moment to act on the result (e.g. to compute
-/// its next poll from the clock).
+/// fetch is done and stored), then until the scheduler has acted on it (e.g. computed its
+/// next poll from the clock).
 async fn wait_scrape(d: &InProcDaemon) {
     let at = d
         .clock
@@ -249,7 +272,7 @@ async fn wait_scrape(d: &InProcDaemon) {
         assert!(Instant::now() < end, "no scrape at {at}: {a}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle(d).await;
 }
 
 /// `GET /health`: (status, body).
@@ -336,7 +359,7 @@ async fn syncs_on_its_own_at_the_scheduled_instant() {
     f.intuit.clear_requests();
     let n = f.boa.requests();
     clock.set(tirane(FRI, 12, 59, 59));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    settle(&d).await;
     assert_eq!(f.boa.requests(), n, "fetched before the scheduled time");
     assert_eq!(eur(&f.intuit, "1001", FRI), None);
     clock.set(tirane(FRI, 13, 0, 1));
@@ -384,7 +407,7 @@ async fn polls_every_fifteen_minutes_until_the_fixing_appears() {
     // Not yet time for the next poll: nothing is fetched.
     let n = f.boa.requests();
     clock.advance(chrono::Duration::minutes(14));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    settle(&d).await;
     assert_eq!(f.boa.requests(), n, "polled before 15 minutes had passed");
 
     // 13:15: the first poll, still Thursday.
@@ -467,7 +490,7 @@ async fn weekend_run_fetches_once_and_fills() {
     set_fill(&d, "4002", false).await;
 
     clock.set(tirane(SAT, 12, 59, 0));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle(&d).await;
     let n = f.boa.requests();
     clock.set(tirane(SAT, 13, 0, 1));
     let s = wait_last_run(&d, SAT).await;
@@ -487,7 +510,7 @@ async fn weekend_run_fetches_once_and_fills() {
 
     // No polling on a weekend: an hour later nothing more was fetched.
     clock.advance(chrono::Duration::minutes(61));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    settle(&d).await;
     assert_eq!(f.boa.requests(), n + 1, "polled on a weekend");
     assert_eq!(eur(&f.intuit, "4002", SAT), None, "fill disabled");
     d.stop().await;
@@ -832,7 +855,7 @@ async fn alert_webhook_gets_one_alert_per_condition() {
         .await;
     assert_eq!(a["ok"], false, "{a}");
     clock.advance(chrono::Duration::minutes(70));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle(&d).await;
     let got = h.bodies.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "the same alert was sent again: {got:?}");
     d.stop().await;
