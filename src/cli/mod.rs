@@ -93,6 +93,9 @@ pub enum Command {
         /// Also write weekend/holiday dates.
         #[arg(long, value_name = "true|false")]
         fill_non_business_days: Option<bool>,
+        /// What a sync does about a rate changed in QuickBooks after we confirmed it.
+        #[arg(long, value_name = "correct|report", value_parser = ["correct", "report"])]
+        drift: Option<String>,
     },
     /// Revoke at Intuit and soft-delete here.
     Disconnect {
@@ -184,6 +187,7 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             home_currency,
             name,
             fill_non_business_days,
+            drift,
         } => {
             let mut settings = serde_json::Map::new();
             if let Some(v) = sync_enabled {
@@ -198,8 +202,11 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             if let Some(v) = fill_non_business_days {
                 settings.insert("fill_non_business_days".into(), json!(v));
             }
+            if let Some(v) = drift {
+                settings.insert("drift".into(), json!(v));
+            }
             if settings.is_empty() {
-                return Err("set: give at least one of --sync-enabled, --home-currency, --name, --fill-non-business-days".into());
+                return Err("set: give at least one of --sync-enabled, --home-currency, --name, --fill-non-business-days, --drift".into());
             }
             ("set", json!({"realm": realm, "settings": settings}))
         }

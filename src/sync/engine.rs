@@ -391,6 +391,7 @@ impl SyncEngine {
                 rates_written: 0,
                 rates_unchanged: 0,
                 intuit_tids: vec![],
+                drift: None,
             },
         )?;
         self.store.append_log(
@@ -410,6 +411,7 @@ impl SyncEngine {
                 rates_written: a.written as u32,
                 rates_unchanged: a.unchanged as u32,
                 intuit_tids: a.tids.clone(),
+                drift: None,
             },
         )?;
         self.store.flush().await?;
