@@ -97,6 +97,20 @@ pub enum Command {
         #[arg(long, value_name = "correct|report", value_parser = ["correct", "report"])]
         drift: Option<String>,
     },
+    /// Write the rates in force for a date range (only what differs in QuickBooks).
+    Backfill {
+        /// Realm id.
+        realm: String,
+        /// First date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: String,
+        /// Last date (at most 366 dates, not after today).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: String,
+        /// Read and show the plan; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Revoke at Intuit and soft-delete here.
     Disconnect {
         /// Realm id.
@@ -210,6 +224,15 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             }
             ("set", json!({"realm": realm, "settings": settings}))
         }
+        Command::Backfill {
+            realm,
+            from,
+            to,
+            dry_run,
+        } => (
+            "backfill",
+            json!({"realm": realm, "from": from, "to": to, "dry_run": dry_run}),
+        ),
         Command::Disconnect { realm } => ("disconnect", json!({"realm": realm})),
         Command::Rates { date } => ("rates", json!({"date": date})),
         Command::Fetch => ("fetch", json!({})),
@@ -324,6 +347,11 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
         );
     } else if let Some(e) = &answer.error {
         eprintln!("error: {} ({})", e.message, e.code);
+    }
+    // A backfill that wrote part of its plan answers ok with `success: false`: it failed.
+    if answer.ok && answer.data.as_ref().and_then(|d| d.get("success")) == Some(&Value::Bool(false))
+    {
+        return ExitCode::from(EXIT_FAILED);
     }
     if answer.ok {
         return ExitCode::SUCCESS;
