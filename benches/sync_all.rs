@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use boa_exchange::boa::{parse_page, FixingSource};
 use boa_exchange::currency::Currency;
-use boa_exchange::store::records::{Company, Connection, TokenExpiry, TokenSet};
+use boa_exchange::store::records::{Company, Connection, DriftPolicy, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use chrono::{NaiveDate, Utc};
 use fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
@@ -187,6 +187,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             multicurrency: true,
             active_currencies: eur_usd.clone(),
             currencies_checked_at: Some(now),
+            drift: DriftPolicy::default(),
         };
         let tokens = TokenSet {
             access_token: at,

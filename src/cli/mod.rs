@@ -93,6 +93,23 @@ pub enum Command {
         /// Also write weekend/holiday dates.
         #[arg(long, value_name = "true|false")]
         fill_non_business_days: Option<bool>,
+        /// What a sync does about a rate changed in QuickBooks after we confirmed it.
+        #[arg(long, value_name = "correct|report", value_parser = ["correct", "report"])]
+        drift: Option<String>,
+    },
+    /// Write the rates in force for a date range (only what differs in QuickBooks).
+    Backfill {
+        /// Realm id.
+        realm: String,
+        /// First date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: String,
+        /// Last date (at most 366 dates, not after today).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: String,
+        /// Read and show the plan; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Revoke at Intuit and soft-delete here.
     Disconnect {
@@ -207,6 +224,7 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             home_currency,
             name,
             fill_non_business_days,
+            drift,
         } => {
             let mut settings = serde_json::Map::new();
             if let Some(v) = sync_enabled {
@@ -221,11 +239,23 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             if let Some(v) = fill_non_business_days {
                 settings.insert("fill_non_business_days".into(), json!(v));
             }
+            if let Some(v) = drift {
+                settings.insert("drift".into(), json!(v));
+            }
             if settings.is_empty() {
-                return Err("set: give at least one of --sync-enabled, --home-currency, --name, --fill-non-business-days".into());
+                return Err("set: give at least one of --sync-enabled, --home-currency, --name, --fill-non-business-days, --drift".into());
             }
             ("set", json!({"realm": realm, "settings": settings}))
         }
+        Command::Backfill {
+            realm,
+            from,
+            to,
+            dry_run,
+        } => (
+            "backfill",
+            json!({"realm": realm, "from": from, "to": to, "dry_run": dry_run}),
+        ),
         Command::Disconnect { realm } => ("disconnect", json!({"realm": realm})),
         Command::Rates { date } => ("rates", json!({"date": date})),
         Command::Fetch => ("fetch", json!({})),
@@ -370,6 +400,11 @@ pub fn print_answer(cli: &Cli, cmd: &str, answer: &crate::control::Response) -> 
         );
     } else if let Some(e) = &answer.error {
         eprintln!("error: {} ({})", e.message, e.code);
+    }
+    // A backfill that wrote part of its plan answers ok with `success: false`: it failed.
+    if answer.ok && answer.data.as_ref().and_then(|d| d.get("success")) == Some(&Value::Bool(false))
+    {
+        return ExitCode::from(EXIT_FAILED);
     }
     if answer.ok {
         return ExitCode::SUCCESS;

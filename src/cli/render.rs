@@ -169,6 +169,61 @@ pub fn render(cmd: &str, data: &Value) -> String {
             out.push_str(&table(&["COMPANY", "NAME", "OK", "RATES", "ERROR"], &rows));
             out
         }
+        "backfill" => {
+            let rows: Vec<Vec<String>> = data["plan"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let theirs = match &p["quickbooks"] {
+                        Value::Null => "-".to_string(),
+                        v => s(v),
+                    };
+                    vec![
+                        s(&p["date"]),
+                        s(&p["currency"]),
+                        format!("{theirs} → {}", s(&p["ours"])),
+                        s(&p["action"]),
+                    ]
+                })
+                .collect();
+            let mut out = table(&["DATE", "CURRENCY", "QUICKBOOKS → OURS", "ACTION"], &rows);
+            for sk in data["skipped"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "skipped {}: {}\n",
+                    s(&sk["date"]),
+                    s(&sk["reason"])
+                ));
+            }
+            for f in data["failed"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "failed {} {}: {}\n",
+                    s(&f["date"]),
+                    s(&f["currency"]),
+                    s(&f["error"])
+                ));
+            }
+            let writes = rows.iter().filter(|r| r[3] == "write").count();
+            out.push_str(&format!(
+                "{} {} to {} ({} dates): {}, {} unchanged, {} dates skipped{}\n",
+                s(&data["company_id"]),
+                s(&data["from"]),
+                s(&data["to"]),
+                s(&data["dates"]),
+                if data["dry_run"] == Value::Bool(true) {
+                    format!("dry run, {writes} would be written")
+                } else {
+                    format!("{} written", s(&data["rates_written"]))
+                },
+                s(&data["rates_unchanged"]),
+                data["skipped"].as_array().map_or(0, Vec::len),
+                match data["error"]["message"].as_str() {
+                    Some(m) => format!("; FAILED: {m}"),
+                    None => String::new(),
+                }
+            ));
+            out
+        }
         "archive_index" => {
             let rows: Vec<Vec<String>> = data["workbooks"]
                 .as_array()

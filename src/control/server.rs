@@ -221,6 +221,13 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
             Err(e) => Err(e),
         },
         "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date")).await,
+        "backfill" => match arg_str(a, "realm") {
+            Ok(r) => {
+                let dry = a.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+                ops::backfill::backfill(state, r, arg_opt(a, "from"), arg_opt(a, "to"), dry).await
+            }
+            Err(e) => Err(e),
+        },
         "set" => match arg_str(a, "realm") {
             Ok(r) => {
                 let settings = a.get("settings").cloned().unwrap_or(Value::Null);

@@ -300,6 +300,15 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
         [id, "sync", "status"] if m == Method::GET => {
             answer(ops::companies::sync_status(state, id))
         }
+        [id, "backfill"] if m == Method::POST => {
+            match ops::backfill::parse_dry_run(req.query("dry_run")) {
+                Ok(dry) => answer(
+                    ops::backfill::backfill(state, id, req.query("from"), req.query("to"), dry)
+                        .await,
+                ),
+                Err(e) => error(&e),
+            }
+        }
         [id, "settings"] if m == Method::PUT => {
             let body: Result<serde_json::Value, _> = serde_json::from_slice(&req.body);
             match body {
@@ -310,9 +319,12 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
                 )),
             }
         }
-        ["list"] | ["sync-all"] | [_, "sync"] | [_, "sync", "status"] | [_, "settings"] => {
-            error(&method_not_allowed())
-        }
+        ["list"]
+        | ["sync-all"]
+        | [_, "sync"]
+        | [_, "sync", "status"]
+        | [_, "settings"]
+        | [_, "backfill"] => error(&method_not_allowed()),
         _ => error(&ApiError::new(
             404,
             "not_found",

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::{ApiError, Ctx, OpResult};
 use crate::currency::Currency;
-use crate::store::records::{Company, Connection, LogKind};
+use crate::store::records::{Company, Connection, DriftPolicy, LogKind, LogRecord};
 
 /// ISO 4217 codes accepted as a home currency.
 const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL";
@@ -41,6 +41,7 @@ pub fn entry(c: &Company) -> Value {
         "last_sync_at": c.last_sync_at.map(rfc3339),
         "connection": connection_word(c),
         "fill_non_business_days": c.fill_non_business_days,
+        "drift": c.drift.as_str(),
     })
 }
 
@@ -137,7 +138,7 @@ fn apply(c: &mut Company, obj: &Map<String, Value>) -> Result<(), ApiError> {
     if obj.is_empty() {
         return Err(ApiError::bad_request(
             "bad_settings",
-            "no settings given (sync_enabled, home_currency, company_name, fill_non_business_days)",
+            "no settings given (sync_enabled, home_currency, company_name, fill_non_business_days, drift)",
         ));
     }
     for (k, v) in obj {
@@ -152,6 +153,12 @@ fn apply(c: &mut Company, obj: &Map<String, Value>) -> Result<(), ApiError> {
                     .ok_or_else(|| ApiError::bad_request("bad_currency", format!("home_currency: {s:?} is not an ISO 4217 currency code (e.g. EUR)")))?;
                 c.home_currency = cur;
             }
+            "drift" => {
+                c.drift = v
+                    .as_str()
+                    .and_then(DriftPolicy::parse)
+                    .ok_or_else(|| type_err(k, "\"correct\" or \"report\""))?;
+            }
             "company_name" => {
                 let s = v.as_str().ok_or_else(|| type_err(k, "text"))?.trim();
                 if s.is_empty() || s.chars().count() > 200 {
@@ -162,7 +169,7 @@ fn apply(c: &mut Company, obj: &Map<String, Value>) -> Result<(), ApiError> {
             other => {
                 return Err(ApiError::bad_request(
                     "unknown_field",
-                    format!("unknown setting {other:?} (allowed: sync_enabled, home_currency, company_name, fill_non_business_days)"),
+                    format!("unknown setting {other:?} (allowed: sync_enabled, home_currency, company_name, fill_non_business_days, drift)"),
                 ))
             }
         }
@@ -184,17 +191,37 @@ pub fn logs(ctx: &Ctx, realm: &str, limit: usize) -> OpResult {
     Ok(json!({
         "success": true,
         "company_id": c.realm_id,
-        "logs": recs.iter().map(|r| json!({
-            "at": rfc3339(r.at),
-            "kind": match r.kind { LogKind::Scraping => "scraping", LogKind::Syncing => "syncing", LogKind::Connection => "connection" },
-            "success": r.success,
-            "date": r.date.map(|d| d.to_string()),
-            "message": r.message,
-            "rates_written": r.rates_written,
-            "rates_unchanged": r.rates_unchanged,
-            "intuit_tids": r.intuit_tids,
-        })).collect::<Vec<_>>(),
+        "logs": recs.iter().map(log_json).collect::<Vec<_>>(),
     }))
+}
+
+/// One log record as `logs` shows it; a drift record adds `currency`, `theirs` (null when
+/// QuickBooks no longer holds the rate) and `ours`, as decimal strings.
+fn log_json(r: &LogRecord) -> Value {
+    let mut v = json!({
+        "at": rfc3339(r.at),
+        "kind": match r.kind {
+            LogKind::Scraping => "scraping",
+            LogKind::Syncing => "syncing",
+            LogKind::Connection => "connection",
+            LogKind::Drift => "drift",
+        },
+        "success": r.success,
+        "date": r.date.map(|d| d.to_string()),
+        "message": r.message,
+        "rates_written": r.rates_written,
+        "rates_unchanged": r.rates_unchanged,
+        "intuit_tids": r.intuit_tids,
+    });
+    if let (Some(d), Some(obj)) = (&r.drift, v.as_object_mut()) {
+        obj.insert("currency".into(), json!(d.currency.as_str()));
+        obj.insert(
+            "theirs".into(),
+            json!(d.theirs.map(|t| t.normalize().to_string())),
+        );
+        obj.insert("ours".into(), json!(d.ours.normalize().to_string()));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -213,6 +240,8 @@ mod tests {
             json!({"home_currency": "eur"}),
             json!({"company_name": ""}),
             json!({"colour": "red"}),
+            json!({"drift": "fix"}),
+            json!({"drift": true}),
         ] {
             let mut copy = c.clone();
             assert!(apply(&mut copy, bad.as_object().unwrap()).is_err(), "{bad}");
@@ -227,5 +256,9 @@ mod tests {
         assert!(!c.sync_enabled);
         assert_eq!(c.home_currency.as_str(), "EUR");
         assert_ne!(before, c);
+        assert_eq!(c.drift, DriftPolicy::Correct);
+        apply(&mut c, json!({"drift": "report"}).as_object().unwrap()).unwrap();
+        assert_eq!(c.drift, DriftPolicy::Report);
+        assert_eq!(entry(&c)["drift"], "report");
     }
 }

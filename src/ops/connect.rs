@@ -16,7 +16,7 @@ use super::{ApiError, Ctx, OpResult};
 use crate::config::Enrollment;
 use crate::currency::Currency;
 use crate::qbo::tokens::HARD_EXPIRY_WARNING;
-use crate::store::records::{Company, Connection, LogRecord, PendingAuth, TokenSet};
+use crate::store::records::{Company, Connection, DriftPolicy, LogRecord, PendingAuth, TokenSet};
 
 /// Name of the cookie that binds a `state` to the browser that started the flow.
 pub const STATE_COOKIE: &str = "boa_oauth_state";
@@ -486,6 +486,7 @@ pub async fn store_connection(
         multicurrency: read.multicurrency,
         active_currencies: vec![],
         currencies_checked_at: None,
+        drift: DriftPolicy::default(),
     });
     company.company_name = read.name;
     company.home_currency = read.home;

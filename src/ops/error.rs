@@ -175,6 +175,7 @@ impl From<sync::Error> for ApiError {
         use sync::Error as E;
         let status = match &e {
             E::UnknownCompany(_) => 404,
+            E::BadRange(_) => 400,
             E::Disconnected
             | E::NotConnected
             | E::ReconnectNeeded
@@ -219,6 +220,18 @@ mod tests {
             ),
             (
                 sync::Error::InProgress(d).into(),
+                409,
+                "sync_in_progress",
+                Kind::Conflict,
+            ),
+            (
+                sync::Error::BadRange("x".into()).into(),
+                400,
+                "bad_range",
+                Kind::BadInput,
+            ),
+            (
+                sync::Error::CompanyBusy("9".into()).into(),
                 409,
                 "sync_in_progress",
                 Kind::Conflict,

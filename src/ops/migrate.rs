@@ -332,6 +332,7 @@ fn provisional(
         multicurrency: true,
         active_currencies: vec![],
         currencies_checked_at: None,
+        drift: crate::store::records::DriftPolicy::default(),
     });
     if let Some(n) = &t.name {
         c.company_name.clone_from(n);

@@ -8,6 +8,7 @@
 //! - [`companies`], [`connect`], [`rates`], [`sync`], [`metrics`]: the operations.
 //! - [`error`]: the table from domain errors to answers.
 
+pub mod backfill;
 pub mod companies;
 pub mod connect;
 pub mod error;

@@ -81,6 +81,14 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Server { .. } | Error::Network(_))
     }
+    /// An application Fault of any code (QuickBooks refused the request itself).
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Error::Fault { .. })
+    }
+    /// Fault 610: object not found (a single GET for a date without a rate).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Fault { code, .. } if code == "610")
+    }
     /// Stale SyncToken (Fault 5010).
     pub fn is_stale(&self) -> bool {
         matches!(self, Error::Fault { code, .. } if code == "5010")

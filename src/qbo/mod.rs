@@ -36,6 +36,18 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
+/// Rows per page of an exchange-rate range query (QuickBooks' ceiling for `MAXRESULTS`).
+pub const PAGE_SIZE: usize = 1000;
+
+/// One page of a range query.
+#[derive(Debug, Clone, Default)]
+pub struct RatesPage {
+    /// The rows dated inside the range.
+    pub rates: Vec<QboRate>,
+    /// The page held [`PAGE_SIZE`] rows: more may follow.
+    pub full: bool,
+}
+
 /// An answer plus the `intuit_tid` it carried.
 /// Largest answer read from Intuit (accounting API and OAuth endpoints).
 pub const MAX_ANSWER_BYTES: usize = 4 << 20;
@@ -210,47 +222,92 @@ impl QboClient {
         })
     }
 
-    /// The exchange rates QuickBooks holds for `date` and `codes`, in the query form of
-    /// Intuit's documentation (`select * from exchangerate where sourcecurrencycode in
-    /// ('EUR','USD') and asofdate='2025-03-14'`): one metered read per 100 codes (QuickBooks'
-    /// default page size), so one read for any real company.
+    /// One page of the exchange rates QuickBooks holds for `codes` dated `from` to `to`
+    /// (inclusive): `select * from exchangerate where sourcecurrencycode in (...) and
+    /// asofdate >= 'from' and asofdate <= 'to' MAXRESULTS 1000`, with `STARTPOSITION` only
+    /// for a page after the first. One metered read. Answers the rows in the range and
+    /// whether the page was full (then the caller asks for the next one).
     ///
     /// # Errors
-    /// Any [`Error`].
-    pub async fn rates_on(
+    /// Any [`Error`]; a refused query is a [`Error::Fault`].
+    pub async fn rates_page(
         &self,
         realm: &str,
         token: &str,
-        date: NaiveDate,
         codes: &[Currency],
-    ) -> Result<Traced<Vec<QboRate>>, Error> {
-        let mut out = Vec::new();
-        let mut tid = None;
-        for chunk in codes.chunks(100) {
-            let list = chunk
-                .iter()
-                .map(|c| format!("'{c}'"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let q = format!(
-                "select * from exchangerate where sourcecurrencycode in ({list}) and asofdate='{}'",
-                date.format("%Y-%m-%d")
-            );
-            let t = self.query(realm, token, &q).await?;
-            tid = tid.or(t.tid);
-            if let Some(a) = t.value["QueryResponse"]["ExchangeRate"].as_array() {
-                for r in a {
-                    let raw: RawRate = serde_json::from_value(r.clone())
-                        .map_err(|e| Error::Decode(format!("ExchangeRate: {e}")))?;
-                    let rate = raw.parse().map_err(Error::Decode)?;
-                    // Only rows for exactly this date count (QuickBooks may fall back).
-                    if rate.date == date {
-                        out.push(rate);
-                    }
+        from: NaiveDate,
+        to: NaiveDate,
+        start: usize,
+    ) -> Result<Traced<RatesPage>, Error> {
+        let list = codes
+            .iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let paging = if start > 1 {
+            format!("STARTPOSITION {start} MAXRESULTS {PAGE_SIZE}")
+        } else {
+            format!("MAXRESULTS {PAGE_SIZE}")
+        };
+        let q = format!(
+            "select * from exchangerate where sourcecurrencycode in ({list}) and asofdate >= '{}' and asofdate <= '{}' {paging}",
+            from.format("%Y-%m-%d"),
+            to.format("%Y-%m-%d"),
+        );
+        let t = self.query(realm, token, &q).await?;
+        let mut page = RatesPage::default();
+        if let Some(a) = t.value["QueryResponse"]["ExchangeRate"].as_array() {
+            page.full = a.len() >= PAGE_SIZE;
+            for r in a {
+                let raw: RawRate = serde_json::from_value(r.clone())
+                    .map_err(|e| Error::Decode(format!("ExchangeRate: {e}")))?;
+                let rate = raw.parse().map_err(Error::Decode)?;
+                if rate.date >= from && rate.date <= to {
+                    page.rates.push(rate);
                 }
             }
         }
-        Ok(Traced { value: out, tid })
+        Ok(Traced {
+            value: page,
+            tid: t.tid,
+        })
+    }
+
+    /// The rate QuickBooks holds for one currency on exactly `date`
+    /// (`GET exchangerate?sourcecurrencycode=&asofdate=`): the fallback read when the query
+    /// is refused. `None` when there is none for that date (Fault 610, or an answer for
+    /// another date: QuickBooks may fall back to an earlier one).
+    ///
+    /// # Errors
+    /// Any [`Error`] but "not found".
+    pub async fn rate_on(
+        &self,
+        realm: &str,
+        token: &str,
+        code: Currency,
+        date: NaiveDate,
+    ) -> Result<Traced<Option<QboRate>>, Error> {
+        let mut url = self.url(realm, "exchangerate")?;
+        url.query_pairs_mut()
+            .append_pair("sourcecurrencycode", code.as_str())
+            .append_pair("asofdate", &date.format("%Y-%m-%d").to_string());
+        let t = match self.get(realm, token, url).await {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => {
+                return Ok(Traced {
+                    value: None,
+                    tid: None,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let raw: RawRate = serde_json::from_value(t.value["ExchangeRate"].clone())
+            .map_err(|e| Error::Decode(format!("ExchangeRate: {e}")))?;
+        let rate = raw.parse().map_err(Error::Decode)?;
+        Ok(Traced {
+            value: (rate.date == date && rate.currency == code).then_some(rate),
+            tid: t.tid,
+        })
     }
 
     /// Creates or updates one rate (`POST exchangerate?requestid=`).

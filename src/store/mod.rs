@@ -32,7 +32,7 @@ use records::*;
 const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 /// The schema this build writes. Bump with a migration in [`migrate`] when records change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -758,6 +758,34 @@ impl Store {
         .collect()
     }
 
+    /// A company's stored rates dated `from` to `to` (inclusive), by date then currency.
+    ///
+    /// # Errors
+    /// sled or decode failure.
+    pub fn rates_between(
+        &self,
+        realm: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<CompanyRate>> {
+        let start = keys::rate_date_prefix(realm, from);
+        let end = match to.succ_opt() {
+            Some(next) => keys::rate_date_prefix(realm, next),
+            None => {
+                let mut k = keys::realm_prefix(realm);
+                k.push(0xff);
+                k
+            }
+        };
+        self.rates
+            .range(start..end)
+            .map(|r| {
+                let (_, v) = r?;
+                codec::decode(&v).map_err(Error::codec(keys::RATES))
+            })
+            .collect()
+    }
+
     /// `(total, synced)` rate rows of a company.
     ///
     /// # Errors
@@ -1042,11 +1070,47 @@ impl Store {
 
 /// Upgrades a store written with schema `from` to [`SCHEMA_VERSION`]. Runs at open.
 ///
-/// Version 1 is the first schema; there is nothing older to convert yet. A future version
-/// adds its step here (read each record in the old shape, write it in the new one).
-fn migrate(_store: &Store, from: u32) -> Result<()> {
+/// 1 → 2: company records gained `drift` and log records gained `drift` (both appended
+/// last). Each record is rewritten in the new shape. Idempotent, so a crash half-way is
+/// finished by the next start: a record that already decodes in the new shape is left alone
+/// (the order of the two attempts matters: bincode ignores trailing bytes, so a new record
+/// would also decode in the old shape, while an old one is too short for the new shape).
+/// A record that decodes in neither shape is left as it is, to be skipped, counted and
+/// alerted like any undecodable record (SPEC §9).
+fn migrate(store: &Store, from: u32) -> Result<()> {
     tracing::info!(from, to = SCHEMA_VERSION, "migrating store schema");
+    if from < 2 {
+        let companies = upgrade_tree::<Company, v1::Company>(&store.companies, keys::COMPANIES)?;
+        let logs = upgrade_tree::<LogRecord, v1::LogRecord>(&store.logs, keys::LOGS)?;
+        tracing::info!(companies, logs, "store schema 1 → 2: records rewritten");
+    }
     Ok(())
+}
+
+/// Rewrites every record of `tree` that decodes as `Old` but not as `New`; returns how many.
+fn upgrade_tree<New, Old>(tree: &sled::Tree, name: &'static str) -> Result<usize>
+where
+    New: Serialize + DeserializeOwned,
+    Old: DeserializeOwned + Into<New>,
+{
+    let mut n = 0;
+    for r in tree.iter() {
+        let (k, v) = r?;
+        if codec::decode::<New>(&v).is_ok() {
+            continue;
+        }
+        match codec::decode::<Old>(&v) {
+            Ok(old) => {
+                let new: New = old.into();
+                tree.insert(k, codec::encode(&new).map_err(Error::codec(name))?)?;
+                n += 1;
+            }
+            Err(e) => {
+                tracing::warn!(tree = name, key = %String::from_utf8_lossy(&k), error = %e, "store migration: record left as it is (undecodable)");
+            }
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

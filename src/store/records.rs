@@ -75,6 +75,38 @@ pub struct Company {
     pub active_currencies: Vec<Currency>,
     /// When currencies/preferences were last read from QuickBooks.
     pub currencies_checked_at: Option<DateTime<Utc>>,
+    /// What a routine sync does about a rate QuickBooks changed after we confirmed it
+    /// (added in schema 2, last so that [`v1::Company`] is this record without it).
+    pub drift: DriftPolicy,
+}
+
+/// What a routine sync does about drift (SPEC §5 "Drift").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriftPolicy {
+    /// Write our confirmed rate back in the same sync (the default).
+    #[default]
+    Correct,
+    /// Only record (and alert); never overwrite what QuickBooks now holds.
+    Report,
+}
+
+impl DriftPolicy {
+    /// The setting's word (`correct`, `report`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftPolicy::Correct => "correct",
+            DriftPolicy::Report => "report",
+        }
+    }
+
+    /// The policy a word names.
+    pub fn parse(s: &str) -> Option<DriftPolicy> {
+        match s {
+            "correct" => Some(DriftPolicy::Correct),
+            "report" => Some(DriftPolicy::Report),
+            _ => None,
+        }
+    }
 }
 
 impl Company {
@@ -132,6 +164,22 @@ pub enum LogKind {
     Syncing,
     /// Connection events (connect, refresh failure, disconnect).
     Connection,
+    /// A rate QuickBooks holds differs from the one we confirmed (appended last: older
+    /// records keep their variant numbers).
+    Drift,
+}
+
+/// What a drift record says: the currency, and both rates (its date is the record's `date`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftDetail {
+    /// The currency.
+    pub currency: Currency,
+    /// What QuickBooks holds now; `None` when the rate is gone there.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub theirs: Option<Decimal>,
+    /// What we confirmed.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub ours: Decimal,
 }
 
 /// One entry of a company's scrape/sync log.
@@ -153,6 +201,8 @@ pub struct LogRecord {
     pub rates_unchanged: u32,
     /// Intuit transaction ids of the calls made.
     pub intuit_tids: Vec<String>,
+    /// The drift, for a [`LogKind::Drift`] record (added in schema 2, last).
+    pub drift: Option<DriftDetail>,
 }
 
 impl LogRecord {
@@ -172,6 +222,7 @@ impl LogRecord {
             rates_written: 0,
             rates_unchanged: 0,
             intuit_tids,
+            drift: None,
         }
     }
 }
@@ -235,4 +286,84 @@ pub enum PendingAuth {
         /// The invite code that let the flow start.
         invite: String,
     },
+}
+
+/// The records as schema 1 wrote them, read only by the migration to schema 2
+/// (`store::migrate`). Each is the current record minus the fields schema 2 appended.
+pub mod v1 {
+    use super::*;
+
+    /// A schema-1 company (no `drift`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Company {
+        pub realm_id: String,
+        pub company_name: String,
+        pub home_currency: Currency,
+        pub is_active: bool,
+        pub sync_enabled: bool,
+        pub is_sandbox: bool,
+        pub fill_non_business_days: bool,
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+        pub last_sync_at: Option<DateTime<Utc>>,
+        pub connection: Connection,
+        pub tokens: Option<TokenExpiry>,
+        pub multicurrency: bool,
+        pub active_currencies: Vec<Currency>,
+        pub currencies_checked_at: Option<DateTime<Utc>>,
+    }
+
+    impl From<Company> for super::Company {
+        fn from(c: Company) -> Self {
+            super::Company {
+                realm_id: c.realm_id,
+                company_name: c.company_name,
+                home_currency: c.home_currency,
+                is_active: c.is_active,
+                sync_enabled: c.sync_enabled,
+                is_sandbox: c.is_sandbox,
+                fill_non_business_days: c.fill_non_business_days,
+                created_at: c.created_at,
+                updated_at: c.updated_at,
+                last_sync_at: c.last_sync_at,
+                connection: c.connection,
+                tokens: c.tokens,
+                multicurrency: c.multicurrency,
+                active_currencies: c.active_currencies,
+                currencies_checked_at: c.currencies_checked_at,
+                drift: DriftPolicy::default(),
+            }
+        }
+    }
+
+    /// A schema-1 log record (no `drift`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct LogRecord {
+        pub at: DateTime<Utc>,
+        pub kind: LogKind,
+        pub success: bool,
+        pub date: Option<NaiveDate>,
+        pub message: String,
+        pub rates_written: u32,
+        pub rates_unchanged: u32,
+        pub intuit_tids: Vec<String>,
+    }
+
+    impl From<LogRecord> for super::LogRecord {
+        fn from(r: LogRecord) -> Self {
+            super::LogRecord {
+                at: r.at,
+                kind: r.kind,
+                success: r.success,
+                date: r.date,
+                message: r.message,
+                rates_written: r.rates_written,
+                rates_unchanged: r.rates_unchanged,
+                intuit_tids: r.intuit_tids,
+                drift: None,
+            }
+        }
+    }
 }

@@ -33,6 +33,7 @@ pub(crate) fn company(realm: &str) -> Company {
         multicurrency: true,
         active_currencies: vec![cur("EUR"), cur("USD")],
         currencies_checked_at: None,
+        drift: DriftPolicy::Correct,
     }
 }
 
@@ -91,6 +92,7 @@ async fn company_and_tokens_round_trip_and_survive_reopen() {
                 rates_written: 2,
                 rates_unchanged: 0,
                 intuit_tids: vec![],
+                drift: None,
             },
         )
         .unwrap();
@@ -188,6 +190,121 @@ fn older_schema_is_migrated() {
     assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes());
 }
 
+/// A schema-1 store (company and log records without `drift`) opens as schema 2: every
+/// record is rewritten, decodes, and a second open changes nothing.
+#[test]
+fn schema_1_records_are_migrated_to_schema_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    let c = company("77");
+    let old = v1::Company {
+        realm_id: c.realm_id.clone(),
+        company_name: c.company_name.clone(),
+        home_currency: c.home_currency,
+        is_active: c.is_active,
+        sync_enabled: c.sync_enabled,
+        is_sandbox: c.is_sandbox,
+        fill_non_business_days: c.fill_non_business_days,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        last_sync_at: c.last_sync_at,
+        connection: c.connection.clone(),
+        tokens: c.tokens.clone(),
+        multicurrency: c.multicurrency,
+        active_currencies: c.active_currencies.clone(),
+        currencies_checked_at: c.currencies_checked_at,
+    };
+    let log = v1::LogRecord {
+        at: Utc::now(),
+        kind: LogKind::Syncing,
+        success: true,
+        date: Some(d("2026-05-22")),
+        message: "synced 2 rates".into(),
+        rates_written: 2,
+        rates_unchanged: 0,
+        intuit_tids: vec!["tid-1".into()],
+    };
+    {
+        let s = Store::open(dir.path(), &id).unwrap();
+        s.companies
+            .insert(b"77", codec::encode(&old).unwrap())
+            .unwrap();
+        s.logs
+            .insert(keys::log_key("77", 1), codec::encode(&log).unwrap())
+            .unwrap();
+        // An undecodable record stays as it is (skipped and counted later, SPEC §9).
+        s.companies
+            .insert(b"88", vec![codec::RECORD_FORMAT, 0xff])
+            .unwrap();
+        s.meta.insert(META_SCHEMA, &1u32.to_be_bytes()).unwrap();
+        s.flush_blocking().unwrap();
+        assert!(codec::decode::<Company>(&s.companies.get(b"77").unwrap().unwrap()).is_err());
+    }
+    for _ in 0..2 {
+        let s = Store::open(dir.path(), &id).unwrap();
+        let got = s.company("77").unwrap().unwrap();
+        assert_eq!(got, c, "every schema-1 field kept, drift = correct");
+        let logs = s.logs("77", 10).unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].message, "synced 2 rates");
+        assert_eq!(logs[0].intuit_tids, vec!["tid-1".to_string()]);
+        assert_eq!(logs[0].drift, None);
+        assert!(s.company("88").is_err());
+        assert_eq!(
+            s.meta.get(META_SCHEMA).unwrap().unwrap().as_ref(),
+            SCHEMA_VERSION.to_be_bytes()
+        );
+    }
+}
+
+#[test]
+fn drift_records_round_trip_and_rates_scan_by_range() {
+    let s = Store::open_temporary().unwrap();
+    let rec = LogRecord {
+        at: Utc::now(),
+        kind: LogKind::Drift,
+        success: false,
+        date: Some(d("2026-05-20")),
+        message: "drift".into(),
+        rates_written: 0,
+        rates_unchanged: 0,
+        intuit_tids: vec![],
+        drift: Some(DriftDetail {
+            currency: cur("EUR"),
+            theirs: None,
+            ours: Decimal::from_str("100.1").unwrap(),
+        }),
+    };
+    s.append_log("5", &rec).unwrap();
+    assert_eq!(s.logs("5", 1).unwrap()[0], rec);
+    let mk = |date: &str| CompanyRate {
+        date: d(date),
+        currency: cur("EUR"),
+        rate: Decimal::ONE,
+        fixing: (TableKind::Main, d(date)),
+        synced: true,
+        synced_at: None,
+    };
+    s.put_rates(
+        "5",
+        &[
+            mk("2026-05-15"),
+            mk("2026-05-16"),
+            mk("2026-05-22"),
+            mk("2026-05-23"),
+        ],
+    )
+    .unwrap();
+    s.put_rates("50", &[mk("2026-05-16")]).unwrap();
+    let got: Vec<NaiveDate> = s
+        .rates_between("5", d("2026-05-16"), d("2026-05-22"))
+        .unwrap()
+        .iter()
+        .map(|r| r.date)
+        .collect();
+    assert_eq!(got, vec![d("2026-05-16"), d("2026-05-22")]);
+}
+
 #[test]
 fn rates_and_logs_are_scanned_per_company() {
     let s = Store::open_temporary().unwrap();
@@ -232,6 +349,7 @@ fn rates_and_logs_are_scanned_per_company() {
             rates_written: 0,
             rates_unchanged: 0,
             intuit_tids: vec![],
+            drift: None,
         };
         s.append_log("12", &rec).unwrap();
     }

@@ -7,7 +7,7 @@
 //! The engine owns its parts ([`SyncEngine`]'s fields) and answers in [`Error`]; it builds
 //! no HTTP answers (that is `ops::sync`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::backfill::{self, Backfill, FailedWrite, Skipped};
 use super::error::{upstream, Error};
-use super::plan::{self, Action, Held, Holdings, Step, Want};
+use super::plan::{self, Action, Drift, Held, Holdings, Step, Want};
 use crate::alerts::Alerts;
 use crate::archive::{self, Archive, NoFixing};
 use crate::boa::model::TableKind;
@@ -29,9 +30,11 @@ use crate::currency::Currency;
 use crate::metrics::{CallKind, Metrics};
 use crate::qbo::model::rate_body;
 use crate::qbo::tokens::{TokenError, TokenManager};
-use crate::qbo::{self, QboClient, Traced};
+use crate::qbo::{self, QboClient, Traced, PAGE_SIZE};
 use crate::scheduler::clock::Clock;
-use crate::store::records::{Company, CompanyRate as StoredRate, Connection, LogKind, LogRecord};
+use crate::store::records::{
+    Company, CompanyRate as StoredRate, Connection, DriftDetail, DriftPolicy, LogKind, LogRecord,
+};
 use crate::store::Store;
 use crate::sync::rates::{company_rates, InForce};
 
@@ -43,6 +46,13 @@ const MAX_THROTTLE_RETRIES: u32 = 3;
 const MAX_TRANSIENT_RETRIES: u32 = 3;
 /// Longest wait honoured for a Retry-After.
 const MAX_RETRY_AFTER: u64 = 120;
+/// The routine read covers this many dates ending with the sync's date (D-6…D): drift in
+/// any of them is found by the same one metered read.
+pub const DRIFT_WINDOW_DAYS: i64 = 7;
+/// A drift of the same company and currency within this long of the previous one alerts.
+const DRIFT_REPEAT: chrono::Duration = chrono::Duration::days(7);
+/// Log records looked at for an earlier drift (newest first).
+const DRIFT_LOOKBACK_RECORDS: usize = 1000;
 /// Default of `quickbooks.writes_in_flight_per_company` (Intuit allows 10 per realm).
 pub const DEFAULT_WRITES_IN_FLIGHT: usize = 4;
 
@@ -368,6 +378,252 @@ impl SyncEngine {
         })
     }
 
+    /// Backfills `from..=to` (SPEC §5 "Backfill"): every date's rate in force (weekends and
+    /// holidays by the company's fill policy; dates without one are skipped with the
+    /// reason), read from QuickBooks one range query per 31 days, and only what differs
+    /// written, through the routine write path (requestids, bounded concurrency, 429/5xx
+    /// handling). A dry run stops after the plan. Refuses to wait for a sync of the same
+    /// company.
+    ///
+    /// All reads come before the first write: a failed read fails the backfill with nothing
+    /// written. A write that fails does not stop the others; the report lists it and carries
+    /// the error, and what was written stays written and counted.
+    ///
+    /// # Errors
+    /// Bad range, unknown company, a sync of it running, a company that cannot be synced,
+    /// a failed read or token refresh, store failures.
+    pub async fn backfill(
+        &self,
+        realm: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        dry_run: bool,
+    ) -> Result<Backfill, Error> {
+        let dates = backfill::check_range(from, to, self.archive.today())?;
+        let mut company = self
+            .store
+            .company(realm)?
+            .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
+        let company_lock = self.company_lock(realm);
+        let Some(_held) = company_lock.try_lock() else {
+            return Err(Error::CompanyBusy(realm.to_string()));
+        };
+        if !company.is_active {
+            return Err(Error::Disconnected);
+        }
+        if let Connection::ReconnectNeeded { .. } = company.connection {
+            return Err(Error::ReconnectNeeded);
+        }
+        if !company.sync_enabled {
+            return Err(Error::SyncDisabled(realm.to_string()));
+        }
+        tracing::info!(
+            realm_id = realm,
+            "Company {realm}: backfill {from} to {to}{}",
+            if dry_run { " (dry run)" } else { "" }
+        );
+        let mut report = Backfill {
+            realm: realm.to_string(),
+            from,
+            to,
+            dry_run,
+            dates,
+            plan: Vec::new(),
+            rates_written: 0,
+            rates_unchanged: 0,
+            skipped: Vec::new(),
+            reads: 0,
+            failed: Vec::new(),
+            error: None,
+        };
+        // The rates in force, date by date.
+        let holidays = self.archive.holidays()?;
+        let mut days: Vec<(NaiveDate, InForce)> = Vec::new();
+        for day in from.iter_days().take_while(|d| *d <= to) {
+            if let Some(why) =
+                backfill::non_business_skip(day, &holidays, company.fill_non_business_days)
+            {
+                report.skipped.push(Skipped {
+                    date: day,
+                    reason: why.to_string(),
+                });
+                continue;
+            }
+            match self.archive.resolve(day) {
+                Ok(r) => days.push((day, r.in_force())),
+                Err(archive::Error::NoFixing { why, .. }) => report.skipped.push(Skipped {
+                    date: day,
+                    reason: why.message(day),
+                }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let token = self.tokens.access_token(realm).await?;
+        let session = Session::new(self, realm, token);
+        let result = self
+            .backfill_with(&session, &mut company, days, &mut report)
+            .await;
+        let tids = std::mem::take(&mut *lock(&session.tids));
+        if !dry_run {
+            let message = format!(
+                "backfill {from} to {to}: {} written, {} unchanged, {} dates skipped{}",
+                report.rates_written,
+                report.rates_unchanged,
+                report.skipped.len(),
+                match (&result, &report.error) {
+                    (Err(e), _) | (Ok(()), Some(e)) => format!("; {}: {e}", e.code()),
+                    _ => String::new(),
+                }
+            );
+            self.store.append_log(
+                realm,
+                &LogRecord {
+                    at: self.clock.now(),
+                    kind: LogKind::Syncing,
+                    success: result.is_ok() && report.error.is_none(),
+                    date: None,
+                    message,
+                    rates_written: report.rates_written as u32,
+                    rates_unchanged: report.rates_unchanged as u32,
+                    intuit_tids: tids,
+                    drift: None,
+                },
+            )?;
+            self.store.flush().await?;
+            self.metrics
+                .rates_written
+                .inc_by(report.rates_written as u64);
+        }
+        result.map(|()| report)
+    }
+
+    async fn backfill_with(
+        &self,
+        session: &Session<'_>,
+        company: &mut Company,
+        days: Vec<(NaiveDate, InForce)>,
+        report: &mut Backfill,
+    ) -> Result<(), Error> {
+        let realm = company.realm_id.clone();
+        let stale = company
+            .currencies_checked_at
+            .is_none_or(|t| self.clock.now() - t > CURRENCY_CACHE);
+        if stale && !days.is_empty() {
+            self.refresh_company_cache(session, company).await?;
+        }
+        if !company.multicurrency {
+            return Err(Error::MulticurrencyOff);
+        }
+        // What we want on every date, and where each rate came from.
+        let mut wants: Vec<Want> = Vec::new();
+        let mut fixings: HashMap<(NaiveDate, Currency), (TableKind, NaiveDate)> = HashMap::new();
+        for (day, in_force) in &days {
+            match company_rates(in_force, company.home_currency, &company.active_currencies) {
+                Ok(list) => {
+                    for w in list {
+                        let fixing = in_force.rate(w.currency).map_or_else(
+                            || (TableKind::Main, in_force.main_date.unwrap_or(*day)),
+                            |r| (r.table, r.fixing_date),
+                        );
+                        fixings.insert((*day, w.currency), fixing);
+                        wants.push(Want {
+                            date: *day,
+                            currency: w.currency,
+                            rate: w.rate,
+                        });
+                    }
+                }
+                Err(e) => report.skipped.push(Skipped {
+                    date: *day,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        report.skipped.sort_by_key(|s| s.date);
+        let mut codes: Vec<Currency> = wants.iter().map(|w| w.currency).collect();
+        codes.sort();
+        codes.dedup();
+
+        // Reads: one range query per 31-day window that has a date to write.
+        let mut holdings = Holdings::new();
+        for (wf, wt) in backfill::windows(report.from, report.to) {
+            if !wants.iter().any(|w| w.date >= wf && w.date <= wt) {
+                continue;
+            }
+            let h = self
+                .read_range(session, wf, wt, &codes)
+                .await
+                .map_err(|e| upstream(&e, "reading QuickBooks exchange rates"))?;
+            report.reads += 1;
+            holdings.extend(h);
+        }
+        let steps = plan::plan(&realm, &wants, &holdings);
+        report.plan.clone_from(&steps);
+        if report.dry_run {
+            report.rates_unchanged = steps.iter().filter(|s| s.action == Action::Keep).count();
+            return Ok(());
+        }
+
+        // Writes, through the routine path; rows stored like a routine sync's.
+        let written = self
+            .write_steps(session, company.home_currency, steps)
+            .await;
+        report.rates_written = written.written.len();
+        report.rates_unchanged = written.unchanged.len();
+        let now = self.clock.now();
+        let done: HashSet<(NaiveDate, Currency)> = written
+            .written
+            .iter()
+            .chain(written.unchanged.iter())
+            .copied()
+            .collect();
+        let rows: Vec<StoredRate> = wants
+            .iter()
+            .map(|w| {
+                let synced = done.contains(&(w.date, w.currency));
+                StoredRate {
+                    date: w.date,
+                    currency: w.currency,
+                    rate: w.rate,
+                    fixing: fixings
+                        .get(&(w.date, w.currency))
+                        .copied()
+                        .unwrap_or((TableKind::Main, w.date)),
+                    synced,
+                    synced_at: synced.then_some(now),
+                }
+            })
+            .collect();
+        self.store.put_rates(&realm, &rows)?;
+        report.failed = written
+            .rejected
+            .into_iter()
+            .chain(written.failures)
+            .map(|((date, currency), error)| FailedWrite {
+                date,
+                currency,
+                error,
+            })
+            .collect();
+        report.failed.sort_by_key(|f| (f.date, f.currency));
+        report.error = match written.fatal {
+            Some(e) => Some(e),
+            None if !report.failed.is_empty() => Some(Error::WriteFailed {
+                failed: report.failed.len(),
+                total: wants.len(),
+                detail: report
+                    .failed
+                    .iter()
+                    .take(5)
+                    .map(|f| format!("{} {}: {}", f.currency, f.date, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+            None => None,
+        };
+        Ok(())
+    }
+
     /// Writes the attempt's two log records (SPEC §5 "Counts": one scraping, one syncing),
     /// flushes, counts and alerts.
     async fn record(
@@ -394,6 +650,7 @@ impl SyncEngine {
                 rates_written: 0,
                 rates_unchanged: 0,
                 intuit_tids: vec![],
+                drift: None,
             },
         )?;
         self.store.append_log(
@@ -403,21 +660,36 @@ impl SyncEngine {
                 kind: LogKind::Syncing,
                 success: error.is_none(),
                 date: Some(date),
-                message: match error {
-                    None => format!(
-                        "synced {synced} rates ({} written, {} unchanged)",
-                        a.written, a.unchanged
-                    ),
-                    Some(e) => format!("{}: {e}", e.code()),
+                message: {
+                    let mut m = match error {
+                        None => format!(
+                            "synced {synced} rates ({} written, {} unchanged)",
+                            a.written, a.unchanged
+                        ),
+                        Some(e) => format!("{}: {e}", e.code()),
+                    };
+                    if a.drifts > 0 {
+                        m.push_str(&format!(
+                            "; {} drift(s) found, {} corrected",
+                            a.drifts, a.corrected
+                        ));
+                    }
+                    if a.read_fallback {
+                        m.push_str("; the exchange-rate query was refused: read D by single GETs, drift not checked");
+                    }
+                    m
                 },
                 rates_written: a.written as u32,
                 rates_unchanged: a.unchanged as u32,
                 intuit_tids: a.tids.clone(),
+                drift: None,
             },
         )?;
         self.store.flush().await?;
         self.metrics.company_sync(error.is_none());
-        self.metrics.rates_written.inc_by(a.written as u64);
+        self.metrics
+            .rates_written
+            .inc_by((a.written + a.corrected) as u64);
         match error {
             None => {
                 tracing::info!(realm_id = realm, fixing_date = %date, rates_written = a.written, "Company {realm}: Successfully synced {synced} rates");
@@ -516,29 +788,90 @@ impl SyncEngine {
             return Ok(());
         }
 
-        // 4. One metered read, then the plan.
+        // 4. One metered read of D-6…D (or, when QuickBooks refuses the query, one GET per
+        // currency for D), the drift it shows, then the plan.
         let codes: Vec<Currency> = wanted.iter().map(|w| w.currency).collect();
-        let holdings = self.read_holdings(session, date, &codes).await?;
-        let wants: Vec<Want> = wanted
+        let window_from = date
+            .checked_sub_signed(chrono::Duration::days(DRIFT_WINDOW_DAYS - 1))
+            .unwrap_or(date);
+        let read = self.read_window(session, window_from, date, &codes).await?;
+        attempt.read_fallback = !read.drift_checked;
+        let mut confirmed: HashMap<(NaiveDate, Currency), StoredRate> = HashMap::new();
+        let drifts = if read.drift_checked {
+            let mine: Vec<StoredRate> = self
+                .store
+                .rates_between(&realm, window_from, date)?
+                .into_iter()
+                .filter(|r| r.synced && codes.contains(&r.currency))
+                .collect();
+            let wants: Vec<Want> = mine
+                .iter()
+                .map(|r| Want {
+                    date: r.date,
+                    currency: r.currency,
+                    rate: r.rate,
+                })
+                .collect();
+            confirmed = mine
+                .into_iter()
+                .map(|r| ((r.date, r.currency), r))
+                .collect();
+            plan::drifts(&wants, &read.holdings)
+        } else {
+            Vec::new()
+        };
+        let report_only = company.drift == DriftPolicy::Report;
+        self.record_drifts(&realm, &codes, &drifts, report_only)?;
+        attempt.drifts = drifts.len();
+        let drifted: HashSet<(NaiveDate, Currency)> = drifts
+            .iter()
+            .map(|d| (d.ours.date, d.ours.currency))
+            .collect();
+        // `report` never overwrites a rate QuickBooks changed after we confirmed it, not
+        // even on D; `correct` writes the older dates back with the routine ones.
+        let held_back = |k: &(NaiveDate, Currency)| report_only && drifted.contains(k);
+        let mut wants: Vec<Want> = wanted
             .iter()
             .map(|w| Want {
                 date,
                 currency: w.currency,
                 rate: w.rate,
             })
+            .filter(|w| !held_back(&(w.date, w.currency)))
             .collect();
-        let steps = plan::plan(&realm, &wants, &holdings);
+        let corrections: Vec<Want> = if report_only {
+            Vec::new()
+        } else {
+            drifts
+                .iter()
+                .map(|d| d.ours)
+                .filter(|w| w.date != date)
+                .collect()
+        };
+        wants.extend(corrections.iter().copied());
+        let steps = plan::plan(&realm, &wants, &read.holdings);
 
         // 5. Write what differs, several at once.
         let written = self
-            .write_steps(session, company.home_currency, &codes, steps)
+            .write_steps(session, company.home_currency, steps)
             .await;
         if let Some(fatal) = written.fatal {
             return Err(fatal);
         }
-        attempt.written = written.written;
-        attempt.unchanged = written.unchanged;
-        let mut failures = written.failures;
+        attempt.written = written.written.iter().filter(|k| k.0 == date).count();
+        attempt.unchanged = written.unchanged.iter().filter(|k| k.0 == date).count();
+        attempt.corrected = written.written.iter().filter(|k| k.0 != date).count();
+        let mut failures: Vec<String> = written
+            .failures
+            .iter()
+            .map(|((d, c), e)| {
+                if *d == date {
+                    format!("{c}: {e}")
+                } else {
+                    format!("{c} {d}: {e}")
+                }
+            })
+            .collect();
 
         // 6. QuickBooks refused some currencies as inactive or home: re-read the company
         // once; a currency no longer active is skipped, not a failure.
@@ -556,27 +889,34 @@ impl SyncEngine {
                 company_rates(in_force, company.home_currency, &company.active_currencies)
                     .map(|f| f.iter().map(|r| r.currency).collect())
                     .unwrap_or_default();
-            for (currency, e) in written.rejected {
+            for ((_, currency), e) in written.rejected {
                 if still.contains(&currency) {
                     failures.push(format!("{currency}: {e}"));
-                } else {
+                } else if !skipped.contains(&currency) {
                     tracing::info!(realm_id = %realm, currency = %currency, "Company {realm}: {currency} is not active in QuickBooks; skipped");
                     skipped.push(currency);
                 }
             }
         }
 
-        // 7. Store the company's rates (confirmed or not) and the attempt.
+        // 7. Store the company's rates (confirmed or not) and the attempt. A rate held
+        // back under `report` keeps its stored row (still ours, confirmed once).
         let now = self.clock.now();
-        let rows: Vec<StoredRate> = wanted
+        let done: HashSet<(NaiveDate, Currency)> = written
+            .written
             .iter()
-            .filter(|w| !skipped.contains(&w.currency))
+            .chain(written.unchanged.iter())
+            .copied()
+            .collect();
+        let mut rows: Vec<StoredRate> = wanted
+            .iter()
+            .filter(|w| !skipped.contains(&w.currency) && !held_back(&(date, w.currency)))
             .map(|w| {
                 let fixing = match in_force.rate(w.currency) {
                     Some(r) => (r.table, r.fixing_date),
                     None => (TableKind::Main, resolved.main.table.date),
                 };
-                let synced = written.confirmed.contains(&w.currency);
+                let synced = done.contains(&(date, w.currency));
                 StoredRate {
                     date,
                     currency: w.currency,
@@ -587,6 +927,16 @@ impl SyncEngine {
                 }
             })
             .collect();
+        for w in &corrections {
+            if let Some(row) = confirmed.get(&(w.date, w.currency)) {
+                let synced = done.contains(&(w.date, w.currency));
+                rows.push(StoredRate {
+                    synced,
+                    synced_at: synced.then_some(now),
+                    ..row.clone()
+                });
+            }
+        }
         self.store.put_rates(&realm, &rows)?;
         if failures.is_empty() {
             self.mark_synced(&realm)?;
@@ -594,10 +944,94 @@ impl SyncEngine {
         } else {
             Err(Error::WriteFailed {
                 failed: failures.len(),
-                total: wanted.len(),
+                total: wants.len(),
                 detail: failures.join("; "),
             })
         }
+    }
+
+    /// Records the drifts one read found (SPEC §5 "Drift"): a `drift` log record each (not
+    /// flushed: the attempt's records flush them), counted, and alerted when the same
+    /// currency drifted before within 7 days. Under `report` a drift already recorded (same
+    /// date, currency and rates) is not recorded again by the next syncs that see it.
+    fn record_drifts(
+        &self,
+        realm: &str,
+        codes: &[Currency],
+        drifts: &[Drift],
+        report_only: bool,
+    ) -> Result<(), Error> {
+        let drifted: HashSet<Currency> = drifts.iter().map(|d| d.ours.currency).collect();
+        for c in codes.iter().filter(|c| !drifted.contains(c)) {
+            self.alerts.clear(&drift_alert_key(realm, *c));
+        }
+        if drifts.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let earlier: Vec<(DateTime<Utc>, Option<NaiveDate>, DriftDetail)> = self
+            .store
+            .logs(realm, DRIFT_LOOKBACK_RECORDS)?
+            .into_iter()
+            .filter(|r| r.kind == LogKind::Drift)
+            .filter_map(|r| Some((r.at, r.date, r.drift?)))
+            .collect();
+        for d in drifts {
+            let (day, currency, ours) = (d.ours.date, d.ours.currency, d.ours.rate);
+            let seen = |(_, date, x): &&(DateTime<Utc>, Option<NaiveDate>, DriftDetail)| {
+                *date == Some(day)
+                    && x.currency == currency
+                    && x.theirs == d.theirs
+                    && x.ours == ours
+            };
+            if report_only && earlier.iter().any(|e| seen(&e)) {
+                continue;
+            }
+            let repeat = earlier
+                .iter()
+                .any(|(at, _, x)| x.currency == currency && now - *at <= DRIFT_REPEAT);
+            let theirs = d
+                .theirs
+                .map_or_else(|| "nothing".to_string(), |t| t.normalize().to_string());
+            let message = format!(
+                "{currency} on {day}: QuickBooks holds {theirs}, we confirmed {}{}",
+                ours.normalize(),
+                if report_only {
+                    " (reported, not corrected)"
+                } else {
+                    " (written back)"
+                }
+            );
+            self.store.append_log(
+                realm,
+                &LogRecord {
+                    at: now,
+                    kind: LogKind::Drift,
+                    success: false,
+                    date: Some(day),
+                    message: message.clone(),
+                    rates_written: 0,
+                    rates_unchanged: 0,
+                    intuit_tids: vec![],
+                    drift: Some(DriftDetail {
+                        currency,
+                        theirs: d.theirs,
+                        ours,
+                    }),
+                },
+            )?;
+            self.metrics.drifts.inc();
+            tracing::warn!(realm_id = realm, fixing_date = %day, currency = %currency, "Company {realm}: drift: {message}");
+            if repeat {
+                self.alerts.raise(
+                    &drift_alert_key(realm, currency),
+                    "drift_repeated",
+                    Some(realm),
+                    &format!("{currency} drifted again within 7 days: {message}"),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// `last_sync_at` = now, unflushed: flushed with the attempt's log records by
@@ -660,34 +1094,94 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// What QuickBooks holds for `date` and `codes` (one metered read).
-    async fn read_holdings(
+    /// What QuickBooks holds for `codes` dated `from` to `to`: one metered read, a further
+    /// page (another read) only beyond [`PAGE_SIZE`] rows.
+    async fn read_range(
         &self,
         session: &Session<'_>,
-        date: NaiveDate,
+        from: NaiveDate,
+        to: NaiveDate,
         codes: &[Currency],
-    ) -> Result<Holdings, Error> {
+    ) -> Result<Holdings, qbo::Error> {
         let realm = session.realm.clone();
-        let rates = session
-            .call(CallKind::Read, |q, t| {
-                let r = realm.clone();
-                let c = codes.to_vec();
-                async move { q.rates_on(&r, &t, date, &c).await }
-            })
-            .await
-            .map_err(|e| upstream(&e, "reading QuickBooks exchange rates"))?;
-        Ok(rates
-            .into_iter()
-            .map(|r| {
-                (
+        let mut holdings = Holdings::new();
+        let mut start = 1;
+        loop {
+            let page = session
+                .call(CallKind::Read, |q, t| {
+                    let r = realm.clone();
+                    let c = codes.to_vec();
+                    async move { q.rates_page(&r, &t, &c, from, to, start).await }
+                })
+                .await?;
+            for r in page.rates {
+                holdings.insert(
                     (r.date, r.currency),
                     Held {
                         rate: r.rate,
                         sync_token: r.sync_token,
                     },
-                )
+                );
+            }
+            if !page.full {
+                return Ok(holdings);
+            }
+            start += PAGE_SIZE;
+        }
+    }
+
+    /// The routine read: `from..=to` in one query; when QuickBooks refuses the query with
+    /// a Fault, one GET per currency for `to` only (logged, counted; no drift check).
+    async fn read_window(
+        &self,
+        session: &Session<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+        codes: &[Currency],
+    ) -> Result<WindowRead, Error> {
+        match self.read_range(session, from, to, codes).await {
+            Ok(holdings) => Ok(WindowRead {
+                holdings,
+                drift_checked: true,
+            }),
+            Err(e) if e.is_fault() => {
+                let realm = &session.realm;
+                self.metrics.read_fallbacks.inc();
+                tracing::warn!(realm_id = %realm, error = %e, "Company {realm}: QuickBooks refused the exchange-rate query; reading {to} with one GET per currency (drift not checked)");
+                let mut holdings = Holdings::new();
+                for c in codes {
+                    if let Some(h) = self.read_one(session, *c, to).await? {
+                        holdings.insert((to, *c), h);
+                    }
+                }
+                Ok(WindowRead {
+                    holdings,
+                    drift_checked: false,
+                })
+            }
+            Err(e) => Err(upstream(&e, "reading QuickBooks exchange rates")),
+        }
+    }
+
+    /// One currency on one date by a single GET (one metered read).
+    async fn read_one(
+        &self,
+        session: &Session<'_>,
+        currency: Currency,
+        date: NaiveDate,
+    ) -> Result<Option<Held>, Error> {
+        let realm = session.realm.clone();
+        let rate = session
+            .call(CallKind::Read, |q, t| {
+                let r = realm.clone();
+                async move { q.rate_on(&r, &t, currency, date).await }
             })
-            .collect())
+            .await
+            .map_err(|e| upstream(&e, "reading a QuickBooks exchange rate"))?;
+        Ok(rate.map(|r| Held {
+            rate: r.rate,
+            sync_token: r.sync_token,
+        }))
     }
 
     /// Runs the plan's writes, at most `writes_in_flight_per_company` at once.
@@ -695,38 +1189,28 @@ impl SyncEngine {
         &self,
         session: &Session<'_>,
         home: Currency,
-        codes: &[Currency],
         steps: Vec<Step>,
     ) -> Written {
         let mut out = Written::default();
         let mut writes = Vec::new();
         for s in steps {
             match s.action {
-                Action::Keep => {
-                    out.unchanged += 1;
-                    out.confirmed.push(s.want.currency);
-                }
+                Action::Keep => out.unchanged.push((s.want.date, s.want.currency)),
                 Action::Write { .. } => writes.push(s),
             }
         }
         let mut results = futures_util::stream::iter(writes)
             .map(|s| async move {
-                let currency = s.want.currency;
-                (currency, self.write_one(session, home, codes, s).await)
+                let key = (s.want.date, s.want.currency);
+                (key, self.write_one(session, home, s).await)
             })
             .buffer_unordered(self.writes_in_flight());
-        while let Some((currency, r)) = results.next().await {
+        while let Some((key, r)) = results.next().await {
             match r {
-                WriteResult::Written => {
-                    out.written += 1;
-                    out.confirmed.push(currency);
-                }
-                WriteResult::AlreadyThere => {
-                    out.unchanged += 1;
-                    out.confirmed.push(currency);
-                }
-                WriteResult::Rejected(e) => out.rejected.push((currency, e)),
-                WriteResult::Failed(e) => out.failures.push(format!("{currency}: {e}")),
+                WriteResult::Written => out.written.push(key),
+                WriteResult::AlreadyThere => out.unchanged.push(key),
+                WriteResult::Rejected(e) => out.rejected.push((key, e)),
+                WriteResult::Failed(e) => out.failures.push((key, e)),
                 WriteResult::Fatal(e) => {
                     out.fatal.get_or_insert(e);
                 }
@@ -740,7 +1224,6 @@ impl SyncEngine {
         &self,
         session: &Session<'_>,
         home: Currency,
-        codes: &[Currency],
         mut step: Step,
     ) -> WriteResult {
         let want = step.want;
@@ -769,8 +1252,14 @@ impl SyncEngine {
                     // Someone changed the rate meanwhile: re-read the date once and retry
                     // with the new SyncToken (a new requestid).
                     stale_retry = true;
-                    match self.read_holdings(session, want.date, codes).await {
-                        Ok(h) => step = plan::step(&session.realm, want, &h),
+                    match self.read_one(session, want.currency, want.date).await {
+                        Ok(held) => {
+                            let h: Holdings = held
+                                .map(|h| ((want.date, want.currency), h))
+                                .into_iter()
+                                .collect();
+                            step = plan::step(&session.realm, want, &h);
+                        }
                         Err(e) => return WriteResult::Fatal(e),
                     }
                 }
@@ -957,6 +1446,11 @@ impl SyncEngine {
     }
 }
 
+/// The alert key of repeated drift of one company and currency.
+fn drift_alert_key(realm: &str, currency: Currency) -> String {
+    format!("drift:{realm}:{currency}")
+}
+
 /// Whether a failure says QuickBooks is overloaded (429/5xx after the retries).
 fn is_pressure(e: Option<&Error>) -> bool {
     matches!(
@@ -972,22 +1466,38 @@ fn is_pressure(e: Option<&Error>) -> bool {
 #[derive(Debug, Default)]
 struct Attempt {
     fixing_ok: bool,
+    /// Writes for D.
     written: usize,
+    /// Rates of D already equal.
     unchanged: usize,
+    /// Drifts found in D-6…D.
+    drifts: usize,
+    /// Drifts of earlier dates written back.
+    corrected: usize,
+    /// The query was refused: D read by single GETs, drift not checked.
+    read_fallback: bool,
     tids: Vec<String>,
     pressure: u32,
 }
 
-/// What the write loop did.
+/// The routine read: what QuickBooks holds, and whether it covered the whole window (so
+/// drift was checked) or only D (the single-GET fallback).
+struct WindowRead {
+    holdings: Holdings,
+    drift_checked: bool,
+}
+
+/// What the write loop did, per (date, currency).
 #[derive(Debug, Default)]
 struct Written {
-    written: usize,
-    unchanged: usize,
-    /// Currencies equal in QuickBooks after the loop.
-    confirmed: Vec<Currency>,
+    /// Written (now equal in QuickBooks).
+    written: Vec<(NaiveDate, Currency)>,
+    /// Already equal.
+    unchanged: Vec<(NaiveDate, Currency)>,
     /// Refused as inactive or home currency.
-    rejected: Vec<(Currency, String)>,
-    failures: Vec<String>,
+    rejected: Vec<((NaiveDate, Currency), String)>,
+    /// Failed otherwise.
+    failures: Vec<((NaiveDate, Currency), String)>,
     /// A failure that ends the whole sync (the grant is gone).
     fatal: Option<Error>,
 }
@@ -1127,6 +1637,11 @@ struct CompanyLock<'a> {
 impl CompanyLock<'_> {
     async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.mutex.lock().await
+    }
+
+    /// The lock if no sync of the company holds it now.
+    fn try_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.mutex.try_lock().ok()
     }
 }
 

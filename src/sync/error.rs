@@ -41,6 +41,9 @@ pub enum Error {
     /// A sync of this company is running (backfill refuses to wait).
     #[error("a sync of company {0} is running; try again when it finishes")]
     CompanyBusy(String),
+    /// A backfill range that is reversed, too long or in the future.
+    #[error("{0}")]
+    BadRange(String),
     /// QuickBooks or Intuit failed (after the bounded retries).
     #[error("{message}")]
     Upstream {
@@ -80,6 +83,7 @@ impl Error {
             Error::MulticurrencyOff => "multicurrency_disabled",
             Error::HomeCurrencyNotFixed(_) => "home_currency_not_fixed",
             Error::InProgress(_) | Error::CompanyBusy(_) => "sync_in_progress",
+            Error::BadRange(_) => "bad_range",
             Error::Upstream { code, .. } => code,
             Error::WriteFailed { .. } => "quickbooks_write_failed",
             Error::ShuttingDown => "shutting_down",

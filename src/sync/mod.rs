@@ -6,8 +6,11 @@
 //! - [`engine`]: [`SyncEngine`], the sync of one company (token, one metered read, writes
 //!   that differ, retries, records) and of all companies (bounded adaptive concurrency,
 //!   one run at a time).
+//! - [`backfill`]: pure — the accepted ranges, skipped dates and read windows of a backfill,
+//!   and its report (the loop is [`SyncEngine::backfill`]).
 //! - [`error`]: [`Error`], why a sync could not be done.
 
+pub mod backfill;
 pub mod engine;
 pub mod error;
 pub mod plan;

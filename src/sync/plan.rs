@@ -91,6 +91,30 @@ pub fn plan(realm: &str, wants: &[Want], holdings: &Holdings) -> Vec<Step> {
     wants.iter().map(|w| step(realm, *w, holdings)).collect()
 }
 
+/// A rate we confirmed in QuickBooks that QuickBooks no longer holds as we wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// Our confirmed rate (date, currency, rate): what a correction writes back.
+    pub ours: Want,
+    /// What QuickBooks holds now; `None` when the rate is gone.
+    pub theirs: Option<Decimal>,
+}
+
+/// The drifts among `confirmed` (rates we had confirmed, any dates): each one QuickBooks now
+/// holds with a different rate (beyond [`TOLERANCE`]) or not at all. In the order given.
+pub fn drifts(confirmed: &[Want], holdings: &Holdings) -> Vec<Drift> {
+    confirmed
+        .iter()
+        .filter_map(|w| {
+            let theirs = holdings.get(&(w.date, w.currency)).map(|h| h.rate);
+            match theirs {
+                Some(t) if same_rate(t, w.rate) => None,
+                _ => Some(Drift { ours: *w, theirs }),
+            }
+        })
+        .collect()
+}
+
 /// The request id of one write: the same write retried gets the same id; a write after a
 /// stale SyncToken (a new token) gets a new one. ≤ 50 characters as Intuit requires.
 pub fn request_id(
@@ -197,6 +221,140 @@ mod tests {
         }
         assert_eq!(p[2].theirs, None);
         assert!(matches!(&p[2].action, Action::Write { sync_token, .. } if sync_token == "0"));
+    }
+
+    fn want(date: NaiveDate, cur: &str, rate: &str) -> Want {
+        Want {
+            date,
+            currency: c(cur),
+            rate: r(rate),
+        }
+    }
+
+    /// A year of dates × three currencies: QuickBooks holds every other date; of those it
+    /// holds, every seventh differs. Each step is keyed by its own date and carries the
+    /// requestid of its own (date, rate, SyncToken).
+    #[test]
+    fn plans_over_many_dates_key_each_step_by_its_date() {
+        let first = d("2025-06-01");
+        let days: Vec<NaiveDate> = first.iter_days().take(366).collect();
+        let mut held = Holdings::new();
+        let mut wants = Vec::new();
+        for (i, day) in days.iter().enumerate() {
+            for cur in ["EUR", "USD", "GBP"] {
+                let w = want(*day, cur, "100.25");
+                wants.push(w);
+                if i % 2 == 0 {
+                    let rate = if i % 7 == 0 {
+                        r("99")
+                    } else {
+                        r("100.2500001")
+                    };
+                    held.insert(
+                        (*day, c(cur)),
+                        Held {
+                            rate,
+                            sync_token: format!("{}", i % 5),
+                        },
+                    );
+                }
+            }
+        }
+        let p = plan("42", &wants, &held);
+        assert_eq!(p.len(), 366 * 3);
+        let mut keeps = 0;
+        let mut ids = std::collections::HashSet::new();
+        for (i, s) in p.iter().enumerate() {
+            let day_index = i / 3;
+            assert_eq!(s.want, wants[i], "the order of the wants is kept");
+            match &s.action {
+                Action::Keep => {
+                    keeps += 1;
+                    assert!(day_index % 2 == 0 && day_index % 7 != 0);
+                }
+                Action::Write {
+                    sync_token,
+                    request_id: id,
+                } => {
+                    if day_index % 2 == 0 {
+                        assert_eq!(s.theirs, Some(r("99")));
+                        assert_eq!(sync_token, &format!("{}", day_index % 5));
+                    } else {
+                        assert_eq!(s.theirs, None);
+                        assert_eq!(sync_token, "0");
+                    }
+                    assert_eq!(
+                        id,
+                        &request_id("42", s.want.currency, s.want.date, s.want.rate, sync_token)
+                    );
+                    assert!(
+                        ids.insert(id.clone()),
+                        "one requestid per date and currency"
+                    );
+                }
+            }
+        }
+        // Even days: 183; of those, multiples of 14 (day 0, 14, …, 364) differ: 27.
+        assert_eq!(keeps, (183 - 27) * 3);
+        // A repeat against what the writes leave behind keeps everything.
+        let mut after = held.clone();
+        for s in &p {
+            after.insert(
+                (s.want.date, s.want.currency),
+                Held {
+                    rate: s.want.rate,
+                    sync_token: "9".into(),
+                },
+            );
+        }
+        assert!(plan("42", &wants, &after)
+            .iter()
+            .all(|s| s.action == Action::Keep));
+    }
+
+    #[test]
+    fn drifts_are_confirmed_rates_changed_or_gone() {
+        let days: Vec<NaiveDate> = d("2026-05-16").iter_days().take(7).collect();
+        let confirmed: Vec<Want> = days.iter().map(|day| want(*day, "EUR", "100.1")).collect();
+        let mut held = Holdings::new();
+        for (i, day) in days.iter().enumerate() {
+            let rate = match i {
+                2 => r("101"),         // edited by a user
+                3 => r("100.1000004"), // within tolerance
+                4 => continue,         // deleted
+                _ => r("100.1"),
+            };
+            held.insert(
+                (*day, c("EUR")),
+                Held {
+                    rate,
+                    sync_token: "1".into(),
+                },
+            );
+        }
+        // A rate of a currency we never confirmed is not drift.
+        held.insert(
+            (days[0], c("USD")),
+            Held {
+                rate: r("1"),
+                sync_token: "0".into(),
+            },
+        );
+        let got = drifts(&confirmed, &held);
+        assert_eq!(
+            got,
+            vec![
+                Drift {
+                    ours: confirmed[2],
+                    theirs: Some(r("101")),
+                },
+                Drift {
+                    ours: confirmed[4],
+                    theirs: None,
+                },
+            ]
+        );
+        assert!(drifts(&[], &held).is_empty());
     }
 
     #[test]

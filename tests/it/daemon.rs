@@ -56,7 +56,7 @@ fn health_status_and_ready_notification() {
     let st = d.control("status", json!({}));
     assert_eq!(st["ok"], true);
     assert_eq!(st["data"]["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(st["data"]["store"]["schema_version"], 1);
+    assert_eq!(st["data"]["store"]["schema_version"], 2);
 
     let (code, out, _) = d.cli(&["status"]);
     assert_eq!(code, 0);

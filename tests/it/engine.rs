@@ -96,6 +96,7 @@ async fn bench(extra: &str, realm: &str, home: &str, active: &[&str]) -> Bench {
         multicurrency: true,
         active_currencies: active.iter().map(|c| cur(c)).collect(),
         currencies_checked_at: Some(now),
+        drift: Default::default(),
     };
     let tokens = TokenSet {
         access_token: access,

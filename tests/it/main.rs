@@ -7,6 +7,7 @@ mod support;
 mod boa_fetch;
 mod daemon;
 mod demo;
+mod drift;
 mod engine;
 mod fake_intuit_selftest;
 mod fixings_e2e;

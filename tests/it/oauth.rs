@@ -13,7 +13,7 @@ use boa_exchange::currency::Currency;
 use boa_exchange::qbo::oauth::OAuthClient;
 use boa_exchange::qbo::tokens::TokenManager;
 use boa_exchange::scheduler::clock::{Clock, ManualClock};
-use boa_exchange::store::records::{Company, Connection, TokenExpiry, TokenSet};
+use boa_exchange::store::records::{Company, Connection, DriftPolicy, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use chrono::{DateTime, Utc};
 use reqwest::header::{
@@ -985,6 +985,7 @@ async fn token_manager_gives_ten_concurrent_callers_one_refresh() {
         multicurrency: true,
         active_currencies: vec![],
         currencies_checked_at: None,
+        drift: DriftPolicy::default(),
     };
     store
         .save_company_and_tokens(

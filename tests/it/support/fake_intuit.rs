@@ -56,6 +56,8 @@
 //!   reported by `requestid_conflicts()`.
 //! - Without `Accept: application/json` QuickBooks answers XML; the fake answers an XML
 //!   placeholder (it does not render entities as XML).
+//! - `exchange_rate_query_fault`: every ExchangeRate query gets 400 ValidationFault 4001
+//!   while single GETs work (the period a client library reported, doc §4).
 //! - Batch and every entity not listed above: 400 Fault 500 "Unsupported Operation".
 //!
 //! Test-only route: `GET /__fake/panic` panics inside a handler (to test the panic plumbing).
@@ -208,6 +210,9 @@ pub struct FakeIntuitConfig {
     /// Overlaps are only observable while a refresh is in flight, so give the fake some
     /// `latency` in tests that rely on this.
     pub concurrent_refresh_revokes: bool,
+    /// Refuse every ExchangeRate *query* with 400 ValidationFault 4001 while single GETs
+    /// keep working (doc §4: a client library reported such a period at QuickBooks).
+    pub exchange_rate_query_fault: bool,
 }
 
 impl Default for FakeIntuitConfig {
@@ -234,6 +239,7 @@ impl Default for FakeIntuitConfig {
             latency: Duration::ZERO,
             record_requests: true,
             concurrent_refresh_revokes: false,
+            exchange_rate_query_fault: false,
         }
     }
 }
@@ -1044,6 +1050,21 @@ impl FakeIntuit {
     /// XML (true) or lower-case gateway JSON (false) 401 bodies.
     pub fn set_xml_401(&self, xml: bool) {
         self.state().config.xml_401 = xml;
+    }
+
+    /// Refuse (or accept again) every ExchangeRate query with a Fault; single GETs work.
+    pub fn set_exchange_rate_query_fault(&self, on: bool) {
+        self.state().config.exchange_rate_query_fault = on;
+    }
+
+    /// The ExchangeRate queries this realm received (their `query` text), in order.
+    pub fn exchange_rate_queries(&self, realm: &str) -> Vec<String> {
+        self.requests_for(realm)
+            .iter()
+            .filter(|r| r.path().ends_with("/query"))
+            .filter_map(|r| r.query_param("query"))
+            .filter(|q| q.to_ascii_lowercase().contains("from exchangerate"))
+            .collect()
     }
 
     /// What `GET exchangerate` answers for a date without a row.
@@ -2929,6 +2950,14 @@ fn run_query(st: &mut State, realm: &str, text: &str, now: DateTime<Utc>) -> Res
             return text_resp_500(&detail);
         }
     };
+    if query.entity == "exchangerate" && st.config.exchange_rate_query_fault {
+        return validation_fault(
+            now,
+            "4001",
+            "Invalid query",
+            "QueryValidationError: the ExchangeRate query is refused (fake: exchange_rate_query_fault)",
+        );
+    }
     let company = &st.companies[realm];
     let (name, queryable, rows): (&str, &[&str], Vec<QRow>) = match query.entity.as_str() {
         "exchangerate" => (
