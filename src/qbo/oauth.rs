@@ -394,9 +394,313 @@ pub fn intuit_tid(h: &reqwest::header::HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
     use crate::outbound::tests::serve_once;
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const CLIENT_ID: &str = "cid";
     const CLIENT_SECRET: &str = "s3cret";
+
+    /// A server on 127.0.0.1:0 that answers every connection with `status`, `headers` and
+    /// `body` (with a Content-Length) and sends each request it read (head and body, as text)
+    /// on the returned channel.
+    async fn serve_recording(
+        status: u16,
+        headers: &str,
+        body: &str,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        crate::install_crypto_provider();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then as many body bytes as its Content-Length says.
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    let done = text.find("\r\n\r\n").is_some_and(|end| {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        req.len() >= end + 4 + len
+                    });
+                    if n == 0 || done {
+                        break;
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    fn secs(s: i64) -> chrono::TimeDelta {
+        chrono::TimeDelta::try_seconds(s).unwrap()
+    }
+
+    #[test]
+    fn the_authorize_url_carries_the_five_parameters() {
+        let u = client("http://127.0.0.1:9/token").authorize_url("st-4/2");
+        assert!(u
+            .as_str()
+            .starts_with("https://appcenter.example/connect/oauth2?"));
+        let mut q: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+        q.sort();
+        let want = [
+            ("client_id", CLIENT_ID),
+            ("redirect_uri", "https://app.example/callback"),
+            ("response_type", "code"),
+            ("scope", SCOPE),
+            ("state", "st-4/2"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(q, want);
+    }
+
+    #[tokio::test]
+    async fn refresh_reads_intuit_fields_and_tid() {
+        let body = r#"{"token_type":"bearer","access_token":"at2","expires_in":3600,"refresh_token":"rt2","x_refresh_token_expires_in":8726400,"x_refresh_token_hard_expires_in":156032154}"#;
+        let (url, mut requests) = serve_recording(
+            200,
+            "content-type: application/json;charset=UTF-8\r\nintuit_tid: 1-abc-2\r\n",
+            body,
+        )
+        .await;
+        let c = client(&url);
+        let now = Utc::now();
+        let (set, tid) = c.refresh("rt1", None, now).await.unwrap();
+        assert_eq!(tid.as_deref(), Some("1-abc-2"));
+        assert_eq!(set.access_token, "at2");
+        assert_eq!(set.refresh_token, "rt2");
+        assert_eq!(set.expiry.access_expires_at, now + secs(3600));
+        assert_eq!(set.expiry.refresh_expires_at, now + secs(8_726_400));
+        assert_eq!(set.expiry.hard_expires_at, Some(now + secs(156_032_154)));
+        assert_eq!(set.expiry.refreshed_at, now);
+
+        let req = requests.recv().await.unwrap();
+        let lower = req.to_ascii_lowercase();
+        assert!(lower.starts_with("post / http/1.1\r\n"), "{req}");
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+        assert!(
+            req.contains(&format!("authorization: Basic {basic}\r\n")),
+            "{req}"
+        );
+        assert!(lower.contains("accept: application/json\r\n"), "{req}");
+        assert!(
+            lower.contains("content-type: application/x-www-form-urlencoded\r\n"),
+            "{req}"
+        );
+        assert!(
+            lower.contains("x-include-refresh-token-hard-expires-in: true\r\n"),
+            "{req}"
+        );
+        assert!(
+            req.ends_with("\r\n\r\ngrant_type=refresh_token&refresh_token=rt1"),
+            "{req}"
+        );
+        assert!(
+            !req.contains(CLIENT_SECRET),
+            "the secret is only in Basic auth: {req}"
+        );
+
+        // The hard expiry never moves later than one already known.
+        let earlier = now + secs(1000);
+        let (set, _) = c.refresh("rt2", Some(earlier), now).await.unwrap();
+        assert_eq!(set.expiry.hard_expires_at, Some(earlier));
+        let later = now + secs(200_000_000);
+        let (set, _) = c.refresh("rt2", Some(later), now).await.unwrap();
+        assert_eq!(set.expiry.hard_expires_at, Some(now + secs(156_032_154)));
+    }
+
+    #[tokio::test]
+    async fn code_exchange_sends_the_code_and_redirect_uri() {
+        let body = r#"{"token_type":"bearer","access_token":"a","expires_in":3600,"refresh_token":"r","x_refresh_token_expires_in":8726400}"#;
+        let (url, mut requests) =
+            serve_recording(200, "content-type: application/json\r\n", body).await;
+        let now = Utc::now();
+        let (set, tid) = client(&url).exchange_code("c/1", now).await.unwrap();
+        assert_eq!((set.refresh_token.as_str(), tid), ("r", None));
+        // Without the hard-expiry field, none is known.
+        assert_eq!(set.expiry.hard_expires_at, None);
+        let req = requests.recv().await.unwrap();
+        assert!(
+            req.ends_with(
+                "\r\n\r\ngrant_type=authorization_code&code=c%2F1\
+                 &redirect_uri=https%3A%2F%2Fapp.example%2Fcallback"
+            ),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_refresh_token_keeps_the_sent_one() {
+        let body = r#"{"token_type":"bearer","access_token":"a","expires_in":3600}"#;
+        let (url, _requests) =
+            serve_recording(200, "content-type: application/json\r\n", body).await;
+        let c = client(&url);
+        let now = Utc::now();
+        let (set, _) = c.refresh("rt-old", None, now).await.unwrap();
+        assert_eq!(set.refresh_token, "rt-old");
+        // Intuit's documented 100-day window when the field is missing.
+        assert_eq!(set.expiry.refresh_expires_at, now + secs(8_640_000));
+        // A code exchange has no refresh token to keep.
+        let e = c.exchange_code("c", now).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Decode(m) if m.contains("refresh_token")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_grant_carries_the_description() {
+        let (url, _r) = serve_recording(
+            400,
+            "content-type: application/json\r\nintuit_tid: t\r\n",
+            r#"{"error":"invalid_grant","error_description":"Token invalid"}"#,
+        )
+        .await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidGrant(d) if d == "Token invalid"),
+            "{e}"
+        );
+        assert!(e.is_invalid_grant());
+
+        let (url, _r) = serve_recording(400, "", r#"{"error":"invalid_grant"}"#).await;
+        let e = client(&url)
+            .exchange_code("c", Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidGrant(d) if d == "invalid_grant"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_client_and_401_are_invalid_client() {
+        let (url, _r) = serve_recording(
+            401,
+            "content-type: application/json\r\nwww-authenticate: Basic realm=\"Intuit\"\r\n",
+            r#"{"error":"invalid_client"}"#,
+        )
+        .await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidClient), "{e}");
+        // A bare 401, and invalid_client under another status.
+        let (url, _r) = serve_recording(401, "", "").await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidClient), "{e}");
+        let (url, _r) = serve_recording(400, "", r#"{"error":"invalid_client"}"#).await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidClient), "{e}");
+    }
+
+    #[tokio::test]
+    async fn other_statuses_map_to_server_and_http() {
+        let (url, _r) = serve_recording(503, "content-type: text/html\r\n", "<h1>down</h1>").await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Server { status: 503 }), "{e}");
+        assert!(e.is_retryable());
+        // Even with an OAuth error body, a 5xx is a server failure.
+        let (url, _r) = serve_recording(500, "", r#"{"error":"server_error"}"#).await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Server { status: 500 }), "{e}");
+
+        let (url, _r) = serve_recording(400, "", r#"{"error":"invalid_request"}"#).await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Http { status: 400, message } if message == "invalid_request"),
+            "{e}"
+        );
+        let (url, _r) = serve_recording(403, "", "forbidden").await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Http { status: 403, message } if message == "token endpoint refused the request"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_200_that_is_not_a_token_answer_is_a_decode_error() {
+        let (url, _r) = serve_recording(200, "", "<html>hello</html>").await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Decode(m) if m.starts_with("token response")),
+            "{e}"
+        );
+        let (url, _r) = serve_recording(200, "content-type: text/html\r\n", "{}").await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Decode(_)), "{e}");
+        let (url, _r) =
+            serve_recording(200, "", r#"{"token_type":"bearer","access_token":"a"}"#).await;
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Decode(m) if m.contains("expires_in")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn network_failures_are_network_errors() {
+        // Nothing listens on a port just released.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let e = client(&url)
+            .refresh("rt", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Network(_)), "{e}");
+        assert!(e.is_retryable());
+    }
 
     fn client(token_url: &str) -> OAuthClient {
         crate::install_crypto_provider();
