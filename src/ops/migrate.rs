@@ -360,6 +360,10 @@ fn provisional(
 /// Refreshes at Intuit (transient failures retried twice), stores the rotation, reads the
 /// company. See the module docs for what happens when the reads fail.
 async fn take_over(state: &Ctx, t: &Takeover) -> Result<Taken, ApiError> {
+    // The realm's token lock, held from the refresh until the rotation is stored: a
+    // keep-alive refresh or a disconnect of the same realm waits (SPEC §9).
+    let lock = state.tokens.lock_for(&t.realm);
+    let held = lock.lock().await;
     let oauth = state.tokens.oauth();
     let mut attempt = 0u32;
     let (tokens, tid) = loop {
@@ -384,6 +388,8 @@ async fn take_over(state: &Ctx, t: &Takeover) -> Result<Taken, ApiError> {
         .store
         .save_company_and_tokens(&company, &tokens)
         .await?;
+    // `connect_with_grant` takes the lock again to store the company it read.
+    drop(held);
     let over = Overrides {
         name: t.name.clone(),
         home: t.home,
