@@ -203,15 +203,38 @@ fn arg_opt<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
     args.get(name).and_then(Value::as_str)
 }
 
+/// `all` (default false), `limit` (a number) and `after` (a realm id) of `companies`.
+fn list_query(a: &Value) -> Result<ops::companies::ListQuery, ApiError> {
+    let limit = match a.get("limit") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_parameter",
+                format!(
+                    "limit: {v} is not a number between 1 and {}",
+                    ops::companies::MAX_PAGE
+                ),
+            )
+        })?),
+    };
+    Ok(ops::companies::ListQuery {
+        active_only: !a.get("all").and_then(Value::as_bool).unwrap_or(false),
+        limit,
+        after: arg_opt(a, "after")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    })
+}
+
 /// Runs one request.
 pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
     let a = &req.args;
     let result: ops::OpResult = match req.cmd.as_str() {
         "status" => ops::status(state),
-        "companies" => ops::companies::list(
-            state,
-            !a.get("all").and_then(Value::as_bool).unwrap_or(false),
-        ),
+        "companies" => match list_query(a) {
+            Ok(q) => ops::companies::list(state, &q),
+            Err(e) => Err(e),
+        },
         "company" => match arg_str(a, "realm") {
             Ok(r) => ops::companies::sync_status(state, r),
             Err(e) => Err(e),

@@ -281,16 +281,10 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
     }
     let m = &req.method;
     match rest {
-        ["list"] if m == Method::GET => {
-            let active_only = match req.query("active_only") {
-                None => Ok(true),
-                Some(v) => parse_bool("active_only", v),
-            };
-            match active_only {
-                Ok(a) => answer(ops::companies::list(state, a)),
-                Err(e) => error(&e),
-            }
-        }
+        ["list"] if m == Method::GET => match list_query(req) {
+            Ok(q) => answer(ops::companies::list(state, &q)),
+            Err(e) => error(&e),
+        },
         ["sync-all"] if m == Method::POST => {
             answer(ops::sync::sync_all(state, req.query("target_date")).await)
         }
@@ -319,6 +313,35 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
             format!("no endpoint {} {}", req.method, req.path),
         )),
     }
+}
+
+/// `active_only` (default true), `limit` (a number; its range is checked by the operation)
+/// and `after` of `companies/list`.
+fn list_query(req: &Req) -> Result<ops::companies::ListQuery, ApiError> {
+    let active_only = match req.query("active_only") {
+        None => true,
+        Some(v) => parse_bool("active_only", v)?,
+    };
+    let limit = match req.query("limit") {
+        None => None,
+        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_parameter",
+                format!(
+                    "limit: {v:?} is not a number between 1 and {}",
+                    ops::companies::MAX_PAGE
+                ),
+            )
+        })?),
+    };
+    Ok(ops::companies::ListQuery {
+        active_only,
+        limit,
+        after: req
+            .query("after")
+            .filter(|a| !a.is_empty())
+            .map(str::to_string),
+    })
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
