@@ -172,6 +172,18 @@ async fn connection(stream: UnixStream, state: Arc<Ctx>, token: CancellationToke
             Err(_) | Ok(None) => break,
             Ok(Some(Line::Text(line))) if line.trim().is_empty() => continue,
             Ok(Some(Line::Text(line))) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) if req.cmd == "sync_all" => {
+                    // Large: its data arrives as JSON text and is spliced into the line.
+                    match ops::sync::sync_all(&state, arg_opt(&req.args, "date")).await {
+                        Ok(data) => {
+                            if send_raw(&mut w, &data).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) => failed(&e),
+                    }
+                }
                 Ok(req) => dispatch(&state, req).await,
                 Err(e) => Response::err("bad_request", format!("not a request line ({e}); expected {{\"cmd\": \"...\", \"args\": {{...}}}}"), ops::Kind::BadInput),
             },
@@ -188,6 +200,22 @@ async fn send(w: &mut OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
     let mut line = serde_json::to_string(r).unwrap_or_else(|_| "{\"ok\":false}".into());
     line.push('\n');
     w.write_all(line.as_bytes()).await
+}
+
+/// `{"ok": true, "data": <data>}` for data already serialized, written in pieces (no copy
+/// of a large answer).
+async fn send_raw(w: &mut OwnedWriteHalf, data: &str) -> std::io::Result<()> {
+    w.write_all(b"{\"ok\":true,\"data\":").await?;
+    w.write_all(data.as_bytes()).await?;
+    w.write_all(b"}\n").await
+}
+
+/// An operation's error answer; an internal error's detail is logged once, here.
+fn failed(e: &ApiError) -> Response {
+    if let Some(detail) = &e.detail {
+        tracing::error!(code = e.code, error = %detail, "internal error");
+    }
+    Response::failed(e)
 }
 
 fn arg_str<'a>(args: &'a Value, name: &str) -> Result<&'a str, ApiError> {
@@ -243,7 +271,11 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
             Ok(r) => ops::sync::sync_one(state, r, arg_opt(a, "date")).await,
             Err(e) => Err(e),
         },
-        "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date")).await,
+        "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date"))
+            .await
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| ApiError::internal(e.to_string()))
+            }),
         "set" => match arg_str(a, "realm") {
             Ok(r) => {
                 let settings = a.get("settings").cloned().unwrap_or(Value::Null);
@@ -298,12 +330,7 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
     };
     match result {
         Ok(data) => Response::ok(data),
-        Err(e) => {
-            if let Some(detail) = &e.detail {
-                tracing::error!(code = e.code, error = %detail, "internal error");
-            }
-            Response::failed(&e)
-        }
+        Err(e) => failed(&e),
     }
 }
 

@@ -286,7 +286,10 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
             Err(e) => error(&e),
         },
         ["sync-all"] if m == Method::POST => {
-            answer(ops::sync::sync_all(state, req.query("target_date")).await)
+            match ops::sync::sync_all(state, req.query("target_date")).await {
+                Ok(text) => json_text(200, text),
+                Err(e) => error(&e),
+            }
         }
         [id, "sync"] if m == Method::POST => {
             answer(ops::sync::sync_one(state, id, req.query("target_date")).await)
@@ -446,6 +449,15 @@ fn method_not_allowed() -> ApiError {
 /// A JSON answer.
 pub fn json(status: u16, body: &Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A JSON answer already serialized (large answers skip the `Value` tree).
+pub fn json_text(status: u16, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -42,6 +42,9 @@ pub enum TokenError {
     Store(#[from] crate::store::Error),
 }
 
+/// Size of the per-realm lock map from which unused locks are dropped (see `lock_for`).
+const PRUNE_LOCKS_FROM: usize = 1024;
+
 /// Hands out access tokens per realm.
 pub struct TokenManager {
     store: Arc<Store>,
@@ -93,6 +96,14 @@ impl TokenManager {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // Drop the locks nobody holds or waits for (only the map has them), so the map does
+        // not keep an entry per company ever synced (100,000 after a daily run). Safe: a lock
+        // only the map references guards nothing, and the next caller gets a fresh one.
+        // Amortised: only when the map has doubled past the last size kept.
+        if g.len() >= PRUNE_LOCKS_FROM && g.len().is_power_of_two() {
+            g.retain(|_, m| Arc::strong_count(m) > 1);
+            g.shrink_to_fit();
+        }
         g.entry(realm.to_string()).or_default().clone()
     }
 

@@ -822,8 +822,18 @@ impl SyncEngine {
     /// Runs one sync-all to completion (bounded, adaptive concurrency; failures isolated).
     async fn run_all(self: &Arc<Self>, date: NaiveDate, scope: Scope) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
-        // Only what the run needs of each company (the records are re-read one by one).
-        let (companies, bad) = self.store.companies_scan()?;
+        // Only what the run needs of each company (the records are re-read one by one), and
+        // one record decoded at a time: never every record at once.
+        let mut companies: Vec<(String, String)> = Vec::new();
+        let bad = self.store.each_company(|c| {
+            if c.is_active
+                && c.sync_enabled
+                && c.is_connected()
+                && (scope == Scope::All || c.fill_non_business_days)
+            {
+                companies.push((c.realm_id, c.company_name));
+            }
+        })?;
         let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
         for key in &bad_records {
             self.alerts.raise(
@@ -833,12 +843,6 @@ impl SyncEngine {
                 &format!("the company record {key} cannot be decoded; it is skipped (restore it from a backup or reconnect the company)"),
             );
         }
-        let companies: Vec<(String, String)> = companies
-            .into_iter()
-            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
-            .filter(|c| scope == Scope::All || c.fill_non_business_days)
-            .map(|c| (c.realm_id, c.company_name))
-            .collect();
         let total = companies.len();
         let p = &self.progress;
         p.total.store(total, Relaxed);
