@@ -259,3 +259,29 @@ impl TokenManager {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_realm_locks_are_dropped_and_held_ones_kept() {
+        let env: HashMap<String, String> = HashMap::new();
+        let config = crate::config::Config::load_with_env(None, &env).unwrap();
+        let http = crate::qbo::http_client(std::time::Duration::from_secs(1)).unwrap();
+        let tm = TokenManager::new(
+            Arc::new(Store::open_temporary().unwrap()),
+            OAuthClient::new(http, &config.quickbooks),
+            Arc::new(crate::scheduler::clock::ManualClock::new(chrono::Utc::now())),
+            Arc::new(Metrics::new()),
+        );
+        let held = tm.lock_for("held");
+        for i in 0..10 * PRUNE_LOCKS_FROM {
+            drop(tm.lock_for(&format!("r{i}")));
+        }
+        let n = tm.locks.lock().unwrap().len();
+        assert!(n <= 2 * PRUNE_LOCKS_FROM, "{n} locks kept");
+        // The held lock is still the one handed out for its realm.
+        assert!(Arc::ptr_eq(&held, &tm.lock_for("held")));
+    }
+}
