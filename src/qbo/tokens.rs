@@ -246,13 +246,20 @@ impl TokenManager {
     /// Store failure listing companies.
     pub async fn keep_alive_pass(&self) -> Result<usize, crate::store::Error> {
         let now = self.clock.now();
-        let mut n = 0;
-        for c in self.store.companies()? {
-            let due = c.tokens.as_ref().is_some_and(|t| {
+        // The realms due, one record decoded at a time (not every record at once).
+        let mut due = Vec::new();
+        self.store.each_company(|c| {
+            let stale = c.tokens.as_ref().is_some_and(|t| {
                 now - t.refreshed_at > KEEP_ALIVE_AFTER
                     || t.refresh_expires_at - now < chrono::Duration::days(30)
             });
-            if c.is_connected() && due && self.force_refresh(&c.realm_id).await.is_ok() {
+            if c.is_connected() && stale {
+                due.push(c.realm_id);
+            }
+        })?;
+        let mut n = 0;
+        for realm in due {
+            if self.force_refresh(&realm).await.is_ok() {
                 n += 1;
             }
         }
