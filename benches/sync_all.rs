@@ -13,10 +13,20 @@
 //!    company × latency, their ratio, calls per company (metered reads separately), and the
 //!    daemon's peak RSS (VmHWM from /proc at the end of the run).
 //!
-//! Environment: `BENCH_LATENCY_MS` (20), `BENCH_CONCURRENCY` (16, the default of
+//! Environment: `BENCH_BIN` (another daemon binary, e.g. one with symbols for a profiler),
+//! `BENCH_LATENCY_MS` (20), `BENCH_CONCURRENCY` (16, the default of
 //! `quickbooks.max_concurrent_companies`), `BENCH_LOG` (the daemon's `log.level`, `info`),
 //! `BENCH_EXPIRED_TOKENS=1` (every access token already expired, as on a real daily run: each
-//! company's sync starts with a token refresh).
+//! company's sync starts with a token refresh), `BENCH_CURRENCIES` (2: EUR and USD; up to the
+//! page's 20-odd codes, SDR left out), `BENCH_FAULTS=P5XX,P429` (e.g. `0.10,0.05`: the fake
+//! fails that share of accounting calls at random, half of the 5xx after processing the call;
+//! 429s carry `Retry-After: 1`), `BENCH_HEALTH=N` (N timed `/health` requests before the run, 200),
+//! `BENCH_HEALTH_EVERY_MS` (1000; 0: no `/health` during the run).
+//!
+//! Also measured (issue 15): spawn → `READY=1` (the bench listens on a `NOTIFY_SOCKET`), the
+//! first `/health` (computes the company snapshot) and N more (answered from it), `/health`
+//! once a second during the run, and, with faults, that every company was synced and no rate
+//! was applied twice (each row's SyncToken at the fake is still 0).
 //! Exits non-zero when a run is incorrect (a company failed, or a wrong rate was written);
 //! never when a target is missed: the figures are what they are.
 
@@ -24,8 +34,9 @@
 #[allow(dead_code)]
 mod fake_intuit;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -42,7 +53,7 @@ use fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
+const BUILT_BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
 const DATE: &str = "2026-05-22";
 const PAGE: &str = "tests/fixtures/boa/official-rate-en-2026-05-22.html";
 
@@ -71,6 +82,29 @@ struct Figures {
     rss_before_kib: u64,
     hwm_kib: u64,
     seed: Duration,
+    currencies: usize,
+    writes_in_flight: usize,
+    ready: Duration,
+    status_first: Duration,
+    health_cold: Duration,
+    health_warm: Vec<Duration>,
+    health_during: Vec<Duration>,
+    faults: (u64, u64),
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (median, p95, max) in ms.
+fn stats(v: &[Duration]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    let at = |q: f64| ms(v[((v.len() - 1) as f64 * q).round() as usize]);
+    (at(0.5), at(0.95), ms(v[v.len() - 1]))
 }
 
 impl Figures {
@@ -83,6 +117,14 @@ impl Figures {
     }
     fn ratio(&self) -> f64 {
         self.wall.as_secs_f64() / self.ideal().as_secs_f64()
+    }
+    /// Issue 15's bound: ceil(N / companies in flight) × (1 + ceil(writes / writes in
+    /// flight)) × latency (one metered read, then the writes in rounds).
+    fn bound(&self) -> Duration {
+        let rounds = self.companies.div_ceil(self.concurrency) as f64;
+        let writes = (self.writes as f64 / self.companies as f64).ceil() as usize;
+        let calls = 1 + writes.div_ceil(self.writes_in_flight.max(1));
+        Duration::from_secs_f64(rounds * calls as f64 * self.latency_ms as f64 / 1000.0)
     }
 }
 
@@ -118,24 +160,48 @@ async fn main() {
             f.hwm_kib as f64 / 1024.0,
             f.seed.as_secs_f64(),
         );
+        let (hw_med, hw_p95, hw_max) = stats(&f.health_warm);
+        let (hd_med, _, hd_max) = stats(&f.health_during);
+        eprintln!(
+            "N={n}: {} currencies, READY {:.0} ms, first status (computes the snapshot) {:.0} ms, /health first {:.1} ms, then median {:.2} / p95 {:.2} / max {:.2} ms ({} requests), during the run median {:.1} / max {:.1} ms ({} requests); bound {:.2} s, wall/bound {:.2}; random faults injected: {} 5xx, {} 429",
+            f.currencies,
+            ms(f.ready),
+            ms(f.status_first),
+            ms(f.health_cold),
+            hw_med,
+            hw_p95,
+            hw_max,
+            f.health_warm.len(),
+            hd_med,
+            hd_max,
+            f.health_during.len(),
+            f.bound().as_secs_f64(),
+            f.wall.as_secs_f64() / f.bound().as_secs_f64(),
+            f.faults.0,
+            f.faults.1,
+        );
         rows.push(f);
     }
-    println!("| companies | max_concurrent_companies | latency | calls/company (reads + writes) | metered reads/company | wall | ideal | ratio | peak RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| companies | currencies | max_concurrent_companies | latency | calls/company (reads + writes) | wall | bound | wall/bound | peak RSS | READY | /health first / median |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for f in &rows {
+        let (hw_med, _, _) = stats(&f.health_warm);
         println!(
-            "| {} | {} | {} ms | {:.2} ({:.2} + {:.2}) | {:.2} | {:.2} s | {:.2} s | {:.2} | {:.1} MiB |",
+            "| {} | {} | {} | {} ms | {:.2} ({:.2} + {:.2}) | {:.2} s | {:.2} s | {:.2} | {:.1} MiB | {:.0} ms | {:.1} / {:.2} ms |",
             f.companies,
+            f.currencies,
             f.concurrency,
             f.latency_ms,
             f.calls_per_company(),
             f.reads as f64 / f.companies as f64,
             f.writes as f64 / f.companies as f64,
-            f.reads as f64 / f.companies as f64,
             f.wall.as_secs_f64(),
-            f.ideal().as_secs_f64(),
-            f.ratio(),
+            f.bound().as_secs_f64(),
+            f.wall.as_secs_f64() / f.bound().as_secs_f64(),
             f.hwm_kib as f64 / 1024.0,
+            ms(f.ready),
+            ms(f.health_cold),
+            hw_med,
         );
     }
 }
@@ -152,15 +218,35 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     })
     .await;
 
-    // Seed: companies at the fake, the same companies and their tokens in the store.
+    let html = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(PAGE))
+        .expect("fixture page");
+    let page = parse_page(&html).expect("parse fixture");
+    // EUR and USD first (their rates are checked), then the page's other codes.
+    let mut codes: Vec<String> = vec!["EUR".into(), "USD".into()];
+    for t in &page.tables {
+        for r in &t.rates {
+            let c = r.code.as_str().to_string();
+            if c != "SDR" && c != "ALL" && !codes.contains(&c) {
+                codes.push(c);
+            }
+        }
+    }
+    let n_cur = (env_u64("BENCH_CURRENCIES", 2) as usize).clamp(1, codes.len());
+    codes.truncate(n_cur);
+    let currencies: Vec<Currency> = codes.iter().map(|c| Currency::new(c).unwrap()).collect();
+
+    // Seed: companies at the fake, the same companies and their tokens in the store (many
+    // saves in flight: each flushes, and concurrent flushes share sled's fsync).
     let t_seed = Instant::now();
-    let store = Store::open(&data, &data.join("identity.txt")).expect("open store");
+    let store = Arc::new(Store::open(&data, &data.join("identity.txt")).expect("open store"));
     let now = Utc::now();
     let expired = std::env::var("BENCH_EXPIRED_TOKENS").is_ok_and(|v| v == "1");
-    let eur_usd = vec![Currency::new("EUR").unwrap(), Currency::new("USD").unwrap()];
+    let mut saves = tokio::task::JoinSet::new();
     for i in 0..n {
         let r = realm(i);
-        let (at, rt) = intuit.add_connected_company(CompanySpec::new(&r, format!("Bench Co {i}")));
+        let mut spec = CompanySpec::new(&r, format!("Bench Co {i}"));
+        spec.active_currencies = codes.clone();
+        let (at, rt) = intuit.add_connected_company(spec);
         let expiry = TokenExpiry {
             access_expires_at: if expired {
                 now - chrono::Duration::hours(20)
@@ -185,7 +271,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             connection: Connection::Connected,
             tokens: Some(expiry.clone()),
             multicurrency: true,
-            active_currencies: eur_usd.clone(),
+            active_currencies: currencies.clone(),
             currencies_checked_at: Some(now),
             drift: DriftPolicy::default(),
         };
@@ -194,14 +280,20 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             refresh_token: rt,
             expiry,
         };
-        store
-            .save_company_and_tokens(&company, &tokens)
-            .await
-            .expect("save");
+        if saves.len() >= 64 {
+            saves.join_next().await.expect("a save").expect("save task");
+        }
+        let store = store.clone();
+        saves.spawn(async move {
+            store
+                .save_company_and_tokens(&company, &tokens)
+                .await
+                .expect("save")
+        });
     }
-    let html = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(PAGE))
-        .expect("fixture page");
-    let page = parse_page(&html).expect("parse fixture");
+    while let Some(r) = saves.join_next().await {
+        r.expect("save task");
+    }
     let source = FixingSource::Page {
         url: "https://www.bankofalbania.org/Tregjet/Kursi_zyrtar_i_kembimit/".into(),
         sha256: "bench".into(),
@@ -213,6 +305,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     store.flush().await.expect("flush");
     drop(store);
     let seed = t_seed.elapsed();
+    eprintln!("N={n}: seeded in {:.1} s", seed.as_secs_f64());
 
     // The daemon.
     let config = dir.path().join("config.toml");
@@ -226,6 +319,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
              redirect_uri = \"http://127.0.0.1:9/api/v1/oauth/callback\"\n\
              authorize_url = \"{au}\"\ntoken_url = \"{tu}\"\nrevoke_url = \"{ru}\"\napi_base = \"{api}\"\n\
              max_concurrent_companies = {concurrency}\ntimeout_secs = 30\n\
+             writes_in_flight_per_company = {wif}\n\
              [boa]\nurl = \"http://127.0.0.1:9/\"\n\
              [schedule]\nenabled = false\n\
              [log]\nlevel = \"{log}\"\n",
@@ -238,6 +332,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             ru = intuit.revoke_url(),
             api = intuit.api_base(),
             log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            wif = env_u64("BENCH_WRITES_IN_FLIGHT", 4),
         ),
     )
     .expect("write config");
@@ -248,26 +343,62 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         .split_whitespace()
         .map(str::to_string)
         .collect();
+    // BENCH_BIN runs another build of the daemon (e.g. one with symbols, for a profiler).
+    let bin = std::env::var("BENCH_BIN").unwrap_or_else(|_| BUILT_BIN.to_string());
     let mut cmd = match wrapper.split_first() {
         Some((prog, args)) => {
             let mut c = Command::new(prog);
-            c.args(args).arg(BIN);
+            c.args(args).arg(&bin);
             c
         }
-        None => Command::new(BIN),
+        None => Command::new(&bin),
     };
+    // READY=1 arrives on our NOTIFY_SOCKET once the store is open and both listeners bound.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    let t_spawn = Instant::now();
     let mut child = cmd
         .arg("serve")
         .arg("--config")
         .arg(&config)
         .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
+        .env("NOTIFY_SOCKET", &notify_path)
         .env_remove("ADMIN_API_KEY")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn daemon");
+    let mut buf = [0u8; 4096];
+    let ready = loop {
+        let len = notify.recv(&mut buf).expect("READY=1 within 120 s");
+        if String::from_utf8_lossy(&buf[..len])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
+            break t_spawn.elapsed();
+        }
+    };
+    // The first `status` computes the company snapshot (a scan of every record).
+    let t = Instant::now();
     wait_ready(&socket, &mut child, dir.path());
+    let status_first = t.elapsed();
+    let http: std::net::SocketAddr = control(&socket, "status", json!({}))["data"]["http_listen"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("http_listen in status");
+    // /health: the first computes the snapshot, the next ones are answered from it.
+    let t = Instant::now();
+    let h = health(http);
+    let health_cold = t.elapsed();
+    assert_eq!(h["total_companies"].as_u64(), Some(n as u64), "{h}");
+    let health_warm: Vec<Duration> = (0..env_u64("BENCH_HEALTH", 200))
+        .map(|_| {
+            let t = Instant::now();
+            health(http);
+            t.elapsed()
+        })
+        .collect();
     // The daemon's own pid (not a wrapper's).
     let pid = control(&socket, "status", json!({}))["data"]["pid"]
         .as_u64()
@@ -275,18 +406,36 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     let rss_before_kib = proc_status_kib(pid, "VmRSS:");
 
     intuit.set_latency(Duration::from_millis(latency_ms));
-    // RSS over the run (to tell steady growth from a peak at the end).
+    let faults: Option<(f64, f64)> = std::env::var("BENCH_FAULTS").ok().and_then(|v| {
+        let (a, b) = v.split_once(',')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    });
+    if let Some((p5xx, p429)) = faults {
+        intuit.set_retry_after(Some(Duration::from_secs(1)));
+        intuit.set_random_api_faults(p5xx, p429, 0x5eed_1234);
+    }
+    // RSS over the run (to tell steady growth from a peak at the end), and /health once a
+    // second (every company write invalidates the snapshot, so these recompute).
     let stop = Arc::new(AtomicBool::new(false));
+    let health_every = Duration::from_millis(env_u64("BENCH_HEALTH_EVERY_MS", 1000));
     let sampler = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut samples = Vec::new();
+            let mut during = Vec::new();
             let t0 = Instant::now();
+            let mut next_health = health_every;
             while !stop.load(Ordering::Relaxed) {
                 samples.push((t0.elapsed(), proc_status_kib(pid, "VmRSS:")));
+                if health_every > Duration::ZERO && t0.elapsed() >= next_health {
+                    next_health += Duration::from_secs(1);
+                    let t = Instant::now();
+                    health(http);
+                    during.push(t.elapsed());
+                }
                 std::thread::sleep(Duration::from_millis(250));
             }
-            samples
+            (samples, during)
         })
     };
     let t0 = Instant::now();
@@ -294,7 +443,9 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     let wall = t0.elapsed();
     let hwm_kib = proc_status_kib(pid, "VmHWM:");
     stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().unwrap_or_default();
+    let (samples, health_during) = sampler.join().unwrap_or_default();
+    let faults_injected = intuit.random_faults_injected();
+    intuit.set_random_api_faults(0.0, 0.0, 0);
     let step = (samples.len() / 10).max(1);
     eprintln!(
         "N={n}: RSS during the run (s: MiB): {}",
@@ -319,6 +470,31 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             && intuit.exchange_rate(&realm(i), "USD", d).map(|r| r.rate)
                 == Decimal::from_str("82.24").ok()
     });
+    // Every rate applied exactly once: each company has one row per currency for the date,
+    // and none was updated after it was created (SyncToken 0). Checked on every company
+    // when faults were injected (a retry must never apply a write twice), else on a sample.
+    let d = NaiveDate::from_str(DATE).unwrap();
+    let check: Vec<usize> = if faults.is_some() {
+        (0..n).collect()
+    } else {
+        sample.to_vec()
+    };
+    let mut duplicates = 0usize;
+    let mut missing = 0usize;
+    for &i in &check {
+        let rows: Vec<_> = intuit
+            .exchange_rates(&realm(i))
+            .into_iter()
+            .filter(|r| r.date == d)
+            .collect();
+        missing += n_cur.saturating_sub(rows.len());
+        duplicates += rows.iter().filter(|r| r.sync_token != "0").count();
+    }
+    eprintln!(
+        "N={n}: checked {} companies at the fake: {missing} rates missing, {duplicates} applied more than once",
+        check.len()
+    );
+    let rates_ok = rates_ok && missing == 0 && duplicates == 0;
     let figures = Figures {
         companies: n,
         concurrency,
@@ -332,6 +508,14 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         rss_before_kib,
         hwm_kib,
         seed,
+        currencies: n_cur,
+        writes_in_flight: env_u64("BENCH_WRITES_IN_FLIGHT", 4) as usize,
+        ready,
+        status_first,
+        health_cold,
+        health_warm,
+        health_during,
+        faults: faults_injected,
     };
     // SAFETY: signalling our own child.
     unsafe {
@@ -382,6 +566,18 @@ fn control(socket: &Path, cmd: &str, args: Value) -> Value {
     let mut a = String::new();
     r.read_line(&mut a).expect("read answer");
     serde_json::from_str(&a).unwrap_or_else(|e| panic!("bad answer ({e}): {}", tail(&a, 1)))
+}
+
+/// `GET /health` over a fresh connection; the answer's JSON.
+fn health(addr: std::net::SocketAddr) -> Value {
+    let mut s = TcpStream::connect(addr).expect("connect HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
 /// A `kB` field of /proc/PID/status.

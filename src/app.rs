@@ -113,6 +113,7 @@ pub async fn build(
         http_addr,
         tasks,
         shutdown,
+        snapshot: crate::ops::snapshot::SnapshotHolder::new(),
     }))
 }
 

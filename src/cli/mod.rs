@@ -365,7 +365,12 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (raw, answer) = match client.call(cmd, args).await {
+    let called = if cmd == "companies" {
+        list_pages(&mut client, args).await
+    } else {
+        client.call(cmd, args).await
+    };
+    let (raw, answer) = match called {
         Ok(a) => a,
         Err(e @ client::Error::Unreachable { .. }) => {
             eprintln!("{e}");
@@ -378,6 +383,41 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
     };
     let _ = raw;
     print_answer(cli, cmd, &answer)
+}
+
+/// Page size the CLI asks `companies` for (the most the daemon gives at once).
+const LIST_PAGE: u64 = 1000;
+
+/// `companies [--all]`: fetches pages of [`LIST_PAGE`] until `next_after` is null and
+/// answers them as one list (the same answer a single unpaged request gives), so the output
+/// does not change while no request makes the daemon build a list of every company.
+async fn list_pages(
+    client: &mut client::Client,
+    mut args: Value,
+) -> Result<(String, crate::control::Response), client::Error> {
+    let mut companies: Vec<Value> = Vec::new();
+    args["limit"] = json!(LIST_PAGE);
+    loop {
+        let (raw, mut answer) = client.call("companies", args.clone()).await?;
+        let Some(data) = answer.data.as_mut().filter(|_| answer.ok) else {
+            return Ok((raw, answer));
+        };
+        if let Some(page) = data["companies"].as_array_mut() {
+            companies.append(page);
+        }
+        match data["next_after"].as_str() {
+            Some(next) if !next.is_empty() => args["after"] = json!(next),
+            _ => {
+                *data = json!({
+                    "success": true,
+                    "count": companies.len(),
+                    "companies": companies,
+                    "next_after": null,
+                });
+                return Ok((raw, answer));
+            }
+        }
+    }
 }
 
 /// Prints an answer (`--json`: the operation's JSON; else readable) and picks the exit code.

@@ -172,6 +172,18 @@ async fn connection(stream: UnixStream, state: Arc<Ctx>, token: CancellationToke
             Err(_) | Ok(None) => break,
             Ok(Some(Line::Text(line))) if line.trim().is_empty() => continue,
             Ok(Some(Line::Text(line))) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) if req.cmd == "sync_all" => {
+                    // Large: its data arrives as JSON text and is spliced into the line.
+                    match ops::sync::sync_all(&state, arg_opt(&req.args, "date")).await {
+                        Ok(data) => {
+                            if send_raw(&mut w, &data).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) => failed(&e),
+                    }
+                }
                 Ok(req) => dispatch(&state, req).await,
                 Err(e) => Response::err("bad_request", format!("not a request line ({e}); expected {{\"cmd\": \"...\", \"args\": {{...}}}}"), ops::Kind::BadInput),
             },
@@ -190,6 +202,22 @@ async fn send(w: &mut OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
     w.write_all(line.as_bytes()).await
 }
 
+/// `{"ok": true, "data": <data>}` for data already serialized, written in pieces (no copy
+/// of a large answer).
+async fn send_raw(w: &mut OwnedWriteHalf, data: &str) -> std::io::Result<()> {
+    w.write_all(b"{\"ok\":true,\"data\":").await?;
+    w.write_all(data.as_bytes()).await?;
+    w.write_all(b"}\n").await
+}
+
+/// An operation's error answer; an internal error's detail is logged once, here.
+fn failed(e: &ApiError) -> Response {
+    if let Some(detail) = &e.detail {
+        tracing::error!(code = e.code, error = %detail, "internal error");
+    }
+    Response::failed(e)
+}
+
 fn arg_str<'a>(args: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     args.get(name)
         .and_then(Value::as_str)
@@ -203,15 +231,38 @@ fn arg_opt<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
     args.get(name).and_then(Value::as_str)
 }
 
+/// `all` (default false), `limit` (a number) and `after` (a realm id) of `companies`.
+fn list_query(a: &Value) -> Result<ops::companies::ListQuery, ApiError> {
+    let limit = match a.get("limit") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_parameter",
+                format!(
+                    "limit: {v} is not a number between 1 and {}",
+                    ops::companies::MAX_PAGE
+                ),
+            )
+        })?),
+    };
+    Ok(ops::companies::ListQuery {
+        active_only: !a.get("all").and_then(Value::as_bool).unwrap_or(false),
+        limit,
+        after: arg_opt(a, "after")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    })
+}
+
 /// Runs one request.
 pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
     let a = &req.args;
     let result: ops::OpResult = match req.cmd.as_str() {
         "status" => ops::status(state),
-        "companies" => ops::companies::list(
-            state,
-            !a.get("all").and_then(Value::as_bool).unwrap_or(false),
-        ),
+        "companies" => match list_query(a) {
+            Ok(q) => ops::companies::list(state, &q),
+            Err(e) => Err(e),
+        },
         "company" => match arg_str(a, "realm") {
             Ok(r) => ops::companies::sync_status(state, r),
             Err(e) => Err(e),
@@ -220,7 +271,11 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
             Ok(r) => ops::sync::sync_one(state, r, arg_opt(a, "date")).await,
             Err(e) => Err(e),
         },
-        "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date")).await,
+        "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date"))
+            .await
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| ApiError::internal(e.to_string()))
+            }),
         "backfill" => match arg_str(a, "realm") {
             Ok(r) => {
                 let dry = a.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
@@ -282,12 +337,7 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
     };
     match result {
         Ok(data) => Response::ok(data),
-        Err(e) => {
-            if let Some(detail) = &e.detail {
-                tracing::error!(code = e.code, error = %detail, "internal error");
-            }
-            Response::failed(&e)
-        }
+        Err(e) => failed(&e),
     }
 }
 

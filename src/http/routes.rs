@@ -281,18 +281,15 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
     }
     let m = &req.method;
     match rest {
-        ["list"] if m == Method::GET => {
-            let active_only = match req.query("active_only") {
-                None => Ok(true),
-                Some(v) => parse_bool("active_only", v),
-            };
-            match active_only {
-                Ok(a) => answer(ops::companies::list(state, a)),
+        ["list"] if m == Method::GET => match list_query(req) {
+            Ok(q) => answer(ops::companies::list(state, &q)),
+            Err(e) => error(&e),
+        },
+        ["sync-all"] if m == Method::POST => {
+            match ops::sync::sync_all(state, req.query("target_date")).await {
+                Ok(text) => json_text(200, text),
                 Err(e) => error(&e),
             }
-        }
-        ["sync-all"] if m == Method::POST => {
-            answer(ops::sync::sync_all(state, req.query("target_date")).await)
         }
         [id, "sync"] if m == Method::POST => {
             answer(ops::sync::sync_one(state, id, req.query("target_date")).await)
@@ -331,6 +328,35 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
             format!("no endpoint {} {}", req.method, req.path),
         )),
     }
+}
+
+/// `active_only` (default true), `limit` (a number; its range is checked by the operation)
+/// and `after` of `companies/list`.
+fn list_query(req: &Req) -> Result<ops::companies::ListQuery, ApiError> {
+    let active_only = match req.query("active_only") {
+        None => true,
+        Some(v) => parse_bool("active_only", v)?,
+    };
+    let limit = match req.query("limit") {
+        None => None,
+        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_parameter",
+                format!(
+                    "limit: {v:?} is not a number between 1 and {}",
+                    ops::companies::MAX_PAGE
+                ),
+            )
+        })?),
+    };
+    Ok(ops::companies::ListQuery {
+        active_only,
+        limit,
+        after: req
+            .query("after")
+            .filter(|a| !a.is_empty())
+            .map(str::to_string),
+    })
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
@@ -435,6 +461,15 @@ fn method_not_allowed() -> ApiError {
 /// A JSON answer.
 pub fn json(status: u16, body: &Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A JSON answer already serialized (large answers skip the `Value` tree).
+pub fn json_text(status: u16, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -45,19 +45,58 @@ pub fn entry(c: &Company) -> Value {
     })
 }
 
-/// `GET /api/v1/companies/list?active_only=` and `companies [--all]`.
+/// Largest page of `companies/list` (SPEC §6).
+pub const MAX_PAGE: u64 = 1000;
+
+/// What `companies/list` was asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only companies not disconnected.
+    pub active_only: bool,
+    /// At most this many (1 to [`MAX_PAGE`]); `None`: all of them.
+    pub limit: Option<u64>,
+    /// Start after this realm id (the previous page's `next_after`).
+    pub after: Option<String>,
+}
+
+/// Checks a `limit` (1 to [`MAX_PAGE`]).
 ///
 /// # Errors
-/// Store failure.
-pub fn list(ctx: &Ctx, active_only: bool) -> OpResult {
-    let companies: Vec<Value> = ctx
+/// 400 `bad_parameter`.
+pub fn check_limit(limit: u64) -> Result<usize, ApiError> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit as usize)
+    } else {
+        Err(ApiError::bad_request(
+            "bad_parameter",
+            format!("limit: {limit} is not between 1 and {MAX_PAGE}"),
+        ))
+    }
+}
+
+/// `GET /api/v1/companies/list?active_only=&limit=&after=` and `companies [--all]`: the
+/// companies in realm order, a page of at most `limit` after `after` (a range scan, so a
+/// page costs its own records), with `next_after` (the `after` of the next page) when more
+/// follow, else `null`.
+///
+/// # Errors
+/// 400 `bad_parameter` for a limit outside 1 to 1000; store failure.
+pub fn list(ctx: &Ctx, q: &ListQuery) -> OpResult {
+    let limit = match q.limit {
+        Some(l) => check_limit(l)?,
+        None => usize::MAX,
+    };
+    let active_only = q.active_only;
+    let (page, next_after) = ctx
         .store
-        .companies()?
-        .iter()
-        .filter(|c| !active_only || c.is_active)
-        .map(entry)
-        .collect();
-    Ok(json!({"success": true, "count": companies.len(), "companies": companies}))
+        .companies_page(q.after.as_deref(), limit, |c| !active_only || c.is_active)?;
+    let companies: Vec<Value> = page.iter().map(entry).collect();
+    Ok(json!({
+        "success": true,
+        "count": companies.len(),
+        "companies": companies,
+        "next_after": next_after,
+    }))
 }
 
 fn company(ctx: &Ctx, realm: &str) -> Result<Company, ApiError> {
@@ -227,6 +266,16 @@ fn log_json(r: &LogRecord) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_is_one_to_a_thousand() {
+        assert_eq!(check_limit(1).unwrap(), 1);
+        assert_eq!(check_limit(1000).unwrap(), 1000);
+        for bad in [0, 1001, u64::MAX] {
+            let e = check_limit(bad).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "bad_parameter"), "{bad}");
+        }
+    }
 
     #[test]
     fn settings_validation_changes_nothing_on_error() {

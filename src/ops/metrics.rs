@@ -1,5 +1,6 @@
 //! `GET /metrics`: the services' counters (typed families of [`crate::metrics::Metrics`])
-//! plus gauges read from the store at render time, in the OpenMetrics text format.
+//! plus gauges from the company snapshot (`ops::snapshot`, no scan per scrape) and the
+//! stored fixings, in the OpenMetrics text format.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -8,7 +9,6 @@ use prometheus_client::registry::Registry;
 
 use super::Ctx;
 use crate::boa::model::TableKind;
-use crate::store::records::Connection;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabels {
@@ -48,19 +48,18 @@ pub fn render(ctx: &Ctx) -> Result<String, crate::store::Error> {
         "Date of the newest stored fixing per table (Unix time of its midnight UTC)",
         fixing,
     );
-    let companies = ctx.store.companies()?;
+    let snapshot = ctx.companies_snapshot()?;
     let states = Family::<StateLabels, Gauge>::default();
-    let set = |state: &'static str, f: &dyn Fn(&crate::store::records::Company) -> bool| {
+    for (state, n) in [
+        ("connected", snapshot.connected),
+        ("reconnect_needed", snapshot.reconnect_needed),
+        ("disconnected", snapshot.disconnected),
+        ("sync_disabled", snapshot.sync_disabled),
+    ] {
         states
             .get_or_create(&StateLabels { state })
-            .set(companies.iter().filter(|c| f(c)).count() as i64);
-    };
-    set("connected", &|c| c.is_connected());
-    set("reconnect_needed", &|c| {
-        c.is_active && matches!(c.connection, Connection::ReconnectNeeded { .. })
-    });
-    set("disconnected", &|c| !c.is_active);
-    set("sync_disabled", &|c| c.is_active && !c.sync_enabled);
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     extra.register("companies", "Companies by state", states);
     let bad_now = Gauge::<i64>::default();
     bad_now.set(ctx.store.bad_records().len() as i64);

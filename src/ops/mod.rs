@@ -7,6 +7,7 @@
 //! - [`Ctx`]: the services, built once by `app`.
 //! - [`companies`], [`connect`], [`rates`], [`sync`], [`metrics`]: the operations.
 //! - [`error`]: the table from domain errors to answers.
+//! - [`snapshot`]: the company counts behind `/health`, `/metrics` and `status`.
 
 pub mod backfill;
 pub mod companies;
@@ -16,6 +17,7 @@ pub mod landing;
 pub mod metrics;
 pub mod migrate;
 pub mod rates;
+pub mod snapshot;
 pub mod sync;
 pub use error::{ApiError, Kind};
 
@@ -39,9 +41,9 @@ use crate::scheduler::runner::Scheduler;
 use crate::scheduler::time::{
     last_business_day_publication, local_date, previous_business_day, rfc3339,
 };
-use crate::store::records::{Company, Connection};
-use crate::store::{CompanyCounts, Store};
+use crate::store::Store;
 use crate::sync::SyncEngine;
+use snapshot::CompanySnapshot;
 
 /// Result of an operation.
 pub type OpResult = Result<Value, ApiError>;
@@ -78,6 +80,8 @@ pub struct Ctx {
     pub tasks: TaskTracker,
     /// Cancelled when the daemon stops.
     pub shutdown: CancellationToken,
+    /// The company counts behind `/health`, `/metrics` and `status` (no scan per request).
+    pub snapshot: snapshot::SnapshotHolder,
 }
 
 impl Ctx {
@@ -94,6 +98,17 @@ impl Ctx {
     /// Today in the configured zone (Europe/Tirane).
     pub fn today(&self) -> NaiveDate {
         local_date(self.now(), self.config().schedule.timezone)
+    }
+
+    /// The company snapshot: at most [`snapshot::MAX_AGE`] old and never older than the
+    /// last company change.
+    ///
+    /// # Errors
+    /// Store failure while recomputing.
+    pub fn companies_snapshot(
+        &self,
+    ) -> Result<Arc<snapshot::CompanySnapshot>, crate::store::Error> {
+        self.snapshot.get(&self.store, &self.config(), self.now())
     }
 
     /// The accounting API client for the current config.
@@ -125,7 +140,7 @@ pub fn parse_date(name: &str, s: &str) -> Result<NaiveDate, ApiError> {
 /// Store failure (the caller answers `unhealthy`).
 pub fn health_reasons(
     ctx: &Ctx,
-    companies: &[Company],
+    companies: &CompanySnapshot,
 ) -> Result<Vec<String>, crate::store::Error> {
     let mut reasons = Vec::new();
     let config = ctx.config();
@@ -148,23 +163,14 @@ pub fn health_reasons(
             )),
             Some(_) => {}
         }
-        let stale = companies
-            .iter()
-            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
-            .filter(|c| {
-                crate::alerts::business_hours(c.last_sync_at.unwrap_or(c.created_at), now, tz) > 24
-            })
-            .count();
+        let stale = companies.stale;
         if stale > 0 {
             reasons.push(format!(
                 "{stale} companies not synced for over 24 business hours"
             ));
         }
     }
-    let reconnect = companies
-        .iter()
-        .filter(|c| c.is_active && matches!(c.connection, Connection::ReconnectNeeded { .. }))
-        .count();
+    let reconnect = companies.reconnect_needed;
     if reconnect > 0 {
         reasons.push(format!(
             "{reconnect} companies need to reconnect (token refresh failed)"
@@ -193,16 +199,17 @@ pub fn health_reasons(
     Ok(reasons)
 }
 
-/// `GET /health`: the brief's JSON from the store's real counts, with `status` `healthy` or
-/// `degraded` (and the reasons); `unhealthy` + 503 only when the store cannot be read.
+/// `GET /health`: the brief's JSON from the store's real counts (the company snapshot), with
+/// `status` `healthy` or `degraded` (and the reasons); `unhealthy` + 503 only when the store
+/// cannot be read.
 pub fn health(ctx: &Ctx) -> (u16, Value) {
-    let result = ctx.store.companies().and_then(|companies| {
-        let reasons = health_reasons(ctx, &companies)?;
-        Ok((companies, reasons))
+    let result = ctx.companies_snapshot().and_then(|snapshot| {
+        let reasons = health_reasons(ctx, &snapshot)?;
+        Ok((snapshot, reasons))
     });
     match result {
-        Ok((companies, reasons)) => {
-            let counts = CompanyCounts::of(&companies);
+        Ok((snapshot, reasons)) => {
+            let counts = &snapshot.counts;
             (
                 200,
                 json!({
@@ -239,9 +246,9 @@ fn run_json(r: &crate::scheduler::runner::RunRecord) -> Value {
 /// # Errors
 /// Store failure.
 pub fn status(ctx: &Ctx) -> OpResult {
-    let companies = ctx.store.companies()?;
-    let counts = CompanyCounts::of(&companies);
-    let reasons = health_reasons(ctx, &companies)?;
+    let snapshot = ctx.companies_snapshot()?;
+    let counts = &snapshot.counts;
+    let reasons = health_reasons(ctx, &snapshot)?;
     let today = ctx.today();
     let mut last = serde_json::Map::new();
     for kind in [TableKind::Main, TableKind::Minor] {

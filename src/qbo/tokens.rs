@@ -42,6 +42,9 @@ pub enum TokenError {
     Store(#[from] crate::store::Error),
 }
 
+/// Size of the per-realm lock map from which unused locks are dropped (see `lock_for`).
+const PRUNE_LOCKS_FROM: usize = 1024;
+
 /// Hands out access tokens per realm.
 pub struct TokenManager {
     store: Arc<Store>,
@@ -93,6 +96,14 @@ impl TokenManager {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // Drop the locks nobody holds or waits for (only the map has them), so the map does
+        // not keep an entry per company ever synced (100,000 after a daily run). Safe: a lock
+        // only the map references guards nothing, and the next caller gets a fresh one.
+        // Amortised: only when the map has doubled past the last size kept.
+        if g.len() >= PRUNE_LOCKS_FROM && g.len().is_power_of_two() {
+            g.retain(|_, m| Arc::strong_count(m) > 1);
+            g.shrink_to_fit();
+        }
         g.entry(realm.to_string()).or_default().clone()
     }
 
@@ -235,16 +246,49 @@ impl TokenManager {
     /// Store failure listing companies.
     pub async fn keep_alive_pass(&self) -> Result<usize, crate::store::Error> {
         let now = self.clock.now();
-        let mut n = 0;
-        for c in self.store.companies()? {
-            let due = c.tokens.as_ref().is_some_and(|t| {
+        // The realms due, one record decoded at a time (not every record at once).
+        let mut due = Vec::new();
+        self.store.each_company(|c| {
+            let stale = c.tokens.as_ref().is_some_and(|t| {
                 now - t.refreshed_at > KEEP_ALIVE_AFTER
                     || t.refresh_expires_at - now < chrono::Duration::days(30)
             });
-            if c.is_connected() && due && self.force_refresh(&c.realm_id).await.is_ok() {
+            if c.is_connected() && stale {
+                due.push(c.realm_id);
+            }
+        })?;
+        let mut n = 0;
+        for realm in due {
+            if self.force_refresh(&realm).await.is_ok() {
                 n += 1;
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_realm_locks_are_dropped_and_held_ones_kept() {
+        let env: HashMap<String, String> = HashMap::new();
+        let config = crate::config::Config::load_with_env(None, &env).unwrap();
+        let http = crate::qbo::http_client(std::time::Duration::from_secs(1)).unwrap();
+        let tm = TokenManager::new(
+            Arc::new(Store::open_temporary().unwrap()),
+            OAuthClient::new(http, &config.quickbooks),
+            Arc::new(crate::scheduler::clock::ManualClock::new(chrono::Utc::now())),
+            Arc::new(Metrics::new()),
+        );
+        let held = tm.lock_for("held");
+        for i in 0..10 * PRUNE_LOCKS_FROM {
+            drop(tm.lock_for(&format!("r{i}")));
+        }
+        let n = tm.locks.lock().unwrap().len();
+        assert!(n <= 2 * PRUNE_LOCKS_FROM, "{n} locks kept");
+        // The held lock is still the one handed out for its realm.
+        assert!(Arc::ptr_eq(&held, &tm.lock_for("held")));
     }
 }

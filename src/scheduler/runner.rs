@@ -406,22 +406,24 @@ impl Scheduler {
 
     /// Syncs every active company's missing dates (up to 31 days back), oldest first.
     pub async fn catch_up_all(&self) {
-        let companies = match self.store.companies() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "catch-up: cannot list companies");
-                return;
+        // Realm ids only, one record decoded at a time (100,000 records at once would be
+        // ~100 MB); each company's record is re-read by `catch_up_company`.
+        let mut realms = Vec::new();
+        let listed = self.store.each_company(|c| {
+            if c.is_active && c.sync_enabled && c.is_connected() {
+                realms.push(c.realm_id);
             }
-        };
-        for c in companies
-            .iter()
-            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
-        {
+        });
+        if let Err(e) = listed {
+            tracing::error!(error = %e, "catch-up: cannot list companies");
+            return;
+        }
+        for realm in realms {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            if let Err(e) = self.catch_up_company(&c.realm_id, false).await {
-                tracing::warn!(realm_id = %c.realm_id, error = %e, "catch-up failed");
+            if let Err(e) = self.catch_up_company(&realm, false).await {
+                tracing::warn!(realm_id = %realm, error = %e, "catch-up failed");
             }
         }
     }

@@ -161,6 +161,10 @@ pub struct Store {
     bad: std::sync::Mutex<std::collections::BTreeMap<(&'static str, Vec<u8>), String>>,
     /// Distinct undecodable records met since start (a monotonic counter for metrics).
     bad_seen: std::sync::atomic::AtomicU64,
+    /// Bumped after every write to the companies tree (every such write goes through a
+    /// method here), so a cache of anything derived from the companies (the health and
+    /// metrics snapshot) knows it is out of date without reading a record.
+    companies_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A stored record that could not be decoded: skipped by scans, reported here (SPEC §9).
@@ -325,6 +329,7 @@ impl Store {
             vault,
             bad: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             bad_seen: std::sync::atomic::AtomicU64::new(0),
+            companies_generation: std::sync::atomic::AtomicU64::new(0),
         };
         store.check_schema()?;
         Ok(store)
@@ -492,11 +497,22 @@ impl Store {
     /// sled failure (a decode failure is not an error here).
     pub fn companies_scan(&self) -> Result<(Vec<Company>, Vec<BadRecord>)> {
         let mut good = Vec::new();
+        let bad = self.each_company(|c| good.push(c))?;
+        Ok((good, bad))
+    }
+
+    /// Visits every company that decodes, in realm order, one at a time (nothing is kept:
+    /// a caller that only counts or picks a few fields never holds every record at once);
+    /// returns the records that do not decode, noted as by [`Store::companies_scan`].
+    ///
+    /// # Errors
+    /// sled failure (a decode failure is not an error here).
+    pub fn each_company(&self, mut visit: impl FnMut(Company)) -> Result<Vec<BadRecord>> {
         let mut bad = Vec::new();
         for r in self.companies.iter() {
             let (k, v) = r?;
             match codec::decode::<Company>(&v) {
-                Ok(c) => good.push(c),
+                Ok(c) => visit(c),
                 Err(e) => bad.push(BadRecord {
                     tree: keys::COMPANIES,
                     key: k.to_vec(),
@@ -505,7 +521,64 @@ impl Store {
             }
         }
         self.note_bad(keys::COMPANIES, &bad);
-        Ok((good, bad))
+        Ok(bad)
+    }
+
+    /// One page of companies in realm order: those with a realm id after `after` (all when
+    /// `None`) that `keep` accepts, at most `limit` of them, and the realm id to pass as the
+    /// next `after` when more accepted companies follow (`None` on the last page). A sled
+    /// range scan from `after`: a page costs its own records (plus, with a filter, the
+    /// records it skips), never a full scan. Undecodable records are skipped (the full
+    /// scans report them).
+    ///
+    /// # Errors
+    /// sled failure.
+    pub fn companies_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&Company) -> bool,
+    ) -> Result<(Vec<Company>, Option<String>)> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut page = Vec::new();
+        for r in self
+            .companies
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (_, v) = r?;
+            let Ok(c) = codec::decode::<Company>(&v) else {
+                continue;
+            };
+            if !keep(&c) {
+                continue;
+            }
+            if page.len() == limit {
+                // One more accepted company follows: the page is not the last.
+                let next = page.last().map(|p: &Company| p.realm_id.clone());
+                return Ok((page, next));
+            }
+            page.push(c);
+        }
+        Ok((page, None))
+    }
+
+    /// Changes whenever a company record is written or removed (see the field's docs). Read
+    /// it before deriving something from the companies: if it still has that value later,
+    /// no company changed in between.
+    pub fn companies_generation(&self) -> u64 {
+        self.companies_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Called after each write to the companies tree (after, so a reader that saw the old
+    /// generation is invalidated once the write is visible).
+    fn companies_changed(&self) {
+        self.companies_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Undecodable records found by the latest full scan of each tree.
@@ -559,6 +632,7 @@ impl Store {
     /// sled or encode failure.
     pub async fn save_company(&self, c: &Company) -> Result<()> {
         Self::put(&self.companies, keys::COMPANIES, c.realm_id.as_bytes(), c)?;
+        self.companies_changed();
         self.flush().await
     }
 
@@ -602,6 +676,7 @@ impl Store {
                 .compare_and_swap(key, Some(old), Some(new))?
                 .is_ok()
             {
+                self.companies_changed();
                 return Ok(Some(c));
             }
         }
@@ -620,6 +695,7 @@ impl Store {
         let key = c.realm_id.as_bytes();
         self.tokens.insert(key, tokens)?;
         self.companies.insert(key, company)?;
+        self.companies_changed();
         self.flush().await
     }
 
@@ -670,6 +746,7 @@ impl Store {
     /// sled or encode failure.
     pub async fn save_company_without_tokens(&self, c: &Company) -> Result<()> {
         Self::put(&self.companies, keys::COMPANIES, c.realm_id.as_bytes(), c)?;
+        self.companies_changed();
         self.tokens.remove(c.realm_id.as_bytes())?;
         self.flush().await
     }
@@ -682,6 +759,7 @@ impl Store {
     /// sled failure.
     pub async fn remove_company(&self, realm: &str) -> Result<()> {
         self.companies.remove(realm.as_bytes())?;
+        self.companies_changed();
         self.tokens.remove(realm.as_bytes())?;
         self.flush().await
     }

@@ -37,7 +37,7 @@ pub(crate) fn company(realm: &str) -> Company {
     }
 }
 
-fn tokens(rt: &str) -> TokenSet {
+pub(crate) fn tokens(rt: &str) -> TokenSet {
     let now = Utc::now();
     TokenSet {
         access_token: "AT-plain-123".into(),
@@ -498,4 +498,44 @@ fn a_held_store_is_refused_after_the_lock_wait_and_reopens_once_dropped() {
         let s = Store::open(dir.path(), &id).unwrap();
         drop(s);
     }
+}
+
+#[tokio::test]
+async fn companies_page_is_a_range_scan_after_a_realm() {
+    let s = Store::open_temporary().unwrap();
+    for i in 0..7 {
+        let mut c = company(&format!("r{i}"));
+        c.is_active = i % 2 == 0;
+        s.save_company(&c).await.unwrap();
+    }
+    let realms = |p: &[Company]| p.iter().map(|c| c.realm_id.clone()).collect::<Vec<_>>();
+    let all = |_: &Company| true;
+    let (p, next) = s.companies_page(None, 3, all).unwrap();
+    assert_eq!(realms(&p), ["r0", "r1", "r2"]);
+    assert_eq!(next.as_deref(), Some("r2"));
+    let (p, next) = s.companies_page(Some("r2"), 3, all).unwrap();
+    assert_eq!(realms(&p), ["r3", "r4", "r5"]);
+    assert_eq!(next.as_deref(), Some("r5"));
+    // The last page: nothing follows, whether it is short or exactly full.
+    let (p, next) = s.companies_page(Some("r5"), 3, all).unwrap();
+    assert_eq!((realms(&p), next), (vec!["r6".to_string()], None));
+    let (p, next) = s.companies_page(Some("r3"), 3, all).unwrap();
+    assert_eq!(
+        (realms(&p), next),
+        (vec!["r4".into(), "r5".into(), "r6".into()], None)
+    );
+    // `after` need not exist; past the end is an empty page.
+    let (p, _) = s.companies_page(Some("r35"), 1, all).unwrap();
+    assert_eq!(realms(&p), ["r4"]);
+    let (p, next) = s.companies_page(Some("zz"), 3, all).unwrap();
+    assert!(p.is_empty() && next.is_none());
+    // A filter counts only kept companies, and next_after only when a kept one follows.
+    let active = |c: &Company| c.is_active;
+    let (p, next) = s.companies_page(None, 2, active).unwrap();
+    assert_eq!(
+        (realms(&p), next.as_deref()),
+        (vec!["r0".into(), "r2".into()], Some("r2"))
+    );
+    let (p, next) = s.companies_page(Some("r2"), 2, active).unwrap();
+    assert_eq!((realms(&p), next), (vec!["r4".into(), "r6".into()], None));
 }

@@ -155,24 +155,33 @@ type RunResult = Result<Arc<RunReport>, Error>;
 /// The sync-all in flight: its date and a receiver of its result.
 type Running = Option<(NaiveDate, watch::Receiver<Option<RunResult>>)>;
 
-/// Additive increase, multiplicative decrease of the companies a sync-all runs at once:
-/// halved after a company met 429/5xx (at most once per `level` completions, so one burst
-/// of concurrent failures counts once), raised by one after `level` clean companies.
+/// Additive increase, multiplicative decrease of the companies a sync-all runs at once. A
+/// company is "pressured" when QuickBooks throttled it (429) or it failed with 429/5xx after
+/// the retries. A run of [`Aimd::RUN`] pressured companies in a row halves the level (at
+/// most once per `level` completions, so one burst of concurrent failures counts once); a
+/// window of `level` clean companies raises it by one, up to the configured maximum. Single
+/// pressured companies among clean ones (Intuit's per-realm limits, a stray 5xx) do not
+/// lower it: the limits are per company, not per app.
 #[derive(Debug)]
 struct Aimd {
     level: usize,
     max: usize,
     clean: usize,
+    run: usize,
     since_decrease: usize,
 }
 
 impl Aimd {
+    /// Pressured companies in a row that make a decrease.
+    const RUN: usize = 3;
+
     fn new(max: usize) -> Self {
         Aimd {
             level: max.max(1),
             max: max.max(1),
             clean: 0,
-            // The first pressure of a run halves at once.
+            run: 0,
+            // The first run of pressure halves at once.
             since_decrease: max.max(1),
         }
     }
@@ -181,11 +190,14 @@ impl Aimd {
         self.since_decrease += 1;
         if pressured {
             self.clean = 0;
-            if self.since_decrease >= self.level {
+            self.run += 1;
+            if self.run >= Self::RUN && self.since_decrease >= self.level {
                 self.level = (self.level / 2).max(1);
                 self.since_decrease = 0;
+                self.run = 0;
             }
         } else {
+            self.run = 0;
             self.clean += 1;
             if self.clean >= self.level && self.level < self.max {
                 self.level += 1;
@@ -1311,8 +1323,18 @@ impl SyncEngine {
     /// Runs one sync-all to completion (bounded, adaptive concurrency; failures isolated).
     async fn run_all(self: &Arc<Self>, date: NaiveDate, scope: Scope) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
-        // Only what the run needs of each company (the records are re-read one by one).
-        let (companies, bad) = self.store.companies_scan()?;
+        // Only what the run needs of each company (the records are re-read one by one), and
+        // one record decoded at a time: never every record at once.
+        let mut companies: Vec<(String, String)> = Vec::new();
+        let bad = self.store.each_company(|c| {
+            if c.is_active
+                && c.sync_enabled
+                && c.is_connected()
+                && (scope == Scope::All || c.fill_non_business_days)
+            {
+                companies.push((c.realm_id, c.company_name));
+            }
+        })?;
         let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
         for key in &bad_records {
             self.alerts.raise(
@@ -1322,12 +1344,6 @@ impl SyncEngine {
                 &format!("the company record {key} cannot be decoded; it is skipped (restore it from a backup or reconnect the company)"),
             );
         }
-        let companies: Vec<(String, String)> = companies
-            .into_iter()
-            .filter(|c| c.is_active && c.sync_enabled && c.is_connected())
-            .filter(|c| scope == Scope::All || c.fill_non_business_days)
-            .map(|c| (c.realm_id, c.company_name))
-            .collect();
         let total = companies.len();
         let p = &self.progress;
         p.total.store(total, Relaxed);
@@ -1603,8 +1619,9 @@ impl<'a> Session<'a> {
                     self.pause(Duration::from_secs(wait));
                 }
                 Err(e) if e.is_retryable() && transient < MAX_TRANSIENT_RETRIES => {
+                    // A 5xx ridden out by a retry is noise, not overload: only 429s and
+                    // failures that outlast the retries lower the sync-all level.
                     transient += 1;
-                    self.pressure.fetch_add(1, Relaxed);
                     let wait = engine.backoff_base * 2u32.pow(transient - 1);
                     tracing::warn!(realm_id = realm, error = %e, "Company {realm}: QuickBooks call failed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
@@ -1671,21 +1688,35 @@ mod tests {
             a.record(false);
         }
         assert_eq!(a.level, 16, "never above the configured maximum");
-        a.record(true);
-        assert_eq!(a.level, 8, "the first pressure halves at once");
+        // Isolated pressure among clean companies: no decrease.
+        for _ in 0..10 {
+            a.record(true);
+            a.record(false);
+            a.record(true);
+            a.record(false);
+        }
+        assert_eq!(a.level, 16, "stray 429s do not lower the level");
+        for _ in 0..Aimd::RUN {
+            a.record(true);
+        }
+        assert_eq!(a.level, 8, "a run of pressure halves at once");
         // The rest of a burst from companies in flight together does not halve again.
-        for _ in 0..7 {
+        for _ in 0..5 {
             a.record(true);
         }
         assert_eq!(a.level, 8);
-        a.record(true);
-        assert_eq!(a.level, 4, "a later window of pressure halves again");
+        for _ in 0..3 {
+            a.record(true);
+        }
+        assert_eq!(a.level, 4, "a later run of pressure halves again");
         for _ in 0..4 {
             a.record(false);
         }
         assert_eq!(a.level, 5, "additive increase after a clean window");
         let mut one = Aimd::new(0);
-        one.record(true);
+        for _ in 0..Aimd::RUN {
+            one.record(true);
+        }
         assert_eq!(one.level, 1, "never below one");
     }
 }

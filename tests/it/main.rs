@@ -15,6 +15,7 @@ mod hardening;
 mod layers;
 mod migrate;
 mod oauth;
+mod scale;
 mod schedule;
 mod sync_api;
 mod sync_e2e;

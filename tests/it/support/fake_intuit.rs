@@ -522,6 +522,40 @@ struct State {
     requests: Vec<RecordedRequest>,
     /// Handler panics and fake misuse; re-raised on drop.
     failures: Vec<String>,
+    /// Faults drawn at random per accounting call (stress benchmarks).
+    random_faults: Option<RandomFaults>,
+}
+
+/// Per-call fault probabilities ([`FakeIntuit::set_random_api_faults`]).
+struct RandomFaults {
+    p5xx: f64,
+    p429: f64,
+    /// xorshift64 state (deterministic per seed).
+    rng: u64,
+    injected_5xx: u64,
+    injected_429: u64,
+}
+
+impl RandomFaults {
+    fn next(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What a random fault does to one call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Throttle,
+    /// 500 before the call is processed.
+    Before,
+    /// The call is processed, then its answer is lost (a 502 instead).
+    AnswerLost,
 }
 
 impl State {
@@ -696,6 +730,7 @@ impl FakeIntuit {
             early_refreshes: 0,
             requests: Vec::new(),
             failures: Vec::new(),
+            random_faults: None,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -1013,6 +1048,28 @@ impl FakeIntuit {
     pub fn fail_next_api_calls(&self, n: usize, status: u16) {
         let mut st = self.state();
         st.api_failures.extend(std::iter::repeat_n(status, n));
+    }
+
+    /// Every later accounting call fails at random: 429 with probability `p429`, a 5xx with
+    /// probability `p5xx` (half of them a 500 before the call is processed, half a 502 after
+    /// it was processed, as when an answer is lost on the way back). Deterministic per
+    /// `seed`. `p5xx = p429 = 0` turns it off.
+    pub fn set_random_api_faults(&self, p5xx: f64, p429: f64, seed: u64) {
+        self.state().random_faults = (p5xx > 0.0 || p429 > 0.0).then_some(RandomFaults {
+            p5xx,
+            p429,
+            rng: seed.max(1),
+            injected_5xx: 0,
+            injected_429: 0,
+        });
+    }
+
+    /// Random faults injected so far: (5xx, 429).
+    pub fn random_faults_injected(&self) -> (u64, u64) {
+        self.state()
+            .random_faults
+            .as_ref()
+            .map_or((0, 0), |f| (f.injected_5xx, f.injected_429))
     }
 
     /// Like [`fail_next_api_calls`](Self::fail_next_api_calls), for one realm's calls only
@@ -1884,6 +1941,30 @@ async fn api(shared: Arc<Shared>, req: &Req, realm: &str, rest: &str) -> Resp {
     if let Some(status) = injected {
         return injected_api_failure(&st, status);
     }
+    let fault = match st.random_faults.as_mut() {
+        None => Fault::None,
+        Some(f) => {
+            let x = f.next();
+            if x < f.p429 {
+                f.injected_429 += 1;
+                Fault::Throttle
+            } else if x < f.p429 + f.p5xx {
+                f.injected_5xx += 1;
+                if x < f.p429 + f.p5xx / 2.0 {
+                    Fault::Before
+                } else {
+                    Fault::AnswerLost
+                }
+            } else {
+                Fault::None
+            }
+        }
+    };
+    match fault {
+        Fault::Throttle => return throttled(&st),
+        Fault::Before => return injected_api_failure(&st, 500),
+        Fault::None | Fault::AnswerLost => {}
+    }
     if !take_bucket_token(&mut st, realm) {
         return throttled(&st);
     }
@@ -1894,6 +1975,9 @@ async fn api(shared: Arc<Shared>, req: &Req, realm: &str, rest: &str) -> Resp {
         .header("accept")
         .is_some_and(|a| a.contains("application/json"));
     let resp = route_api(&mut st, req, realm, rest);
+    if fault == Fault::AnswerLost {
+        return injected_api_failure(&st, 502);
+    }
     drop(st);
     drop(guard);
     if accepts_json {

@@ -1,0 +1,266 @@
+//! The company snapshot behind `/health`, `/metrics` and the counts in `status` (SPEC §6):
+//! one pass over the company records computes every count those answers need, and the
+//! answers read the snapshot instead of decoding every record per request.
+//!
+//! A snapshot is reused while it is at most [`MAX_AGE`] old (by the injected clock) *and*
+//! no company was written since it was taken ([`Store::companies_generation`]), so an answer
+//! never contradicts a change already acknowledged (every company write goes through the
+//! store, which bumps the generation before the write is flushed and acknowledged).
+//! Concurrent requests that find it out of date share one recomputation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::store::records::Connection;
+use crate::store::{CompanyCounts, Store};
+
+/// How old a snapshot may be before it is recomputed even when no company changed (the
+/// stale-company count depends on the time).
+pub const MAX_AGE: chrono::Duration = chrono::Duration::seconds(5);
+
+/// What the health, metrics and status answers need from the company records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompanySnapshot {
+    /// Total, active, reconnect-needed ("expired tokens") and the newest sync.
+    pub counts: CompanyCounts,
+    /// Active and connected.
+    pub connected: usize,
+    /// Active and flagged reconnect-needed.
+    pub reconnect_needed: usize,
+    /// Not active (disconnected here).
+    pub disconnected: usize,
+    /// Active with sync turned off.
+    pub sync_disabled: usize,
+    /// Active, sync enabled and connected, but not synced for over 24 business hours when
+    /// the snapshot was taken.
+    pub stale: usize,
+    /// Records that did not decode (their keys are in [`Store::bad_records`]).
+    pub bad_records: usize,
+    /// When it was taken (injected clock).
+    pub taken_at: DateTime<Utc>,
+    /// The store's company generation read before the scan.
+    pub generation: u64,
+}
+
+impl CompanySnapshot {
+    /// One pass over the store's companies (nothing kept per company).
+    ///
+    /// # Errors
+    /// sled failure.
+    pub fn compute(
+        store: &Store,
+        config: &Config,
+        now: DateTime<Utc>,
+    ) -> Result<CompanySnapshot, crate::store::Error> {
+        // Read before the scan: a write during the scan moves the generation past this
+        // value, so the snapshot is recomputed on the next request.
+        let generation = store.companies_generation();
+        let tz = config.schedule.timezone;
+        let mut s = CompanySnapshot {
+            taken_at: now,
+            generation,
+            ..CompanySnapshot::default()
+        };
+        let bad = store.each_company(|c| {
+            s.counts.total += 1;
+            s.counts.last_sync = s.counts.last_sync.max(c.last_sync_at);
+            if !c.is_active {
+                s.disconnected += 1;
+                return;
+            }
+            s.counts.active += 1;
+            match c.connection {
+                Connection::ReconnectNeeded { .. } => {
+                    s.counts.expired_tokens += 1;
+                    s.reconnect_needed += 1;
+                }
+                Connection::Connected => s.connected += 1,
+                Connection::Disconnected { .. } => {}
+            }
+            if !c.sync_enabled {
+                s.sync_disabled += 1;
+            } else if c.is_connected()
+                && crate::alerts::business_hours(c.last_sync_at.unwrap_or(c.created_at), now, tz)
+                    > 24
+            {
+                s.stale += 1;
+            }
+        })?;
+        s.bad_records = bad.len();
+        Ok(s)
+    }
+
+    fn fresh(&self, generation: u64, now: DateTime<Utc>) -> bool {
+        self.generation == generation && now - self.taken_at <= MAX_AGE && now >= self.taken_at
+    }
+}
+
+/// Holds the current snapshot; see the module docs.
+#[derive(Debug, Default)]
+pub struct SnapshotHolder {
+    current: Mutex<Option<Arc<CompanySnapshot>>>,
+    /// Held while recomputing, so concurrent callers wait for one scan instead of each
+    /// running their own.
+    computing: Mutex<()>,
+    /// How many scans were made (tests, and a debugging aid).
+    computations: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SnapshotHolder {
+    /// A holder with no snapshot yet (the first request computes one).
+    pub fn new() -> SnapshotHolder {
+        SnapshotHolder::default()
+    }
+
+    /// The snapshot, recomputed when a company changed since it was taken or it is older
+    /// than [`MAX_AGE`].
+    ///
+    /// # Errors
+    /// sled failure during a recomputation.
+    pub fn get(
+        &self,
+        store: &Store,
+        config: &Config,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<CompanySnapshot>, crate::store::Error> {
+        if let Some(s) = self.fresh(store, now) {
+            return Ok(s);
+        }
+        let _one_at_a_time = lock(&self.computing);
+        // Someone else may have recomputed while this caller waited.
+        if let Some(s) = self.fresh(store, now) {
+            return Ok(s);
+        }
+        let s = Arc::new(CompanySnapshot::compute(store, config, now)?);
+        self.computations.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.current) = Some(s.clone());
+        Ok(s)
+    }
+
+    fn fresh(&self, store: &Store, now: DateTime<Utc>) -> Option<Arc<CompanySnapshot>> {
+        let generation = store.companies_generation();
+        lock(&self.current)
+            .as_ref()
+            .filter(|s| s.fresh(generation, now))
+            .cloned()
+    }
+
+    /// How many times the snapshot was computed.
+    pub fn computations(&self) -> u64 {
+        self.computations.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::company;
+
+    fn config() -> Config {
+        // Built-in defaults, no file and no environment.
+        let env: std::collections::HashMap<String, String> = Default::default();
+        Config::load_with_env(None, &env).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_company_is_seen_at_once_and_the_snapshot_is_reused_otherwise() {
+        let store = Store::open_temporary().unwrap();
+        let config = config();
+        let now = Utc::now();
+        for r in ["1", "2", "3"] {
+            store.save_company(&company(r)).await.unwrap();
+        }
+        let h = SnapshotHolder::new();
+        let s = h.get(&store, &config, now).unwrap();
+        assert_eq!(
+            (s.counts.total, s.counts.active, s.reconnect_needed),
+            (3, 3, 0)
+        );
+        assert_eq!(h.computations(), 1);
+        // No change, within MAX_AGE: reused.
+        for i in 0..10 {
+            let later = now + chrono::Duration::milliseconds(i * 100);
+            let again = h.get(&store, &config, later).unwrap();
+            assert!(Arc::ptr_eq(&s, &again));
+        }
+        assert_eq!(h.computations(), 1);
+
+        // Every kind of company write invalidates it at once.
+        store
+            .update_company("2", |c| {
+                c.connection = Connection::ReconnectNeeded {
+                    since: now,
+                    reason: "invalid_grant".into(),
+                }
+            })
+            .await
+            .unwrap();
+        let s = h.get(&store, &config, now).unwrap();
+        assert_eq!((s.reconnect_needed, s.counts.expired_tokens), (1, 1));
+        assert_eq!(h.computations(), 2);
+        store
+            .update_company_unflushed("3", |c| c.sync_enabled = false)
+            .unwrap();
+        assert_eq!(h.get(&store, &config, now).unwrap().sync_disabled, 1);
+        let mut gone = company("1");
+        gone.is_active = false;
+        store.save_company_without_tokens(&gone).await.unwrap();
+        assert_eq!(h.get(&store, &config, now).unwrap().disconnected, 1);
+        store.remove_company("1").await.unwrap();
+        assert_eq!(h.get(&store, &config, now).unwrap().counts.total, 2);
+        let t = crate::store::tests::tokens("rt");
+        store
+            .save_company_and_tokens(&company("4"), &t)
+            .await
+            .unwrap();
+        assert_eq!(h.get(&store, &config, now).unwrap().counts.total, 3);
+        assert_eq!(h.computations(), 6);
+        // A write that changes nothing company-related (a fixing, a log) does not.
+        store
+            .append_log(
+                "4",
+                &crate::store::records::LogRecord::connection(now, true, "x", vec![]),
+            )
+            .unwrap();
+        h.get(&store, &config, now).unwrap();
+        assert_eq!(h.computations(), 6);
+        // Older than MAX_AGE: recomputed even without a change.
+        h.get(
+            &store,
+            &config,
+            now + MAX_AGE + chrono::Duration::seconds(1),
+        )
+        .unwrap();
+        assert_eq!(h.computations(), 7);
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_recomputation() {
+        let store = Arc::new(Store::open_temporary().unwrap());
+        for i in 0..200 {
+            store
+                .save_company(&company(&format!("{i:04}")))
+                .await
+                .unwrap();
+        }
+        let h = Arc::new(SnapshotHolder::new());
+        let now = Utc::now();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (h, store) = (h.clone(), store.clone());
+                std::thread::spawn(move || h.get(&store, &config(), now).unwrap().counts.total)
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 200);
+        }
+        assert_eq!(h.computations(), 1);
+    }
+}
