@@ -559,10 +559,14 @@ pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
 /// # Errors
 /// 404 unknown company; 502 when Intuit cannot be reached (nothing changed then).
 pub async fn disconnect(ctx: &Ctx, realm: &str) -> OpResult {
-    let mut c = ctx
-        .store
-        .company(realm)?
-        .ok_or_else(|| ApiError::unknown_company(realm))?;
+    // The realm's token lock for the whole disconnect: a refresh in flight finishes first
+    // (and its rotation is what gets revoked), and none writes tokens back afterwards; a
+    // reconnect waits and then stores its new grant over the disconnected record.
+    let lock = ctx.tokens.lock_for(realm);
+    let _held = lock.lock().await;
+    if ctx.store.company(realm)?.is_none() {
+        return Err(ApiError::unknown_company(realm));
+    }
     if let Some(tokens) = ctx.store.tokens(realm)? {
         ctx.tokens
             .oauth()
@@ -577,15 +581,20 @@ pub async fn disconnect(ctx: &Ctx, realm: &str) -> OpResult {
             })?;
     }
     let now = ctx.now();
-    c.is_active = false;
-    c.connection = Connection::Disconnected { at: now };
-    c.tokens = None;
-    c.updated_at = now;
     ctx.store.append_log(
         realm,
         &LogRecord::connection(now, true, "disconnected (grant revoked at Intuit)", vec![]),
     )?;
-    ctx.store.save_company_without_tokens(&c).await?;
+    let c = ctx
+        .store
+        .disconnect_company(realm, |c| {
+            c.is_active = false;
+            c.connection = Connection::Disconnected { at: now };
+            c.tokens = None;
+            c.updated_at = now;
+        })
+        .await?
+        .ok_or_else(|| ApiError::unknown_company(realm))?;
     tracing::info!(realm_id = realm, "Company {realm}: disconnected");
     Ok(json!({
         "success": true,

@@ -382,7 +382,11 @@ impl Scheduler {
                     report.successful, report.total
                 )
             }
-            Some(Err(e)) => format!("sync-all refused: {e}"),
+            Some(Err(e)) => {
+                // Not done: catch-up tries the date again.
+                done = false;
+                format!("sync-all refused: {e}")
+            }
         };
         let rec = RunRecord {
             date,

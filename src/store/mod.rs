@@ -740,6 +740,24 @@ impl Store {
         }
     }
 
+    /// Disconnect: changes the company's *current* record (compare-and-swap, so a settings
+    /// change or a sync's `last_sync_at` made meanwhile is kept), then deletes its tokens,
+    /// then flushes. A crash in between leaves an orphan ciphertext on a disconnected
+    /// company, which nothing reads. `None` for an unknown company.
+    ///
+    /// # Errors
+    /// sled, encode or decode failure.
+    pub async fn disconnect_company(
+        &self,
+        realm: &str,
+        change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let c = self.update_company_unflushed(realm, change)?;
+        self.tokens.remove(realm.as_bytes())?;
+        self.flush().await?;
+        Ok(c)
+    }
+
     /// Deletes a company's tokens and saves its record (disconnect), then flushes.
     ///
     /// # Errors

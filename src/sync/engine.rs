@@ -153,7 +153,7 @@ pub struct LastRun {
 
 type RunResult = Result<Arc<RunReport>, Error>;
 /// The sync-all in flight: its date and a receiver of its result.
-type Running = Option<(NaiveDate, watch::Receiver<Option<RunResult>>)>;
+type Running = Option<(NaiveDate, Scope, watch::Receiver<Option<RunResult>>)>;
 
 /// Additive increase, multiplicative decrease of the companies a sync-all runs at once. A
 /// company is "pressured" when QuickBooks throttled it (429) or it failed with 429/5xx after
@@ -311,7 +311,7 @@ impl SyncEngine {
 
     /// Whether a sync-all is running, and for which date.
     pub fn running_date(&self) -> Option<NaiveDate> {
-        lock(&self.running).as_ref().map(|(d, _)| *d)
+        lock(&self.running).as_ref().map(|(d, _, _)| *d)
     }
 
     /// Progress of the current (or last) sync-all.
@@ -864,12 +864,12 @@ impl SyncEngine {
         let steps = plan::plan(&realm, &wants, &read.holdings);
 
         // 5. Write what differs, several at once.
-        let written = self
+        let mut written = self
             .write_steps(session, company.home_currency, steps)
             .await;
-        if let Some(fatal) = written.fatal {
-            return Err(fatal);
-        }
+        // A fatal failure (the grant is gone) still records what was written before it:
+        // those rates are in QuickBooks, so they are counted and stored as confirmed.
+        let fatal = written.fatal.take();
         attempt.written = written.written.iter().filter(|k| k.0 == date).count();
         attempt.unchanged = written.unchanged.iter().filter(|k| k.0 == date).count();
         attempt.corrected = written.written.iter().filter(|k| k.0 != date).count();
@@ -888,7 +888,7 @@ impl SyncEngine {
         // 6. QuickBooks refused some currencies as inactive or home: re-read the company
         // once; a currency no longer active is skipped, not a failure.
         let mut skipped: Vec<Currency> = Vec::new();
-        if !written.rejected.is_empty() {
+        if fatal.is_none() && !written.rejected.is_empty() {
             if !stale {
                 self.refresh_company_cache(session, company).await?;
                 // Switched off since the cache was read: every write will be refused,
@@ -950,6 +950,9 @@ impl SyncEngine {
             }
         }
         self.store.put_rates(&realm, &rows)?;
+        if let Some(fatal) = fatal {
+            return Err(fatal);
+        }
         if failures.is_empty() {
             self.mark_synced(&realm)?;
             Ok(())
@@ -1272,7 +1275,13 @@ impl SyncEngine {
                                 .collect();
                             step = plan::step(&session.realm, want, &h);
                         }
-                        Err(e) => return WriteResult::Fatal(e),
+                        // A failed re-read fails this currency only, like a failed write;
+                        // the grant being gone still ends the sync.
+                        Err(
+                            e
+                            @ (Error::ReconnectNeeded | Error::Disconnected | Error::NotConnected),
+                        ) => return WriteResult::Fatal(e),
+                        Err(e) => return WriteResult::Failed(e.to_string()),
                     }
                 }
                 Err(e) if e.is_currency_rejection() => return WriteResult::Rejected(e.to_string()),
@@ -1295,15 +1304,19 @@ impl SyncEngine {
         let mut rx = {
             let mut running = lock(&self.running);
             match running.as_ref() {
-                Some((d, rx)) if *d == date => rx.clone(),
-                Some((d, _)) => return Err(Error::InProgress(*d)),
+                // Joined only by a call for the same date and the same companies (a fill-only
+                // weekend run does not answer for every company).
+                Some((d, s, rx)) if *d == date && *s == scope => rx.clone(),
+                Some((d, _, _)) => return Err(Error::InProgress(*d)),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    *running = Some((date, rx.clone()));
+                    *running = Some((date, scope, rx.clone()));
                     let engine = self.clone();
                     self.tasks.spawn(async move {
+                        // Cleared however the run ends (a panic too), so a later sync-all is
+                        // never refused for a run that is gone.
+                        let _clear = ClearRunning(&engine.running);
                         let result = engine.run_all(date, scope).await.map(Arc::new);
-                        *lock(&engine.running) = None;
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -1467,6 +1480,15 @@ fn drift_alert_key(realm: &str, currency: Currency) -> String {
     format!("drift:{realm}:{currency}")
 }
 
+/// Clears the sync-all in flight when dropped.
+struct ClearRunning<'a>(&'a Mutex<Running>);
+
+impl Drop for ClearRunning<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) = None;
+    }
+}
+
 /// Whether a failure says QuickBooks is overloaded (429/5xx after the retries).
 fn is_pressure(e: Option<&Error>) -> bool {
     matches!(
@@ -1537,6 +1559,8 @@ struct Session<'a> {
     tids: Mutex<Vec<String>>,
     paused_until: Mutex<Option<tokio::time::Instant>>,
     pressure: AtomicUsize,
+    /// Whether this sync already refreshed the token after a 401.
+    refreshed: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Session<'a> {
@@ -1549,16 +1573,31 @@ impl<'a> Session<'a> {
             tids: Mutex::new(Vec::new()),
             paused_until: Mutex::new(None),
             pressure: AtomicUsize::new(0),
+            refreshed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    async fn wait_if_paused(&self) {
+    /// Waits out the realm's 429 pause; `false` when the daemon starts stopping meanwhile
+    /// (a pause can outlast the 20 s drain: the sync then records what it has instead).
+    async fn wait_if_paused(&self) -> bool {
         loop {
             let until = *lock(&self.paused_until);
             match until {
-                Some(u) if u > tokio::time::Instant::now() => tokio::time::sleep_until(u).await,
-                _ => return,
+                Some(u) if u > tokio::time::Instant::now() => {
+                    if !self.sleep_or_stop(tokio::time::sleep_until(u)).await {
+                        return false;
+                    }
+                }
+                _ => return true,
             }
+        }
+    }
+
+    /// Sleeps unless the daemon starts stopping first (`false` then).
+    async fn sleep_or_stop(&self, sleep: tokio::time::Sleep) -> bool {
+        tokio::select! {
+            _ = sleep => true,
+            _ = self.engine.shutdown.cancelled() => false,
         }
     }
 
@@ -1582,7 +1621,11 @@ impl<'a> Session<'a> {
         let realm = self.realm.as_str();
         let (mut refreshed, mut throttled, mut transient) = (false, 0u32, 0u32);
         loop {
-            self.wait_if_paused().await;
+            if !self.wait_if_paused().await {
+                return Err(qbo::Error::Network(
+                    "not sent: the daemon is stopping".into(),
+                ));
+            }
             let token = lock(&self.token).clone();
             let r = f(self.qbo.clone(), token.clone()).await;
             engine.metrics.call(kind, &status_label(&r));
@@ -1593,6 +1636,15 @@ impl<'a> Session<'a> {
                 }
                 Err(qbo::Error::Unauthorized) if !refreshed => {
                     refreshed = true;
+                    // Another write of this sync refreshed meanwhile: retry with its token.
+                    if *lock(&self.token) != token {
+                        continue;
+                    }
+                    // One refresh per sync: a 401 that outlives it is final, not a reason to
+                    // rotate the refresh token once per currency.
+                    if self.refreshed.swap(true, Relaxed) {
+                        return Err(qbo::Error::Unauthorized);
+                    }
                     let fresh = match engine.tokens.after_unauthorized(realm, &token).await {
                         Ok(t) => t,
                         Err(TokenError::ReconnectNeeded) => {
@@ -1624,7 +1676,9 @@ impl<'a> Session<'a> {
                     transient += 1;
                     let wait = engine.backoff_base * 2u32.pow(transient - 1);
                     tracing::warn!(realm_id = realm, error = %e, "Company {realm}: QuickBooks call failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
+                    if !self.sleep_or_stop(tokio::time::sleep(wait)).await {
+                        return Err(e);
+                    }
                 }
                 Err(e) => return Err(e),
             }
