@@ -166,7 +166,7 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
     let m = &req.method;
     match segs.as_slice() {
         ["health"] if m == Method::GET => {
-            let (status, body) = ops::health(state);
+            let (status, body) = ops::health(state).await;
             json(status, &body)
         }
         [""] if m == Method::GET => match ops::landing::landing(state) {
@@ -184,7 +184,7 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
                     return error(&e);
                 }
             }
-            match ops::metrics::render(state) {
+            match ops::metrics::render(state).await {
                 Ok(text) => {
                     let mut r = Response::new(Full::new(Bytes::from(text)));
                     r.headers_mut().insert(
@@ -195,7 +195,7 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
                     );
                     r
                 }
-                Err(e) => error(&ApiError::from(e)),
+                Err(e) => error(&e),
             }
         }
         ["api", "v1", "rates"] if m == Method::GET => {

@@ -24,7 +24,16 @@ struct StateLabels {
 ///
 /// # Errors
 /// Store failure.
-pub fn render(ctx: &Ctx) -> Result<String, crate::store::Error> {
+pub async fn render(ctx: &std::sync::Arc<Ctx>) -> Result<String, super::ApiError> {
+    // Reads the company snapshot (maybe a full pass) and the store: on the blocking pool.
+    let c = ctx.clone();
+    match tokio::task::spawn_blocking(move || render_now(&c)).await {
+        Ok(r) => r.map_err(super::ApiError::from),
+        Err(e) => Err(super::ApiError::internal(format!("rendering metrics: {e}"))),
+    }
+}
+
+fn render_now(ctx: &Ctx) -> Result<String, crate::store::Error> {
     let mut extra = Registry::with_prefix("boa_exchange");
     let fixing = Family::<TableLabels, Gauge>::default();
     let today = ctx.today();

@@ -202,7 +202,21 @@ pub fn health_reasons(
 /// `GET /health`: the brief's JSON from the store's real counts (the company snapshot), with
 /// `status` `healthy` or `degraded` (and the reasons); `unhealthy` + 503 only when the store
 /// cannot be read.
-pub fn health(ctx: &Ctx) -> (u16, Value) {
+///
+/// The snapshot it reads may need a full pass over the companies (after a company changed):
+/// that runs on the blocking pool, never on an async worker.
+pub async fn health(ctx: &Arc<Ctx>) -> (u16, Value) {
+    let c = ctx.clone();
+    match tokio::task::spawn_blocking(move || health_now(&c)).await {
+        Ok(answer) => answer,
+        Err(e) => (
+            503,
+            json!({"status": "unhealthy", "reasons": [format!("health check failed: {e}")]}),
+        ),
+    }
+}
+
+fn health_now(ctx: &Ctx) -> (u16, Value) {
     let result = ctx.companies_snapshot().and_then(|snapshot| {
         let reasons = health_reasons(ctx, &snapshot)?;
         Ok((snapshot, reasons))
