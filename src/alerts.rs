@@ -98,43 +98,45 @@ impl Alerts {
         self.raised().contains(key)
     }
 
-    /// Periodic check: companies not synced for over 24 business hours, companies needing
-    /// a reconnect. Raises new alerts, clears resolved ones.
-    pub fn check_health(&self, companies: &[Company], config: &Config) {
+    /// Periodic check of one company (the scheduler streams the store through it): not synced
+    /// for over 24 business hours, or needing a reconnect. Raises new alerts, clears resolved
+    /// ones.
+    pub fn check_company(&self, c: &Company, config: &Config) {
+        if !c.is_active {
+            return;
+        }
         let now = self.clock.now();
-        for c in companies.iter().filter(|c| c.is_active) {
-            let stale_key = format!("stale:{}", c.realm_id);
-            let since = c.last_sync_at.unwrap_or(c.created_at);
-            if config.schedule.enabled
-                && c.sync_enabled
-                && c.is_connected()
-                && business_hours(since, now, config.schedule.timezone) > 24
-            {
-                self.raise(
-                    &stale_key,
-                    "company_not_synced",
-                    Some(&c.realm_id),
-                    &format!(
-                        "not synced for over 24 business hours (last sync {})",
-                        c.last_sync_at
-                            .map(rfc3339)
-                            .unwrap_or_else(|| "never".into())
-                    ),
-                );
-            } else {
-                self.clear(&stale_key);
-            }
-            let token_key = format!("token:{}", c.realm_id);
-            if let Connection::ReconnectNeeded { reason, .. } = &c.connection {
-                self.raise(
-                    &token_key,
-                    "token_refresh_failed",
-                    Some(&c.realm_id),
-                    &format!("Token refresh failed ({reason}); the company must reconnect"),
-                );
-            } else {
-                self.clear(&token_key);
-            }
+        let stale_key = format!("stale:{}", c.realm_id);
+        let since = c.last_sync_at.unwrap_or(c.created_at);
+        if config.schedule.enabled
+            && c.sync_enabled
+            && c.is_connected()
+            && business_hours(since, now, config.schedule.timezone) > 24
+        {
+            self.raise(
+                &stale_key,
+                "company_not_synced",
+                Some(&c.realm_id),
+                &format!(
+                    "not synced for over 24 business hours (last sync {})",
+                    c.last_sync_at
+                        .map(rfc3339)
+                        .unwrap_or_else(|| "never".into())
+                ),
+            );
+        } else {
+            self.clear(&stale_key);
+        }
+        let token_key = format!("token:{}", c.realm_id);
+        if let Connection::ReconnectNeeded { reason, .. } = &c.connection {
+            self.raise(
+                &token_key,
+                "token_refresh_failed",
+                Some(&c.realm_id),
+                &format!("Token refresh failed ({reason}); the company must reconnect"),
+            );
+        } else {
+            self.clear(&token_key);
         }
     }
 }

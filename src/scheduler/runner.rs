@@ -211,8 +211,13 @@ impl Scheduler {
                 }
                 if now >= next_alert_check {
                     next_alert_check = now + ALERT_CHECK_EVERY;
-                    match self.store.companies() {
-                        Ok(companies) => self.alerts.check_health(&companies, &self.config()),
+                    // One record at a time (no Vec of every company), and the undecodable ones.
+                    let config = self.config();
+                    match self
+                        .store
+                        .each_company(|c| self.alerts.check_company(&c, &config))
+                    {
+                        Ok(bad) => self.alerts.check_bad_records(&bad),
                         Err(e) => {
                             tracing::error!(error = %e, "health alerts: cannot list companies")
                         }
