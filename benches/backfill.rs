@@ -12,14 +12,14 @@
 //! Environment: `BENCH_LATENCY_MS` (100), `BENCH_WRITES_IN_FLIGHT` (4, the default of
 //! `quickbooks.writes_in_flight_per_company`). Exits non-zero when a run is incorrect.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/it/support/fake_intuit.rs"]
 #[allow(dead_code)]
 mod fake_intuit;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boa_exchange::boa::model::TableKind;
@@ -28,22 +28,16 @@ use boa_exchange::currency::Currency;
 use boa_exchange::store::records::{Company, Connection, DriftPolicy, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use chrono::{Datelike, NaiveDate, Utc, Weekday};
+use common::{control, env_u64, wait_ready};
 use fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use rust_decimal::Decimal;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
 const PAGE: &str = "tests/fixtures/boa/official-rate-en-2026-05-22.html";
 const REALM: &str = "4620816365999001";
 const FROM: &str = "2025-05-24";
 const TO: &str = "2026-05-24";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -222,36 +216,4 @@ async fn main() {
     if failed {
         std::process::exit(1);
     }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn wait_ready(socket: &PathBuf, child: &mut Child, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-            panic!("daemon exited ({st}): {log}");
-        }
-        if UnixStream::connect(socket).is_ok() && control(socket, "status", json!({}))["ok"] == true
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "daemon not ready in 120 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn control(socket: &Path, cmd: &str, args: Value) -> Value {
-    let mut s = UnixStream::connect(socket).expect("connect control socket");
-    s.set_read_timeout(Some(Duration::from_secs(3600))).ok();
-    let line = json!({"cmd": cmd, "args": args}).to_string() + "\n";
-    s.write_all(line.as_bytes()).expect("write");
-    let mut r = BufReader::new(s);
-    let mut a = String::new();
-    r.read_line(&mut a).expect("read answer");
-    serde_json::from_str(&a).unwrap_or_else(|e| panic!("bad answer ({e}): {}", tail(&a, 1)))
 }

@@ -13,6 +13,8 @@
 //! Environment: `BENCH_LATENCY_MS` (100), `BENCH_CONCURRENCY` (16). Exits non-zero when a
 //! run is incorrect (not every line imported).
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/it/support/fake_intuit.rs"]
 #[allow(dead_code)]
 mod fake_intuit;
@@ -23,17 +25,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::env_u64;
 use fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

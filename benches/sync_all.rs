@@ -30,15 +30,17 @@
 //! Exits non-zero when a run is incorrect (a company failed, or a wrong rate was written);
 //! never when a target is missed: the figures are what they are.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/it/support/fake_intuit.rs"]
 #[allow(dead_code)]
 mod fake_intuit;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,6 +51,7 @@ use boa_exchange::currency::Currency;
 use boa_exchange::store::records::{Company, Connection, DriftPolicy, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use chrono::{NaiveDate, Utc};
+use common::{control, env_u64, tail, wait_ready};
 use fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -56,13 +59,6 @@ use serde_json::{json, Value};
 const BUILT_BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
 const DATE: &str = "2026-05-22";
 const PAGE: &str = "tests/fixtures/boa/official-rate-en-2026-05-22.html";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn realm(i: usize) -> String {
     format!("{}", 4_620_816_365_000_000u64 + i as u64)
@@ -534,38 +530,6 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         std::process::exit(1);
     }
     figures
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn wait_ready(socket: &PathBuf, child: &mut Child, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-            panic!("daemon exited ({st}): {log}");
-        }
-        if UnixStream::connect(socket).is_ok() && control(socket, "status", json!({}))["ok"] == true
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "daemon not ready in 120 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn control(socket: &Path, cmd: &str, args: Value) -> Value {
-    let mut s = UnixStream::connect(socket).expect("connect control socket");
-    s.set_read_timeout(Some(Duration::from_secs(3600))).ok();
-    let line = json!({"cmd": cmd, "args": args}).to_string() + "\n";
-    s.write_all(line.as_bytes()).expect("write");
-    let mut r = BufReader::new(s);
-    let mut a = String::new();
-    r.read_line(&mut a).expect("read answer");
-    serde_json::from_str(&a).unwrap_or_else(|e| panic!("bad answer ({e}): {}", tail(&a, 1)))
 }
 
 /// `GET /health` over a fresh connection; the answer's JSON.
