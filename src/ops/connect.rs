@@ -406,11 +406,7 @@ pub async fn read_company(
         name,
         home,
         multicurrency: prefs.multicurrency,
-        active: currencies
-            .iter()
-            .filter(|c| c.active && c.code != home)
-            .map(|c| c.code)
-            .collect(),
+        active: crate::qbo::model::active_foreign(&currencies, home),
     })
 }
 

@@ -17,7 +17,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -364,18 +363,11 @@ async fn take_over(state: &Ctx, t: &Takeover) -> Result<Taken, ApiError> {
     // keep-alive refresh or a disconnect of the same realm waits (SPEC §9).
     let lock = state.tokens.lock_for(&t.realm);
     let held = lock.lock().await;
-    let oauth = state.tokens.oauth();
-    let mut attempt = 0u32;
-    let (tokens, tid) = loop {
-        match oauth.refresh(&t.refresh_token, None, state.now()).await {
-            Err(e) if e.is_retryable() && attempt < 2 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(500) * 2u32.pow(attempt - 1)).await;
-            }
-            Err(e) => return Err(refused(&t.realm, &e)),
-            Ok(ok) => break ok,
-        }
-    };
+    let (tokens, tid) = state
+        .tokens
+        .refresh_with_retries(&t.refresh_token, None, state.now())
+        .await
+        .map_err(|e| refused(&t.realm, &e))?;
     let now = state.now();
     // Before anything else: from here on only the new refresh token may be alive.
     let existing = state.store.company(&t.realm)?;

@@ -37,6 +37,15 @@ pub struct CompanyCurrency {
     pub active: bool,
 }
 
+/// The currencies a company can be sent rates for: active in QuickBooks, not its home.
+pub fn active_foreign(currencies: &[CompanyCurrency], home: Currency) -> Vec<Currency> {
+    currencies
+        .iter()
+        .filter(|c| c.active && c.code != home)
+        .map(|c| c.code)
+        .collect()
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct RawRate {

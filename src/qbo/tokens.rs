@@ -161,26 +161,39 @@ impl TokenManager {
         self.refresh_locked(realm, &tokens, now).await
     }
 
+    /// One refresh at Intuit, transient failures (network, 5xx) retried twice with backoff.
+    /// Stores nothing: the caller holds the realm's lock and stores the rotation first.
+    ///
+    /// # Errors
+    /// Intuit's refusal, or the last transient failure.
+    pub async fn refresh_with_retries(
+        &self,
+        refresh_token: &str,
+        previous_hard: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(TokenSet, Option<String>), Error> {
+        let oauth = self.oauth();
+        let mut attempt = 0u32;
+        loop {
+            match oauth.refresh(refresh_token, previous_hard, now).await {
+                Err(e) if e.is_retryable() && attempt < 2 => {
+                    attempt += 1;
+                    tokio::time::sleep(self.retry_base * 2u32.pow(attempt - 1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn refresh_locked(
         &self,
         realm: &str,
         tokens: &TokenSet,
         now: DateTime<Utc>,
     ) -> Result<String, TokenError> {
-        let oauth = self.oauth();
-        let mut attempt = 0u32;
-        let result = loop {
-            match oauth
-                .refresh(&tokens.refresh_token, tokens.expiry.hard_expires_at, now)
-                .await
-            {
-                Err(e) if e.is_retryable() && attempt < 2 => {
-                    attempt += 1;
-                    tokio::time::sleep(self.retry_base * 2u32.pow(attempt - 1)).await;
-                }
-                other => break other,
-            }
-        };
+        let result = self
+            .refresh_with_retries(&tokens.refresh_token, tokens.expiry.hard_expires_at, now)
+            .await;
         match result {
             Ok((new, tid)) => {
                 // Stored and flushed before anyone uses the new access token: the tokens

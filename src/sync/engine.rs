@@ -1089,11 +1089,7 @@ impl SyncEngine {
             company.home_currency = home;
         }
         let home = company.home_currency;
-        company.active_currencies = currencies
-            .iter()
-            .filter(|c| c.active && c.code != home)
-            .map(|c| c.code)
-            .collect();
+        company.active_currencies = crate::qbo::model::active_foreign(&currencies, home);
         let now = self.clock.now();
         company.currencies_checked_at = Some(now);
         let fresh = company.clone();
