@@ -111,7 +111,7 @@ impl Alerts {
         if config.schedule.enabled
             && c.sync_enabled
             && c.is_connected()
-            && business_hours(since, now, config.schedule.timezone) > 24
+            && business_hours(since, now, config.schedule.timezone) > STALE_AFTER_HOURS
         {
             self.raise(
                 &stale_key,
@@ -245,6 +245,31 @@ impl AlertSink for WebhookSink {
     }
 }
 
+/// A company not synced for more than this many business hours is stale (alerted, counted).
+pub const STALE_AFTER_HOURS: i64 = 24;
+
+/// The latest instant, to the second, such that a company last synced (or connected) then
+/// has waited more than [`STALE_AFTER_HOURS`] business hours at `now`: a company is stale
+/// exactly when it has waited since this instant or earlier. [`business_hours`] only grows as
+/// its start moves back, so a binary search over the 31 days before `now` finds it (31 days
+/// always hold more: the count covers up to 30 of them).
+pub fn stale_before(now: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    let stale = |back: i64| {
+        business_hours(now - chrono::Duration::seconds(back), now, tz) > STALE_AFTER_HOURS
+    };
+    // `fresh` seconds back is not stale, `old` seconds back is.
+    let (mut fresh, mut old) = (0i64, 31 * 86_400i64);
+    while old - fresh > 1 {
+        let mid = fresh + (old - fresh) / 2;
+        if stale(mid) {
+            old = mid;
+        } else {
+            fresh = mid;
+        }
+    }
+    now - chrono::Duration::seconds(old)
+}
+
 /// Hours between two instants that fall on business days (Mon–Fri, local), capped at 30 days.
 pub fn business_hours(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> i64 {
     let mut t = from;
@@ -297,6 +322,29 @@ mod tests {
                 Tirane
             ),
             0
+        );
+    }
+
+    #[test]
+    fn stale_before_is_the_boundary_of_business_hours() {
+        for now in [
+            "2026-05-25T11:30:00Z", // Monday: the boundary falls before the weekend
+            "2026-05-27T09:00:00Z", // Wednesday
+            "2026-05-23T12:00:00Z", // Saturday
+            "2026-03-30T08:00:00Z", // the Monday after the DST change
+        ] {
+            let now = utc(now);
+            let b = stale_before(now, Tirane);
+            assert!(business_hours(b, now, Tirane) > STALE_AFTER_HOURS, "{now}");
+            assert!(
+                business_hours(b + chrono::Duration::seconds(1), now, Tirane) <= STALE_AFTER_HOURS,
+                "{now}"
+            );
+        }
+        // Monday 11:30 UTC (13:30 local): 25 business hours back is Friday 10:30 UTC.
+        assert_eq!(
+            stale_before(utc("2026-05-25T11:30:00Z"), Tirane),
+            utc("2026-05-22T10:30:00Z")
         );
     }
 

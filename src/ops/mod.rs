@@ -203,8 +203,8 @@ pub fn health_reasons(
 /// `status` `healthy` or `degraded` (and the reasons); `unhealthy` + 503 only when the store
 /// cannot be read.
 ///
-/// The snapshot it reads may need a full pass over the companies (after a company changed):
-/// that runs on the blocking pool, never on an async worker.
+/// The snapshot it reads may need the store's first pass over the companies (the first
+/// request after start): that runs on the blocking pool, never on an async worker.
 pub async fn health(ctx: &Arc<Ctx>) -> (u16, Value) {
     let c = ctx.clone();
     match tokio::task::spawn_blocking(move || health_now(&c)).await {

@@ -1,6 +1,7 @@
 //! The company snapshot behind `/health`, `/metrics` and the counts in `status` (SPEC §6):
-//! one pass over the company records computes every count those answers need, and the
-//! answers read the snapshot instead of decoding every record per request.
+//! every count those answers need, read from the store's company tally (`store::tally`: one
+//! pass over the records the first time, then kept up to date by every company write), so
+//! no answer decodes the company records.
 //!
 //! A snapshot is reused while it is at most [`MAX_AGE`] old (by the injected clock) *and*
 //! no company was written since it was taken ([`Store::companies_generation`]), so an answer
@@ -14,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::store::records::Connection;
 use crate::store::{CompanyCounts, Store};
 
 /// How old a snapshot may be before it is recomputed even when no company changed (the
@@ -46,51 +46,42 @@ pub struct CompanySnapshot {
 }
 
 impl CompanySnapshot {
-    /// One pass over the store's companies (nothing kept per company).
+    /// From the store's company tally (kept up to date by every company write, so no
+    /// record is read here after the first call) and its list of undecodable records.
     ///
     /// # Errors
-    /// sled failure.
+    /// sled failure (the tally's first pass).
     pub fn compute(
         store: &Store,
         config: &Config,
         now: DateTime<Utc>,
     ) -> Result<CompanySnapshot, crate::store::Error> {
-        // Read before the scan: a write during the scan moves the generation past this
-        // value, so the snapshot is recomputed on the next request.
+        // Read before the tally: a write after it moves the generation past this value, so
+        // the snapshot is recomputed on the next request.
         let generation = store.companies_generation();
         let tz = config.schedule.timezone;
-        let mut s = CompanySnapshot {
+        let t = store.company_tally(crate::alerts::stale_before(now, tz))?;
+        let bad_records = store
+            .bad_records()
+            .iter()
+            .filter(|b| b.tree == crate::store::keys::COMPANIES)
+            .count();
+        Ok(CompanySnapshot {
+            counts: CompanyCounts {
+                total: t.total,
+                active: t.active,
+                expired_tokens: t.reconnect_needed,
+                last_sync: t.last_sync,
+            },
+            connected: t.connected,
+            reconnect_needed: t.reconnect_needed,
+            disconnected: t.disconnected,
+            sync_disabled: t.sync_disabled,
+            stale: t.waiting,
+            bad_records,
             taken_at: now,
             generation,
-            ..CompanySnapshot::default()
-        };
-        let bad = store.each_company(|c| {
-            s.counts.total += 1;
-            s.counts.last_sync = s.counts.last_sync.max(c.last_sync_at);
-            if !c.is_active {
-                s.disconnected += 1;
-                return;
-            }
-            s.counts.active += 1;
-            match c.connection {
-                Connection::ReconnectNeeded { .. } => {
-                    s.counts.expired_tokens += 1;
-                    s.reconnect_needed += 1;
-                }
-                Connection::Connected => s.connected += 1,
-                Connection::Disconnected { .. } => {}
-            }
-            if !c.sync_enabled {
-                s.sync_disabled += 1;
-            } else if c.is_connected()
-                && crate::alerts::business_hours(c.last_sync_at.unwrap_or(c.created_at), now, tz)
-                    > 24
-            {
-                s.stale += 1;
-            }
-        })?;
-        s.bad_records = bad.len();
-        Ok(s)
+        })
     }
 
     fn fresh(&self, generation: u64, now: DateTime<Utc>) -> bool {
@@ -161,6 +152,7 @@ impl SnapshotHolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::Connection;
     use crate::store::tests::company;
 
     fn config() -> Config {

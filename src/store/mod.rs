@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod keys;
 pub mod records;
+pub mod tally;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,10 @@ pub struct Store {
     /// method here), so a cache of anything derived from the companies (the health and
     /// metrics snapshot) knows it is out of date without reading a record.
     companies_generation: std::sync::atomic::AtomicU64,
+    /// The counts of the company records, changed by every company write under this lock
+    /// (held around the sled operation, so the pass that builds it sees each write exactly
+    /// once); see [`tally`].
+    tally: std::sync::Mutex<tally::Tally>,
 }
 
 /// A stored record that could not be decoded: skipped by scans, reported here (SPEC §9).
@@ -330,6 +335,7 @@ impl Store {
             bad: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             bad_seen: std::sync::atomic::AtomicU64::new(0),
             companies_generation: std::sync::atomic::AtomicU64::new(0),
+            tally: std::sync::Mutex::new(tally::Tally::default()),
         };
         store.check_schema()?;
         Ok(store)
@@ -602,6 +608,15 @@ impl Store {
         self.bad_seen.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A record known bad was overwritten or removed.
+    fn forget_bad(&self, tree: &'static str, key: &[u8]) {
+        let mut known = match self.bad.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        known.remove(&(tree, key.to_vec()));
+    }
+
     /// Replaces what is known bad in `tree` with a full scan's findings; logs the new ones.
     fn note_bad(&self, tree: &'static str, found: &[BadRecord]) {
         let mut known = match self.bad.lock() {
@@ -631,8 +646,7 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub async fn save_company(&self, c: &Company) -> Result<()> {
-        Self::put(&self.companies, keys::COMPANIES, c.realm_id.as_bytes(), c)?;
-        self.companies_changed();
+        self.insert_company(c)?;
         self.flush().await
     }
 
@@ -671,11 +685,17 @@ impl Store {
             let mut c: Company = codec::decode(&old).map_err(Error::codec(keys::COMPANIES))?;
             change(&mut c);
             let new = codec::encode(&c).map_err(Error::codec(keys::COMPANIES))?;
+            let mut tally = self.tally();
             if self
                 .companies
-                .compare_and_swap(key, Some(old), Some(new))?
+                .compare_and_swap(key, Some(old.clone()), Some(new))?
                 .is_ok()
             {
+                if !tally.needs_pass() {
+                    let before = codec::decode::<Company>(&old).ok();
+                    tally.change(before.as_ref(), Some(&c));
+                }
+                drop(tally);
                 self.companies_changed();
                 return Ok(Some(c));
             }
@@ -694,8 +714,7 @@ impl Store {
         let tokens = self.seal(t)?;
         let key = c.realm_id.as_bytes();
         self.tokens.insert(key, tokens)?;
-        self.companies.insert(key, company)?;
-        self.companies_changed();
+        self.write_company(key, Some(c), |t| t.insert(key, company))?;
         self.flush().await
     }
 
@@ -763,8 +782,7 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub async fn save_company_without_tokens(&self, c: &Company) -> Result<()> {
-        Self::put(&self.companies, keys::COMPANIES, c.realm_id.as_bytes(), c)?;
-        self.companies_changed();
+        self.insert_company(c)?;
         self.tokens.remove(c.realm_id.as_bytes())?;
         self.flush().await
     }
@@ -776,8 +794,8 @@ impl Store {
     /// # Errors
     /// sled failure.
     pub async fn remove_company(&self, realm: &str) -> Result<()> {
-        self.companies.remove(realm.as_bytes())?;
-        self.companies_changed();
+        let key = realm.as_bytes();
+        self.write_company(key, None, |t| t.remove(key))?;
         self.tokens.remove(realm.as_bytes())?;
         self.flush().await
     }
@@ -788,6 +806,64 @@ impl Store {
     /// sled or decode failure.
     pub fn company_counts(&self) -> Result<CompanyCounts> {
         Ok(CompanyCounts::of(&self.companies()?))
+    }
+
+    /// The company counts without reading a record (after the first call, which makes one
+    /// pass; see [`tally`]), with [`tally::CompanyTally::waiting`] counting the companies
+    /// waiting for a sync since `waiting_before` or earlier.
+    ///
+    /// # Errors
+    /// sled failure during a pass.
+    pub fn company_tally(&self, waiting_before: DateTime<Utc>) -> Result<tally::CompanyTally> {
+        let mut t = self.tally();
+        if t.needs_pass() {
+            // Company writes wait for the lock meanwhile: none is missed or counted twice.
+            let mut fresh = tally::Tally::empty_built();
+            self.each_company(|c| fresh.change(None, Some(&c)))?;
+            *t = fresh;
+        }
+        Ok(t.view(waiting_before))
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, tally::Tally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a company record (not flushed).
+    fn insert_company(&self, c: &Company) -> Result<()> {
+        let bytes = codec::encode(c).map_err(Error::codec(keys::COMPANIES))?;
+        let key = c.realm_id.as_bytes();
+        self.write_company(key, Some(c), |t| t.insert(key, bytes))
+    }
+
+    /// One write to the companies tree that replaces the record under `key` by `new` (`None`:
+    /// removed), run under the tally lock; `write` returns the record it replaced. Counted in
+    /// the tally and the companies generation.
+    fn write_company(
+        &self,
+        key: &[u8],
+        new: Option<&Company>,
+        write: impl FnOnce(&sled::Tree) -> sled::Result<Option<sled::IVec>>,
+    ) -> Result<()> {
+        let mut tally = self.tally();
+        let old = write(&self.companies)?;
+        if !tally.needs_pass() {
+            let before = match old {
+                None => None,
+                Some(bytes) => match codec::decode::<Company>(&bytes) {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        // An undecodable record replaced (or removed) is no longer bad.
+                        self.forget_bad(keys::COMPANIES, key);
+                        None
+                    }
+                },
+            };
+            tally.change(before.as_ref(), new);
+        }
+        drop(tally);
+        self.companies_changed();
+        Ok(())
     }
 
     // ---------------------------------------------------------------- per-company rates

@@ -539,3 +539,74 @@ async fn companies_page_is_a_range_scan_after_a_realm() {
     let (p, next) = s.companies_page(Some("r2"), 2, active).unwrap();
     assert_eq!((realms(&p), next), (vec!["r4".into(), "r6".into()], None));
 }
+
+/// Every kind of company write keeps the tally equal to a fresh pass over the records, and
+/// an undecodable record overwritten by a good one is no longer reported bad.
+#[tokio::test]
+async fn the_company_tally_follows_every_write() {
+    let s = Store::open_temporary().unwrap();
+    let at = |h: i64| Utc::now() - chrono::Duration::hours(h);
+    s.companies
+        .insert(b"bad", vec![codec::RECORD_FORMAT, 0xff])
+        .unwrap();
+    for i in 0..6 {
+        let mut c = company(&format!("r{i}"));
+        c.created_at = at(100 + i);
+        s.save_company(&c).await.unwrap();
+    }
+    let fresh = |s: &Store| {
+        let mut t = tally::Tally::empty_built();
+        s.each_company(|c| t.change(None, Some(&c))).unwrap();
+        t.view(at(48))
+    };
+    // The first call makes the pass (and notes the bad record).
+    let first = s.company_tally(at(48)).unwrap();
+    assert_eq!((first.total, first.waiting), (6, 6));
+    assert_eq!(s.bad_records().len(), 1);
+
+    s.update_company_unflushed("r0", |c| c.last_sync_at = Some(at(1)))
+        .unwrap();
+    s.update_company("r1", |c| c.sync_enabled = false)
+        .await
+        .unwrap();
+    s.update_company("r2", |c| {
+        c.connection = Connection::ReconnectNeeded {
+            since: at(2),
+            reason: "invalid_grant".into(),
+        }
+    })
+    .await
+    .unwrap();
+    s.disconnect_company("r3", |c| c.is_active = false)
+        .await
+        .unwrap();
+    let mut gone = company("r4");
+    gone.is_active = false;
+    s.save_company_without_tokens(&gone).await.unwrap();
+    s.save_company_and_tokens(&company("r6"), &tokens("rt"))
+        .await
+        .unwrap();
+    let mut replaced = company("bad");
+    replaced.last_sync_at = Some(at(3));
+    s.save_company(&replaced).await.unwrap();
+    s.remove_company("r5").await.unwrap();
+
+    let now = s.company_tally(at(48)).unwrap();
+    assert_eq!(now, fresh(&s));
+    assert_eq!(
+        (now.total, now.active, now.connected, now.reconnect_needed),
+        (7, 5, 4, 1)
+    );
+    assert_eq!((now.disconnected, now.sync_disabled), (2, 1));
+    // Waiting since 48 h or more: none (r0, bad synced lately; r6 just connected).
+    assert_eq!(now.waiting, 0);
+    assert_eq!(s.company_tally(Utc::now()).unwrap().waiting, 3);
+    assert_eq!(now.last_sync.map(|t| t > at(2)), Some(true));
+    assert!(s.bad_records().is_empty());
+
+    // Removing the newest sync makes the next read pass again, and it is right.
+    s.remove_company("r0").await.unwrap();
+    let after = s.company_tally(at(48)).unwrap();
+    assert_eq!(after, fresh(&s));
+    assert_eq!(after.last_sync.map(|t| t < at(2)), Some(true));
+}
