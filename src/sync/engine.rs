@@ -157,18 +157,25 @@ type Running = Option<(NaiveDate, Scope, watch::Receiver<Option<RunResult>>)>;
 
 /// Additive increase, multiplicative decrease of the companies a sync-all runs at once. A
 /// company is "pressured" when QuickBooks throttled it (429) or it failed with 429/5xx after
-/// the retries. A run of [`Aimd::RUN`] pressured companies in a row halves the level (at
-/// most once per `level` completions, so one burst of concurrent failures counts once); a
-/// window of `level` clean companies raises it by one, up to the configured maximum. Single
-/// pressured companies among clean ones (Intuit's per-realm limits, a stray 5xx) do not
-/// lower it: the limits are per company, not per app.
+/// the retries. A run of [`Aimd::RUN`] pressured companies in a row, while at least half of
+/// the latest completions (the last `level`, at least [`Aimd::RUN`]) were pressured, halves
+/// the level (at most once per `level` completions, so one burst of concurrent failures
+/// counts once); every `level` clean completions since the level last changed raise it by
+/// one, up to the configured maximum. Pressured companies scattered among clean ones
+/// (Intuit's per-realm limits, a few 429s of a busy realm) do not lower it and do not hold
+/// back its recovery: the limits are per company, not per app, and fewer companies in flight
+/// would only slow the run.
 #[derive(Debug)]
 struct Aimd {
     level: usize,
     max: usize,
+    /// Clean completions since the level last changed.
     clean: usize,
+    /// Pressured completions in a row.
     run: usize,
     since_decrease: usize,
+    /// The latest completions, newest last (`true`: pressured); at most `max` kept.
+    recent: std::collections::VecDeque<bool>,
 }
 
 impl Aimd {
@@ -183,18 +190,24 @@ impl Aimd {
             run: 0,
             // The first run of pressure halves at once.
             since_decrease: max.max(1),
+            recent: std::collections::VecDeque::with_capacity(max.max(Self::RUN)),
         }
     }
 
     fn record(&mut self, pressured: bool) {
         self.since_decrease += 1;
+        if self.recent.len() == self.max.max(Self::RUN) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(pressured);
         if pressured {
-            self.clean = 0;
             self.run += 1;
-            if self.run >= Self::RUN && self.since_decrease >= self.level {
+            if self.run >= Self::RUN && self.since_decrease >= self.level && self.mostly_pressured()
+            {
                 self.level = (self.level / 2).max(1);
                 self.since_decrease = 0;
                 self.run = 0;
+                self.clean = 0;
             }
         } else {
             self.run = 0;
@@ -204,6 +217,19 @@ impl Aimd {
                 self.clean = 0;
             }
         }
+    }
+
+    /// At least half of the last `level` completions (at least [`Aimd::RUN`]) were pressured.
+    fn mostly_pressured(&self) -> bool {
+        let window = self.level.max(Self::RUN).min(self.recent.len());
+        let pressured = self
+            .recent
+            .iter()
+            .rev()
+            .take(window)
+            .filter(|p| **p)
+            .count();
+        pressured * 2 >= window
     }
 }
 
@@ -1768,5 +1794,34 @@ mod tests {
             one.record(true);
         }
         assert_eq!(one.level, 1, "never below one");
+    }
+
+    #[test]
+    fn aimd_keeps_its_level_through_scattered_throttles() {
+        // About a fifth of the companies throttled once (a few 429s among ~5 calls each),
+        // including runs of three in a row: the level stays at the maximum.
+        let mut a = Aimd::new(16);
+        for _ in 0..50 {
+            for _ in 0..13 {
+                a.record(false);
+            }
+            for _ in 0..Aimd::RUN {
+                a.record(true);
+            }
+        }
+        assert_eq!(a.level, 16);
+        // After a real storm it climbs back although some companies are still throttled.
+        for _ in 0..40 {
+            a.record(true);
+        }
+        let low = a.level;
+        assert!(low <= 2, "a storm lowers the level ({low})");
+        for _ in 0..200 {
+            a.record(false);
+            a.record(false);
+            a.record(false);
+            a.record(true);
+        }
+        assert_eq!(a.level, 16, "climbs back while a quarter are throttled");
     }
 }

@@ -433,6 +433,50 @@ async fn persistent_throttling_gives_up_and_is_recorded() {
     assert_eq!(a.status, 200, "{}", a.text);
 }
 
+/// SPEC §3 / issue 15: a sync-all where every company is throttled lowers the number of
+/// companies in flight (seen in `status` and `/metrics`); the next run starts at the
+/// configured level again, and every company is still synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_of_every_company_lowers_the_companies_in_flight() {
+    let realms: Vec<String> = (0..8).map(|i| format!("20{i:02}")).collect();
+    let specs: Vec<CompanySpec> = realms
+        .iter()
+        .map(|r| spec(r, &format!("Co {r}"), "ALL", &["EUR"]))
+        .collect();
+    let w = world_with_config("[quickbooks]\nmax_concurrent_companies = 4\n", &specs).await;
+    let level = |w: &World| {
+        let s = w.control("status", json!({}));
+        s["data"]["sync_all"]["companies_in_flight"].clone()
+    };
+    assert_eq!(level(&w), 4, "starts at the configured level");
+    w.intuit.set_retry_after(Some(Duration::from_secs(1)));
+    for r in &realms {
+        w.intuit.fail_next_api_calls_for(r, 1, 429);
+    }
+    let a = sync_all(&w, FRIDAY).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json()["failed"], 0, "{}", a.text);
+    for r in &realms {
+        assert_eq!(rate(&w, r, "EUR", FRIDAY), Some(dec("95.40")), "{r}");
+    }
+    let lowered = level(&w).as_u64().expect("a number");
+    assert!(
+        (1..4).contains(&lowered),
+        "every company throttled: the level falls below 4 ({lowered})"
+    );
+    let metrics = w.get("/metrics").await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("boa_exchange_sync_companies_in_flight_limit {lowered}")),
+        "{metrics}"
+    );
+    // A clean run starts at the configured level and stays there.
+    let a = sync_all(&w, FRIDAY).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(level(&w), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_edited_in_quickbooks_is_corrected_with_its_synctoken() {
     let w = world_with(&[spec("1001", "Lek Co", "ALL", &["EUR", "USD"])]).await;
