@@ -795,6 +795,9 @@ impl SyncEngine {
             .await;
         attempt.tids = std::mem::take(&mut *lock(&session.tids));
         attempt.pressure = session.pressure.load(Relaxed) as u32;
+        if result.is_err() && session.disconnected.load(Relaxed) {
+            return Err(Error::Disconnected);
+        }
         result
     }
 
@@ -1583,6 +1586,9 @@ struct Session<'a> {
     pressure: AtomicUsize,
     /// Whether this sync already refreshed the token after a 401.
     refreshed: std::sync::atomic::AtomicBool,
+    /// The company was disconnected while this sync ran (its tokens are gone): the sync
+    /// ends as [`Error::Disconnected`], not as an upstream failure.
+    disconnected: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Session<'a> {
@@ -1596,6 +1602,7 @@ impl<'a> Session<'a> {
             paused_until: Mutex::new(None),
             pressure: AtomicUsize::new(0),
             refreshed: std::sync::atomic::AtomicBool::new(false),
+            disconnected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1675,6 +1682,12 @@ impl<'a> Session<'a> {
                             ))
                         }
                         Err(TokenError::Upstream(e)) => return Err(e),
+                        Err(TokenError::NotConnected) => {
+                            self.disconnected.store(true, Relaxed);
+                            return Err(qbo::Error::Network(
+                                "not sent: the company was disconnected during the sync".into(),
+                            ));
+                        }
                         Err(e) => return Err(qbo::Error::Network(e.to_string())),
                     };
                     *lock(&self.token) = fresh;

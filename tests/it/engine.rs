@@ -218,3 +218,33 @@ async fn writes_of_one_company_are_bounded_by_the_setting() {
     let peak = b.intuit.peak_in_flight("8008");
     assert!((2..=3).contains(&peak), "peak {peak}");
 }
+
+/// A company disconnected while its sync waits on QuickBooks: the 401 that follows (its
+/// token is gone) ends the sync as "disconnected", not as an upstream failure, and its
+/// tokens are not brought back by a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_disconnected_during_its_sync_ends_as_disconnected() {
+    let b = bench("", "8010", "ALL", &["EUR"]).await;
+    b.intuit
+        .set_realm_latency("8010", Duration::from_millis(400));
+    b.intuit.fail_next_api_calls_for("8010", 1, 401);
+    let engine = b.engine.clone();
+    let sync = tokio::spawn(async move { engine.sync_company("8010", friday()).await });
+    // Wait until the read is at the fake, then disconnect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.intuit.requests_for("8010").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b.store
+        .disconnect_company("8010", |c| c.is_active = false)
+        .await
+        .expect("disconnect");
+    let out = sync.await.expect("joined").expect("recorded");
+    assert_eq!(out.error, Some(Error::Disconnected), "{out:?}");
+    assert_eq!(b.store.tokens("8010").expect("read"), None);
+    assert_eq!(b.intuit.writes("8010"), 0);
+}
