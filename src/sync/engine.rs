@@ -609,27 +609,15 @@ impl SyncEngine {
         report.rates_written = written.written.len();
         report.rates_unchanged = written.unchanged.len();
         let now = self.clock.now();
-        let done: HashSet<(NaiveDate, Currency)> = written
-            .written
-            .iter()
-            .chain(written.unchanged.iter())
-            .copied()
-            .collect();
+        let done = written.confirmed();
         let rows: Vec<StoredRate> = wants
             .iter()
             .map(|w| {
-                let synced = done.contains(&(w.date, w.currency));
-                StoredRate {
-                    date: w.date,
-                    currency: w.currency,
-                    rate: w.rate,
-                    fixing: fixings
-                        .get(&(w.date, w.currency))
-                        .copied()
-                        .unwrap_or((TableKind::Main, w.date)),
-                    synced,
-                    synced_at: synced.then_some(now),
-                }
+                let fixing = fixings
+                    .get(&(w.date, w.currency))
+                    .copied()
+                    .unwrap_or((TableKind::Main, w.date));
+                stored_row((w.date, w.currency), w.rate, fixing, &done, now)
             })
             .collect();
         self.store.put_rates(&realm, &rows)?;
@@ -930,7 +918,7 @@ impl SyncEngine {
                 company_rates(in_force, company.home_currency, &company.active_currencies)
                     .map(|f| f.iter().map(|r| r.currency).collect())
                     .unwrap_or_default();
-            for ((_, currency), e) in written.rejected {
+            for &((_, currency), ref e) in &written.rejected {
                 if still.contains(&currency) {
                     failures.push(format!("{currency}: {e}"));
                 } else if !skipped.contains(&currency) {
@@ -943,12 +931,7 @@ impl SyncEngine {
         // 7. Store the company's rates (confirmed or not) and the attempt. A rate held
         // back under `report` keeps its stored row (still ours, confirmed once).
         let now = self.clock.now();
-        let done: HashSet<(NaiveDate, Currency)> = written
-            .written
-            .iter()
-            .chain(written.unchanged.iter())
-            .copied()
-            .collect();
+        let done = written.confirmed();
         let mut rows: Vec<StoredRate> = wanted
             .iter()
             .filter(|w| !skipped.contains(&w.currency) && !held_back(&(date, w.currency)))
@@ -957,25 +940,18 @@ impl SyncEngine {
                     Some(r) => (r.table, r.fixing_date),
                     None => (TableKind::Main, resolved.main.table.date),
                 };
-                let synced = done.contains(&(date, w.currency));
-                StoredRate {
-                    date,
-                    currency: w.currency,
-                    rate: w.rate,
-                    fixing,
-                    synced,
-                    synced_at: synced.then_some(now),
-                }
+                stored_row((date, w.currency), w.rate, fixing, &done, now)
             })
             .collect();
         for w in &corrections {
             if let Some(row) = confirmed.get(&(w.date, w.currency)) {
-                let synced = done.contains(&(w.date, w.currency));
-                rows.push(StoredRate {
-                    synced,
-                    synced_at: synced.then_some(now),
-                    ..row.clone()
-                });
+                rows.push(stored_row(
+                    (row.date, row.currency),
+                    row.rate,
+                    row.fixing,
+                    &done,
+                    now,
+                ));
             }
         }
         self.store.put_rates(&realm, &rows)?;
@@ -1563,6 +1539,37 @@ struct Written {
     failures: Vec<((NaiveDate, Currency), String)>,
     /// A failure that ends the whole sync (the grant is gone).
     fatal: Option<Error>,
+}
+
+impl Written {
+    /// The (date, currency) pairs whose QuickBooks rate now equals ours.
+    fn confirmed(&self) -> HashSet<(NaiveDate, Currency)> {
+        self.written
+            .iter()
+            .chain(self.unchanged.iter())
+            .copied()
+            .collect()
+    }
+}
+
+/// The stored row of a rate we wanted in QuickBooks: confirmed (with `now`) when the write
+/// loop found it there afterwards.
+fn stored_row(
+    (date, currency): (NaiveDate, Currency),
+    rate: rust_decimal::Decimal,
+    fixing: (TableKind, NaiveDate),
+    confirmed: &HashSet<(NaiveDate, Currency)>,
+    now: DateTime<Utc>,
+) -> StoredRate {
+    let synced = confirmed.contains(&(date, currency));
+    StoredRate {
+        date,
+        currency,
+        rate,
+        fixing,
+        synced,
+        synced_at: synced.then_some(now),
+    }
 }
 
 enum WriteResult {
