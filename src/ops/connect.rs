@@ -7,6 +7,8 @@
 //! refresh in flight never writes tokens onto a disconnected company or over a new grant.
 
 use crate::scheduler::time::rfc3339;
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -191,7 +193,41 @@ fn invalid_invite() -> ApiError {
 /// # Errors
 /// 400 for a bad/missing/reused/expired/foreign state, a denial or a refused code; 403 for
 /// an invite used meanwhile; 502 when Intuit fails.
+///
+/// Runs as a tracked task: a browser that goes away mid-exchange cancels nothing (Intuit has
+/// consumed the code by then; its grant is stored, never lost), and the shutdown drain waits
+/// for it.
 pub async fn callback(
+    ctx: &Arc<Ctx>,
+    p: &CallbackParams<'_>,
+    cookie_header: Option<&str>,
+) -> Result<Company, ApiError> {
+    let owned = (
+        p.code.map(str::to_owned),
+        p.state.map(str::to_owned),
+        p.realm_id.map(str::to_owned),
+        p.error.map(str::to_owned),
+        cookie_header.map(str::to_owned),
+    );
+    let task_ctx = ctx.clone();
+    let run = ctx.tasks.spawn(async move {
+        let (code, state, realm_id, error, cookie) = owned;
+        let p = CallbackParams {
+            code: code.as_deref(),
+            state: state.as_deref(),
+            realm_id: realm_id.as_deref(),
+            error: error.as_deref(),
+        };
+        complete_callback(&task_ctx, &p, cookie.as_deref()).await
+    });
+    run.await.unwrap_or_else(|e| {
+        Err(ApiError::internal(format!(
+            "the connection task failed: {e}"
+        )))
+    })
+}
+
+async fn complete_callback(
     ctx: &Ctx,
     p: &CallbackParams<'_>,
     cookie_header: Option<&str>,
@@ -554,7 +590,23 @@ pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
 ///
 /// # Errors
 /// 404 unknown company; 502 when Intuit cannot be reached (nothing changed then).
-pub async fn disconnect(ctx: &Ctx, realm: &str) -> OpResult {
+///
+/// Runs as a tracked task, like the callback: a client that goes away does not leave the
+/// grant revoked at Intuit and the company still active here.
+pub async fn disconnect(ctx: &Arc<Ctx>, realm: &str) -> OpResult {
+    let task_ctx = ctx.clone();
+    let realm = realm.to_string();
+    let run = ctx
+        .tasks
+        .spawn(async move { disconnect_now(&task_ctx, &realm).await });
+    run.await.unwrap_or_else(|e| {
+        Err(ApiError::internal(format!(
+            "the disconnect task failed: {e}"
+        )))
+    })
+}
+
+async fn disconnect_now(ctx: &Ctx, realm: &str) -> OpResult {
     // The realm's token lock for the whole disconnect: a refresh in flight finishes first
     // (and its rotation is what gets revoked), and none writes tokens back afterwards; a
     // reconnect waits and then stores its new grant over the disconnected record.

@@ -1812,3 +1812,40 @@ async fn an_abandoned_flow_does_not_burn_the_invite() {
     let a = w.get(&format!("/api/v1/oauth/connect?{query}")).await;
     assert_eq!(a.status, 403, "used up: {}", a.text);
 }
+
+/// SPEC §6: a browser that goes away while the callback waits on Intuit cancels nothing:
+/// Intuit consumed the code, and the grant it issued is stored (the company connected), not
+/// lost with the dropped request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_leaves_mid_callback_loses_no_grant() {
+    let w = World::start("").await;
+    let spec = CompanySpec::new("4620816365210001", "Left Early Co");
+    w.intuit.add_company(spec);
+    w.intuit.set_next_realm("4620816365210001");
+    let (cookie, query) = w.authorize().await;
+    // The code exchange (and everything after it) is slow at Intuit; the browser gives up.
+    w.intuit.set_latency(Duration::from_millis(800));
+    let gave_up = reqwest::Client::new()
+        .get(w.url(&format!("/api/v1/oauth/callback?{query}")))
+        .header(COOKIE, cookie)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the browser left before the answer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = w
+            .admin_get("/api/v1/oauth/status/4620816365210001")
+            .await
+            .json();
+        if s["connected"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grant was lost with the request: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.intuit.token_calls(), 1, "one code exchange, no refresh");
+}
