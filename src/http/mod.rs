@@ -37,24 +37,40 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Serves the API on `listener` until `token` is cancelled, then drains.
 ///
-/// At most `server.max_connections` connections are open (as fitted to the open-file limit
-/// at start); further clients wait in the kernel's accept queue until one closes.
+/// At most `server.max_connections` connections are open (as fitted to the open-file limit);
+/// further clients wait in the kernel's accept queue until one closes. A reload (SIGHUP)
+/// that changes the limit applies at once when it grows and as connections close when it
+/// shrinks (open ones are never cut).
 pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationToken) {
-    let max = fitting_max_connections(state.config().server.max_connections);
-    let slots = Arc::new(Semaphore::new(max));
+    let mut limit = SlotLimit::new(state.config.clone());
+    let slots = limit.slots.clone();
     let limiter = Arc::new(limit::RateLimiter::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         // Take a slot before accepting: when all are held, nothing is accepted.
         let slot = tokio::select! {
             _ = token.cancelled() => break,
+            changed = limit.config.changed(), if limit.watching => {
+                limit.apply(changed.is_ok());
+                continue;
+            }
             s = slots.clone().acquire_owned() => match s {
                 Ok(s) => s,
                 Err(_) => break,
             },
         };
+        if limit.owes() {
+            slot.forget();
+            continue;
+        }
         tokio::select! {
             _ = token.cancelled() => break,
+            // A new limit applies before the next connection is let in: the slot just taken
+            // goes back (or pays a smaller limit's debt on the next turn).
+            changed = limit.config.changed(), if limit.watching => {
+                drop(slot);
+                limit.apply(changed.is_ok());
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let timeout = Duration::from_secs(state.config().server.request_timeout_secs);
@@ -92,6 +108,71 @@ pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationTo
         .is_err()
     {
         tracing::warn!("http connections still open after the drain timeout");
+    }
+}
+
+/// The connection slots and the configured limit they follow. A smaller limit is a debt of
+/// slots: the accept loop (the only one taking slots) keeps the next ones it takes instead
+/// of letting a connection in, until the debt is paid.
+struct SlotLimit {
+    config: crate::config::ConfigWatch,
+    /// False once the configuration's sender is gone (the daemon is stopping).
+    watching: bool,
+    wanted: usize,
+    max: usize,
+    /// Slots still to be taken out of use after the limit shrank.
+    debt: usize,
+    slots: Arc<Semaphore>,
+}
+
+impl SlotLimit {
+    fn new(mut config: crate::config::ConfigWatch) -> SlotLimit {
+        let wanted = config.borrow_and_update().server.max_connections;
+        let max = fitting_max_connections(wanted);
+        SlotLimit {
+            config,
+            watching: true,
+            wanted,
+            max,
+            debt: 0,
+            slots: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// After the configuration changed (`sender_alive`) or its sender went away.
+    fn apply(&mut self, sender_alive: bool) {
+        if !sender_alive {
+            self.watching = false;
+            return;
+        }
+        let now = self.config.borrow_and_update().server.max_connections;
+        if now != self.wanted {
+            self.wanted = now;
+            self.resize(fitting_max_connections(now));
+        }
+    }
+
+    /// More slots at once (after paying any debt); fewer as they come back.
+    fn resize(&mut self, to: usize) {
+        if to > self.max {
+            let more = to - self.max;
+            let paid = more.min(self.debt);
+            self.debt -= paid;
+            self.slots.add_permits(more - paid);
+        } else {
+            self.debt += self.max - to;
+        }
+        self.max = to;
+        tracing::info!(max_connections = to, "server.max_connections is now {to}");
+    }
+
+    /// Whether a slot just taken must be kept out of use (paying the debt).
+    fn owes(&mut self) -> bool {
+        if self.debt == 0 {
+            return false;
+        }
+        self.debt -= 1;
+        true
     }
 }
 
@@ -146,6 +227,42 @@ fn raise_nofile(soft: u64, hard: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_smaller_limit_is_paid_from_slots_coming_back_and_a_larger_one_pays_first() {
+        let env: std::collections::HashMap<String, String> = Default::default();
+        let config = crate::config::Config::load_with_env(None, &env).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config));
+        let mut l = SlotLimit::new(rx);
+        assert_eq!(l.max, 512);
+        l.resize(8);
+        // The accept loop pays the debt with the slots it takes.
+        while let Ok(slot) = l.slots.clone().try_acquire_owned() {
+            if !l.owes() {
+                drop(slot);
+                break;
+            }
+            slot.forget();
+        }
+        assert_eq!((l.debt, l.slots.available_permits()), (0, 8));
+        let held: Vec<_> = (0..6)
+            .map(|_| l.slots.clone().try_acquire_owned().unwrap())
+            .collect();
+        l.resize(3);
+        // Five slots too many: the two free ones and three of those held, as they return.
+        assert_eq!(l.debt, 5);
+        for _ in 0..2 {
+            let free = l.slots.clone().try_acquire_owned().unwrap();
+            assert!(l.owes());
+            free.forget();
+        }
+        drop(held);
+        l.resize(5);
+        assert_eq!((l.debt, l.slots.available_permits()), (1, 6));
+        l.resize(7);
+        assert_eq!((l.debt, l.slots.available_permits()), (0, 7));
+        assert!(!l.owes());
+    }
 
     #[test]
     fn connections_fit_the_open_file_limit() {

@@ -427,6 +427,61 @@ fn connections_over_max_connections_wait_for_a_free_slot() {
     });
 }
 
+/// SPEC §3: SIGHUP applies a new `max_connections` live: a larger limit lets a waiting
+/// client in at once; a smaller one holds new clients back until enough open connections
+/// have closed (open ones are never cut).
+#[test]
+fn max_connections_changes_on_sighup() {
+    let d = proxy_daemon("request_timeout_secs = 60\nmax_connections = 2");
+    let to = addr(&d);
+    let config = std::fs::read_to_string(d.config_path()).unwrap();
+    let reload = |n: usize| {
+        std::fs::write(
+            d.config_path(),
+            config.replace("max_connections = 2", &format!("max_connections = {n}")),
+        )
+        .unwrap();
+        d.signal(libc::SIGHUP);
+        let line = format!("server.max_connections is now {n}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.stderr().contains(&line) {
+            assert!(Instant::now() < deadline, "not applied: {}", d.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    rt().block_on(async {
+        let a = connect_from("127.0.0.8", to).await;
+        let b = connect_from("127.0.0.8", to).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let waiting = tokio::spawn(async move { get("127.0.0.9", to, "/health", &[]).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!waiting.is_finished(), "a third connection was let in at 2");
+        tokio::task::block_in_place(|| reload(3));
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("let in once the limit grew")
+            .unwrap();
+        assert_eq!(answered.status, 200);
+
+        tokio::task::block_in_place(|| reload(1));
+        let waiting = tokio::spawn(async move { get("127.0.0.9", to, "/health", &[]).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!waiting.is_finished(), "let in over the new limit");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !waiting.is_finished(),
+            "one connection is still open: at the limit of 1"
+        );
+        drop(b);
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("let in once the open ones closed")
+            .unwrap();
+        assert_eq!(answered.status, 200);
+    });
+}
+
 #[test]
 fn oversized_request_heads_are_refused() {
     let d = proxy_daemon("");
