@@ -682,19 +682,17 @@ impl Store {
             let Some(old) = self.companies.get(key)? else {
                 return Ok(None);
             };
-            let mut c: Company = codec::decode(&old).map_err(Error::codec(keys::COMPANIES))?;
+            let before: Company = codec::decode(&old).map_err(Error::codec(keys::COMPANIES))?;
+            let mut c = before.clone();
             change(&mut c);
             let new = codec::encode(&c).map_err(Error::codec(keys::COMPANIES))?;
             let mut tally = self.tally();
             if self
                 .companies
-                .compare_and_swap(key, Some(old.clone()), Some(new))?
+                .compare_and_swap(key, Some(old), Some(new))?
                 .is_ok()
             {
-                if !tally.needs_pass() {
-                    let before = codec::decode::<Company>(&old).ok();
-                    tally.change(before.as_ref(), Some(&c));
-                }
+                tally.change(Some(&before), Some(&c));
                 drop(tally);
                 self.companies_changed();
                 return Ok(Some(c));
