@@ -159,6 +159,15 @@ pub async fn run(
         .tasks
         .spawn(state.scheduler.clone().run(state.shutdown.child_token()));
 
+    // The company tally's one pass over the records (store::tally), made now off the request
+    // path, so the first /health or status after start does not wait for it.
+    let warm = state.clone();
+    state.tasks.spawn_blocking(move || {
+        if let Err(e) = warm.store.company_tally(warm.now()) {
+            tracing::warn!(error = %e, "counting the companies failed; the first answer that needs the counts retries");
+        }
+    });
+
     tracing::info!(listen = %http_addr, socket = %state.config().control_socket.display(), "boa-exchange ready");
     notify::ready(&format!("serving on {http_addr}"));
 
