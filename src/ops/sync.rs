@@ -102,11 +102,11 @@ impl Serialize for Results<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
         let mut seq = s.serialize_seq(Some(r.entries.len() + r.bad_records.len()))?;
-        for e in &r.entries {
-            let entry = match &e.error {
+        for e in r.entries.iter() {
+            let entry = match e.error {
                 None => ResultEntry {
-                    company_id: &e.realm,
-                    company_name: Some(&e.company_name),
+                    company_id: e.realm,
+                    company_name: Some(e.company_name),
                     success: true,
                     rates_synced: e.rates_synced,
                     rates_written: Some(e.rates_written),
@@ -116,8 +116,8 @@ impl Serialize for Results<'_> {
                 Some(err) => {
                     let a = ApiError::from(err.clone());
                     ResultEntry {
-                        company_id: &e.realm,
-                        company_name: Some(&e.company_name),
+                        company_id: e.realm,
+                        company_name: Some(e.company_name),
                         success: false,
                         rates_synced: e.rates_synced,
                         rates_written: None,
