@@ -1548,7 +1548,8 @@ impl SyncEngine {
             }
             entries.finish(idx, name, counts, error);
             if (ok + failed) % TRIM_EVERY == 0 {
-                release_free_heap();
+                // On the blocking pool: a trim takes every arena's lock in turn.
+                drop(tokio::task::spawn_blocking(release_free_heap));
             }
         }
         failed += bad_records.len();
@@ -1948,6 +1949,44 @@ mod tests {
             one.record(true);
         }
         assert_eq!(one.level, 1, "never below one");
+    }
+
+    #[test]
+    fn run_entries_list_results_in_store_order_with_failures_and_new_names() {
+        let mut e = RunEntries::default();
+        for (realm, name) in [("1", "One"), ("22", "Two"), ("333", "Three")] {
+            e.push(realm, name);
+        }
+        assert_eq!((e.listed(), e.len()), (3, 0));
+        e.finish(2, "Three".into(), (3, 1, 2), None);
+        e.finish(
+            0,
+            "One renamed".into(),
+            (0, 0, 0),
+            Some(Error::ReconnectNeeded),
+        );
+        // Company "22" never finished (the run was stopped): not listed.
+        assert_eq!(e.len(), 2);
+        let lines: Vec<_> = e
+            .iter()
+            .map(|l| {
+                (
+                    l.realm,
+                    l.company_name,
+                    l.rates_synced,
+                    l.rates_written,
+                    l.rates_unchanged,
+                    l.error.cloned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("1", "One renamed", 0, 0, 0, Some(Error::ReconnectNeeded)),
+                ("333", "Three", 3, 1, 2, None),
+            ]
+        );
     }
 
     #[test]
