@@ -175,8 +175,8 @@ async fn connection(stream: UnixStream, state: Arc<Ctx>, token: CancellationToke
                 Ok(req) if req.cmd == "sync_all" => {
                     // Large: its data arrives as JSON text and is spliced into the line.
                     match ops::sync::sync_all(&state, arg_opt(&req.args, "date")).await {
-                        Ok(data) => {
-                            if send_raw(&mut w, &data).await.is_err() {
+                        Ok(answer) => {
+                            if send_pieces(&mut w, &answer).await.is_err() {
                                 break;
                             }
                             continue;
@@ -202,11 +202,17 @@ async fn send(w: &mut OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
     w.write_all(line.as_bytes()).await
 }
 
-/// `{"ok": true, "data": <data>}` for data already serialized, written in pieces (no copy
-/// of a large answer).
-async fn send_raw(w: &mut OwnedWriteHalf, data: &str) -> std::io::Result<()> {
+/// `{"ok": true, "data": <the sync-all answer>}`, written as its pieces are made (the
+/// whole answer is never one string here).
+async fn send_pieces(
+    w: &mut OwnedWriteHalf,
+    answer: &ops::sync::AllAnswerText,
+) -> std::io::Result<()> {
     w.write_all(b"{\"ok\":true,\"data\":").await?;
-    w.write_all(data.as_bytes()).await?;
+    // The pieces borrow the report: made one at a time between writes.
+    for piece in answer.pieces() {
+        w.write_all(piece.as_bytes()).await?;
+    }
     w.write_all(b"}\n").await
 }
 
@@ -273,8 +279,9 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
         },
         "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date"))
             .await
-            .and_then(|text| {
-                serde_json::from_str(&text).map_err(|e| ApiError::internal(e.to_string()))
+            .and_then(|answer| {
+                serde_json::from_str(&answer.into_string())
+                    .map_err(|e| ApiError::internal(e.to_string()))
             }),
         "backfill" => match arg_str(a, "realm") {
             Ok(r) => {

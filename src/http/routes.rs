@@ -287,7 +287,7 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
         },
         ["sync-all"] if m == Method::POST => {
             match ops::sync::sync_all(state, req.query("target_date")).await {
-                Ok(text) => json_text(200, text),
+                Ok(answer) => json_text(200, answer.into_string()),
                 Err(e) => error(&e),
             }
         }

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use serde::ser::SerializeSeq;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{parse_date, ApiError, Ctx, OpResult};
-use crate::sync::{Outcome, RunReport, Scope};
+use crate::sync::{Outcome, RunEntry, RunReport, Scope};
 
 /// The rate date of a request: the parameter, or today falling back to the newest
 /// fixing's date while today's is not yet published.
@@ -64,14 +63,15 @@ pub async fn sync_one(ctx: &Arc<Ctx>, realm: &str, date: Option<&str>) -> OpResu
 }
 
 /// `POST /api/v1/companies/sync-all` and `sync --all`: runs or joins the one sync-all.
-/// The answer is JSON text written straight from the report (see [`report_text`]).
+/// The answer is JSON text written straight from the report, in pieces (see
+/// [`AllAnswerText`]).
 ///
 /// # Errors
 /// 400 bad date; 409 a run for another date is in progress.
-pub async fn sync_all(ctx: &Ctx, date: Option<&str>) -> Result<String, ApiError> {
+pub async fn sync_all(ctx: &Ctx, date: Option<&str>) -> Result<AllAnswerText, ApiError> {
     let date = target_date(ctx, date)?;
     let report = ctx.engine.sync_all(date, Scope::All).await?;
-    Ok(report_text(&report))
+    Ok(AllAnswerText(report))
 }
 
 /// One company's line in the sync-all answer.
@@ -95,62 +95,55 @@ struct ErrorEntry<'a> {
     message: String,
 }
 
-/// The results, serialized one entry at a time.
-struct Results<'a>(&'a RunReport);
-
-impl Serialize for Results<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.0;
-        let mut seq = s.serialize_seq(Some(r.entries.len() + r.bad_records.len()))?;
-        for e in r.entries.iter() {
-            let entry = match e.error {
-                None => ResultEntry {
+impl<'a> ResultEntry<'a> {
+    fn of(e: RunEntry<'a>) -> ResultEntry<'a> {
+        match e.error {
+            None => ResultEntry {
+                company_id: e.realm,
+                company_name: Some(e.company_name),
+                success: true,
+                rates_synced: e.rates_synced,
+                rates_written: Some(e.rates_written),
+                rates_unchanged: Some(e.rates_unchanged),
+                error: None,
+            },
+            Some(err) => {
+                let a = ApiError::from(err.clone());
+                ResultEntry {
                     company_id: e.realm,
                     company_name: Some(e.company_name),
-                    success: true,
+                    success: false,
                     rates_synced: e.rates_synced,
-                    rates_written: Some(e.rates_written),
-                    rates_unchanged: Some(e.rates_unchanged),
-                    error: None,
-                },
-                Some(err) => {
-                    let a = ApiError::from(err.clone());
-                    ResultEntry {
-                        company_id: e.realm,
-                        company_name: Some(e.company_name),
-                        success: false,
-                        rates_synced: e.rates_synced,
-                        rates_written: None,
-                        rates_unchanged: None,
-                        error: Some(ErrorEntry {
-                            code: a.code,
-                            message: a.message,
-                        }),
-                    }
+                    rates_written: None,
+                    rates_unchanged: None,
+                    error: Some(ErrorEntry {
+                        code: a.code,
+                        message: a.message,
+                    }),
                 }
-            };
-            seq.serialize_element(&entry)?;
+            }
         }
-        for key in &r.bad_records {
-            seq.serialize_element(&ResultEntry {
-                company_id: key,
-                company_name: None,
-                success: false,
-                rates_synced: 0,
-                rates_written: None,
-                rates_unchanged: None,
-                error: Some(ErrorEntry {
-                    code: "bad_record",
-                    message: "the company record cannot be decoded; it was skipped".into(),
-                }),
-            })?;
+    }
+
+    fn bad_record(key: &'a str) -> ResultEntry<'a> {
+        ResultEntry {
+            company_id: key,
+            company_name: None,
+            success: false,
+            rates_synced: 0,
+            rates_written: None,
+            rates_unchanged: None,
+            error: Some(ErrorEntry {
+                code: "bad_record",
+                message: "the company record cannot be decoded; it was skipped".into(),
+            }),
         }
-        seq.end()
     }
 }
 
+/// The answer without its results (`results` last, so the text ends with `[]}`).
 #[derive(Serialize)]
-struct AllAnswer<'a> {
+struct AllAnswer {
     success: bool,
     message: String,
     date: String,
@@ -158,26 +151,71 @@ struct AllAnswer<'a> {
     successful: usize,
     failed: usize,
     duration_secs: f64,
-    results: Results<'a>,
+    results: [(); 0],
 }
 
-/// The sync-all answer as JSON text, serialized straight from the report: a
-/// `serde_json::Value` of 100,000 results costs ~600 B per company (and `json!` copied it
-/// once more), the text ~170 B, which is what bounds the daemon's peak memory at the end of
-/// a large run.
-pub fn report_text(r: &RunReport) -> String {
-    let answer = AllAnswer {
-        success: true,
-        message: format!("Synced {}/{} companies successfully", r.successful, r.total),
-        date: r.date.to_string(),
-        total_companies: r.total,
-        successful: r.successful,
-        failed: r.failed,
-        duration_secs: (r.seconds * 1000.0).round() / 1000.0,
-        results: Results(r),
-    };
-    // Serializing plain structs of strings and numbers into a String cannot fail.
-    serde_json::to_string(&answer).unwrap_or_else(|_| "{\"success\":false}".into())
+/// About how much answer text one piece holds.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// The sync-all answer as JSON text, serialized straight from the report one piece at a
+/// time: a `serde_json::Value` of 100,000 results costs ~600 B per company, the text ~170 B
+/// (17 MB), and even that as one string is what set the daemon's peak memory at the end of a
+/// large run; the control socket writes the pieces as they are made (BENCHMARKS.md, issue 15).
+pub struct AllAnswerText(pub Arc<RunReport>);
+
+impl AllAnswerText {
+    /// The answer in pieces of about [`PIECE_BYTES`]: together one JSON object,
+    /// `{"success": true, "message", "date", "total_companies", "successful", "failed",
+    /// "duration_secs", "results": [...]}`.
+    pub fn pieces(&self) -> impl Iterator<Item = String> + '_ {
+        let r = &*self.0;
+        let head = AllAnswer {
+            success: true,
+            message: format!("Synced {}/{} companies successfully", r.successful, r.total),
+            date: r.date.to_string(),
+            total_companies: r.total,
+            successful: r.successful,
+            failed: r.failed,
+            duration_secs: (r.seconds * 1000.0).round() / 1000.0,
+            results: [],
+        };
+        // Plain structs of strings and numbers: serializing cannot fail.
+        let mut head = serde_json::to_string(&head).unwrap_or_default();
+        // `…"results":[]}` → `…"results":[`
+        head.truncate(head.len().saturating_sub(2));
+        let mut lines = r
+            .entries
+            .iter()
+            .map(ResultEntry::of)
+            .chain(r.bad_records.iter().map(|k| ResultEntry::bad_record(k)));
+        let mut first = Some(head);
+        let mut comma = false;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let mut piece = first.take().unwrap_or_default();
+            while piece.len() < PIECE_BYTES {
+                let Some(line) = lines.next() else {
+                    piece.push_str("]}");
+                    done = true;
+                    break;
+                };
+                if comma {
+                    piece.push(',');
+                }
+                comma = true;
+                piece.push_str(&serde_json::to_string(&line).unwrap_or_default());
+            }
+            Some(piece)
+        })
+    }
+
+    /// The whole answer as one string (the HTTP body).
+    pub fn into_string(self) -> String {
+        self.pieces().collect()
+    }
 }
 
 /// A company was connected, re-activated or re-enabled: sync it at once for today and for
@@ -194,4 +232,75 @@ pub fn after_connected(ctx: &Ctx, realm: &str) {
             tracing::warn!(realm_id = %realm, error = %e, "catch-up after connecting failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::engine::RunEntries;
+
+    #[test]
+    fn the_sync_all_answer_in_pieces_is_one_json_object_in_store_order() {
+        let mut entries = RunEntries::default();
+        let n = 2_000;
+        for i in 0..n {
+            entries.push(
+                &format!("{:016}", 9_341_453_199_574_000u64 + i),
+                "Company \"quoted\" ë",
+            );
+        }
+        for i in 0..n as usize {
+            let error = (i % 500 == 7).then_some(crate::sync::Error::ReconnectNeeded);
+            let name = if i == 3 {
+                "Renamed".to_string()
+            } else {
+                "Company \"quoted\" ë".to_string()
+            };
+            entries.finish(i, name, (3, 2, 1), error);
+        }
+        let report = RunReport {
+            date: NaiveDate::from_ymd_opt(2026, 5, 22).unwrap(),
+            finished_at: chrono::Utc::now(),
+            total: n as usize + 1,
+            successful: n as usize - 4,
+            failed: 5,
+            seconds: 12.3456,
+            entries,
+            bad_records: vec!["77".into()],
+        };
+        let answer = AllAnswerText(Arc::new(report));
+        let pieces: Vec<String> = answer.pieces().collect();
+        assert!(pieces.len() > 2, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() < PIECE_BYTES + 1024));
+        let text = pieces.concat();
+        assert_eq!(text, answer.into_string());
+        let v: Value = serde_json::from_str(&text).expect("one JSON object");
+        assert_eq!(v["success"], true);
+        assert_eq!(v["date"], "2026-05-22");
+        assert_eq!(v["message"], "Synced 1996/2001 companies successfully");
+        assert_eq!(
+            (v["total_companies"].clone(), v["failed"].clone()),
+            (json!(2001), json!(5))
+        );
+        assert_eq!(v["duration_secs"], 12.346);
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2001);
+        assert_eq!(results[0]["company_id"], "9341453199574000");
+        assert_eq!(results[0]["company_name"], "Company \"quoted\" ë");
+        assert_eq!(
+            (
+                results[0]["rates_synced"].clone(),
+                results[0]["rates_written"].clone(),
+                results[0]["rates_unchanged"].clone()
+            ),
+            (json!(3), json!(2), json!(1))
+        );
+        assert_eq!(results[3]["company_name"], "Renamed");
+        assert_eq!(results[7]["success"], false);
+        assert_eq!(results[7]["error"]["code"], "reconnect_needed");
+        assert!(results[7].get("rates_written").is_none());
+        assert_eq!(results[1999]["company_id"], "9341453199575999");
+        assert_eq!(results[2000]["company_id"], "77");
+        assert_eq!(results[2000]["error"]["code"], "bad_record");
+    }
 }

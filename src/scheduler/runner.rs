@@ -175,6 +175,27 @@ impl Scheduler {
         true
     }
 
+    /// Whether periodic work planned for `next` is due at `now` (then the next time is set
+    /// `every` later). While a sync-all runs it is put off by a minute instead: the keep-alive
+    /// and the alert check each pass over every company, which beside a large run only adds
+    /// to its memory peak (the run refreshes the tokens it uses itself).
+    fn due_unless_syncing(
+        &self,
+        now: DateTime<Utc>,
+        next: &mut DateTime<Utc>,
+        every: chrono::Duration,
+    ) -> bool {
+        if now < *next {
+            return false;
+        }
+        if self.engine.running_date().is_some() {
+            *next = now + chrono::Duration::minutes(1);
+            return false;
+        }
+        *next = now + every;
+        true
+    }
+
     async fn keep_alive(&self, token: &CancellationToken) {
         if let Some(Ok(n)) = watched(token, self.tokens.keep_alive_pass()).await {
             if n > 0 {
@@ -205,12 +226,10 @@ impl Scheduler {
                 }
                 notify::watchdog();
                 let now = self.now();
-                if now >= next_keep_alive {
-                    next_keep_alive = now + KEEP_ALIVE_EVERY;
+                if self.due_unless_syncing(now, &mut next_keep_alive, KEEP_ALIVE_EVERY) {
                     self.keep_alive(&token).await;
                 }
-                if now >= next_alert_check {
-                    next_alert_check = now + ALERT_CHECK_EVERY;
+                if self.due_unless_syncing(now, &mut next_alert_check, ALERT_CHECK_EVERY) {
                     // One record at a time (no Vec of every company), and the undecodable ones.
                     let config = self.config();
                     match self
@@ -259,8 +278,7 @@ impl Scheduler {
                         _ = token.cancelled() => return,
                         _ = tokio::time::sleep(TICK) => notify::watchdog(),
                     }
-                    if self.now() >= next_keep_alive {
-                        next_keep_alive = self.now() + KEEP_ALIVE_EVERY;
+                    if self.due_unless_syncing(self.now(), &mut next_keep_alive, KEEP_ALIVE_EVERY) {
                         self.keep_alive(&token).await;
                     }
                 }

@@ -156,7 +156,7 @@ fn count32(n: usize) -> u32 {
 
 impl RunEntries {
     /// Lists a company (its result not yet known).
-    fn push(&mut self, realm: &str, name: &str) {
+    pub fn push(&mut self, realm: &str, name: &str) {
         self.text.push_str(realm);
         let realm_end = self.text.len();
         self.text.push_str(name);
@@ -185,8 +185,9 @@ impl RunEntries {
         self.ends.len()
     }
 
-    /// Records company `i`'s result.
-    fn finish(
+    /// Records the result of the `i`-th company listed (`counts`: rates synced, written,
+    /// unchanged).
+    pub fn finish(
         &mut self,
         i: usize,
         name: String,

@@ -16,5 +16,5 @@ pub mod error;
 pub mod plan;
 pub mod rates;
 
-pub use engine::{Outcome, RunReport, Scope, SyncEngine};
+pub use engine::{Outcome, RunEntry, RunReport, Scope, SyncEngine};
 pub use error::Error;
