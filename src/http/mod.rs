@@ -42,16 +42,16 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// that changes the limit applies at once when it grows and as connections close when it
 /// shrinks (open ones are never cut).
 pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationToken) {
-    let mut limit = SlotLimit::new(state.config.clone());
-    let slots = limit.slots.clone();
+    let mut cap = SlotLimit::new(state.config.clone());
+    let slots = cap.slots.clone();
     let limiter = Arc::new(limit::RateLimiter::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         // Take a slot before accepting: when all are held, nothing is accepted.
         let slot = tokio::select! {
             _ = token.cancelled() => break,
-            changed = limit.config.changed(), if limit.watching => {
-                limit.apply(changed.is_ok());
+            changed = cap.config.changed(), if cap.watching => {
+                cap.apply(changed.is_ok());
                 continue;
             }
             s = slots.clone().acquire_owned() => match s {
@@ -59,7 +59,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationTo
                 Err(_) => break,
             },
         };
-        if limit.owes() {
+        if cap.owes() {
             slot.forget();
             continue;
         }
@@ -67,9 +67,9 @@ pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationTo
             _ = token.cancelled() => break,
             // A new limit applies before the next connection is let in: the slot just taken
             // goes back (or pays a smaller limit's debt on the next turn).
-            changed = limit.config.changed(), if limit.watching => {
+            changed = cap.config.changed(), if cap.watching => {
                 drop(slot);
-                limit.apply(changed.is_ok());
+                cap.apply(changed.is_ok());
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
