@@ -1,6 +1,8 @@
 //! Company management: list, sync status, settings, logs. Each company's answers hold only
 //! its own data (every read is keyed by its realm id).
 
+use std::sync::Arc;
+
 use crate::scheduler::time::rfc3339;
 use serde_json::{json, Map, Value};
 
@@ -135,7 +137,20 @@ pub fn sync_status(ctx: &Ctx, realm: &str) -> OpResult {
 /// # Errors
 /// 400 for a non-object, an unknown field, a wrong type, a bad currency code or an empty
 /// name; 404 unknown company. A company whose sync was just re-enabled is synced at once.
-pub async fn update_settings(ctx: &Ctx, realm: &str, body: &Value) -> OpResult {
+///
+/// Runs as a tracked task: a client that goes away after the change was written still gets
+/// it flushed and a re-enabled company synced.
+pub async fn update_settings(ctx: &Arc<Ctx>, realm: &str, body: &Value) -> OpResult {
+    let task_ctx = ctx.clone();
+    let (realm, body) = (realm.to_string(), body.clone());
+    let run = ctx
+        .tasks
+        .spawn(async move { apply_settings(&task_ctx, &realm, &body).await });
+    run.await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("the settings task failed: {e}"))))
+}
+
+async fn apply_settings(ctx: &Ctx, realm: &str, body: &Value) -> OpResult {
     let Some(obj) = body.as_object() else {
         return Err(ApiError::bad_request(
             "bad_settings",
