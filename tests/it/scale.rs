@@ -40,15 +40,8 @@ fn ids(v: &Value) -> Vec<String> {
 async fn the_company_list_pages_with_limit_and_after() {
     let w = world(&["1001", "2002", "3003", "4004", "5005"]).await;
     // 3003 disconnected: listed only with active_only=false.
-    let a = w
-        .http
-        .get(w.url("/api/v1/oauth/disconnect/3003"))
-        .bearer_auth(crate::support::world::ADMIN_KEY)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(a.status().as_u16(), 200);
+    let a = w.admin_get("/api/v1/oauth/disconnect/3003").await;
+    assert_eq!(a.status, 200, "{}", a.text);
 
     // Without limit: everything, next_after null.
     let all = w

@@ -1063,16 +1063,9 @@ async fn the_list_includes_a_disconnected_company_only_when_asked() {
     ])
     .await;
     assert_eq!(sync(&w, "2002", FRIDAY).await.status, 200);
-    let a = w
-        .http
-        .get(w.url("/api/v1/oauth/disconnect/2002"))
-        .bearer_auth(crate::support::world::ADMIN_KEY)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(a.status().as_u16(), 200);
-    let v: Value = a.json().await.unwrap();
+    let a = w.admin_get("/api/v1/oauth/disconnect/2002").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
     assert_eq!(v["is_active"], false, "{v}");
 
     let ids = |v: &Value| -> Vec<String> {
