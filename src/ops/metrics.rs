@@ -60,10 +60,10 @@ fn render_now(ctx: &Ctx) -> Result<String, crate::store::Error> {
     let snapshot = ctx.companies_snapshot()?;
     let states = Family::<StateLabels, Gauge>::default();
     for (state, n) in [
-        ("connected", snapshot.connected),
-        ("reconnect_needed", snapshot.reconnect_needed),
-        ("disconnected", snapshot.disconnected),
-        ("sync_disabled", snapshot.sync_disabled),
+        ("connected", snapshot.counts.connected),
+        ("reconnect_needed", snapshot.counts.reconnect_needed),
+        ("disconnected", snapshot.counts.disconnected),
+        ("sync_disabled", snapshot.counts.sync_disabled),
     ] {
         states
             .get_or_create(&StateLabels { state })

@@ -163,14 +163,14 @@ pub fn health_reasons(
             )),
             Some(_) => {}
         }
-        let stale = companies.stale;
+        let stale = companies.counts.waiting;
         if stale > 0 {
             reasons.push(format!(
                 "{stale} companies not synced for over 24 business hours"
             ));
         }
     }
-    let reconnect = companies.reconnect_needed;
+    let reconnect = companies.counts.reconnect_needed;
     if reconnect > 0 {
         reasons.push(format!(
             "{reconnect} companies need to reconnect (token refresh failed)"
@@ -230,7 +230,7 @@ fn health_now(ctx: &Ctx) -> (u16, Value) {
                     "status": if reasons.is_empty() { "healthy" } else { "degraded" },
                     "total_companies": counts.total,
                     "active_companies": counts.active,
-                    "companies_with_expired_tokens": counts.expired_tokens,
+                    "companies_with_expired_tokens": counts.reconnect_needed,
                     "last_sync": counts.last_sync.map(rfc3339),
                     "reasons": reasons,
                 }),
@@ -294,7 +294,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
         "companies": {
             "total": counts.total,
             "active": counts.active,
-            "with_expired_tokens": counts.expired_tokens,
+            "with_expired_tokens": counts.reconnect_needed,
         },
         "last_sync": counts.last_sync.map(rfc3339),
         "schedule": {

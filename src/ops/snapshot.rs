@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::store::{CompanyCounts, Store};
+use crate::store::tally::CompanyTally;
+use crate::store::Store;
 
 /// How old a snapshot may be before it is recomputed even when no company changed (the
 /// stale-company count depends on the time).
@@ -24,30 +25,18 @@ pub const MAX_AGE: chrono::Duration = chrono::Duration::seconds(5);
 /// What the health, metrics and status answers need from the company records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompanySnapshot {
-    /// Total, active, reconnect-needed ("expired tokens") and the newest sync.
-    pub counts: CompanyCounts,
-    /// Active and connected.
-    pub connected: usize,
-    /// Active and flagged reconnect-needed.
-    pub reconnect_needed: usize,
-    /// Not active (disconnected here).
-    pub disconnected: usize,
-    /// Active with sync turned off.
-    pub sync_disabled: usize,
-    /// Active, sync enabled and connected, but not synced for over 24 business hours when
-    /// the snapshot was taken.
-    pub stale: usize,
-    /// Records that did not decode (their keys are in [`Store::bad_records`]).
-    pub bad_records: usize,
+    /// The store's company counts; their `waiting` is the companies active, connected and
+    /// sync-enabled but not synced for over 24 business hours when the snapshot was taken.
+    pub counts: CompanyTally,
     /// When it was taken (injected clock).
     pub taken_at: DateTime<Utc>,
-    /// The store's company generation read before the scan.
+    /// The store's company generation read before the counts.
     pub generation: u64,
 }
 
 impl CompanySnapshot {
     /// From the store's company tally (kept up to date by every company write, so no
-    /// record is read here after the first call) and its list of undecodable records.
+    /// record is read here after the first call).
     ///
     /// # Errors
     /// sled failure (the tally's first pass).
@@ -59,26 +48,9 @@ impl CompanySnapshot {
         // Read before the tally: a write after it moves the generation past this value, so
         // the snapshot is recomputed on the next request.
         let generation = store.companies_generation();
-        let tz = config.schedule.timezone;
-        let t = store.company_tally(crate::alerts::stale_before(now, tz))?;
-        let bad_records = store
-            .bad_records()
-            .iter()
-            .filter(|b| b.tree == crate::store::keys::COMPANIES)
-            .count();
+        let stale_before = crate::alerts::stale_before(now, config.schedule.timezone);
         Ok(CompanySnapshot {
-            counts: CompanyCounts {
-                total: t.total,
-                active: t.active,
-                expired_tokens: t.reconnect_needed,
-                last_sync: t.last_sync,
-            },
-            connected: t.connected,
-            reconnect_needed: t.reconnect_needed,
-            disconnected: t.disconnected,
-            sync_disabled: t.sync_disabled,
-            stale: t.waiting,
-            bad_records,
+            counts: store.company_tally(stale_before)?,
             taken_at: now,
             generation,
         })
@@ -172,7 +144,7 @@ mod tests {
         let h = SnapshotHolder::new();
         let s = h.get(&store, &config, now).unwrap();
         assert_eq!(
-            (s.counts.total, s.counts.active, s.reconnect_needed),
+            (s.counts.total, s.counts.active, s.counts.reconnect_needed),
             (3, 3, 0)
         );
         assert_eq!(h.computations(), 1);
@@ -195,16 +167,16 @@ mod tests {
             .await
             .unwrap();
         let s = h.get(&store, &config, now).unwrap();
-        assert_eq!((s.reconnect_needed, s.counts.expired_tokens), (1, 1));
+        assert_eq!(s.counts.reconnect_needed, 1);
         assert_eq!(h.computations(), 2);
         store
             .update_company_unflushed("3", |c| c.sync_enabled = false)
             .unwrap();
-        assert_eq!(h.get(&store, &config, now).unwrap().sync_disabled, 1);
+        assert_eq!(h.get(&store, &config, now).unwrap().counts.sync_disabled, 1);
         let mut gone = company("1");
         gone.is_active = false;
         store.save_company_without_tokens(&gone).await.unwrap();
-        assert_eq!(h.get(&store, &config, now).unwrap().disconnected, 1);
+        assert_eq!(h.get(&store, &config, now).unwrap().counts.disconnected, 1);
         store.remove_company("1").await.unwrap();
         assert_eq!(h.get(&store, &config, now).unwrap().counts.total, 2);
         let t = crate::store::tests::tokens("rt");

@@ -110,40 +110,6 @@ pub enum TableOutcome {
     Skipped,
 }
 
-/// Counts for `/health` and `status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CompanyCounts {
-    /// All companies ever connected.
-    pub total: usize,
-    /// Not disconnected.
-    pub active: usize,
-    /// Active but needing a reconnect.
-    pub expired_tokens: usize,
-    /// Newest successful sync of any company.
-    pub last_sync: Option<DateTime<Utc>>,
-}
-
-impl CompanyCounts {
-    /// Counts a list of companies (one store scan serves the counts and anything else the
-    /// caller needs from the list).
-    pub fn of(companies: &[Company]) -> CompanyCounts {
-        let mut c = CompanyCounts {
-            total: companies.len(),
-            ..CompanyCounts::default()
-        };
-        for co in companies {
-            if co.is_active {
-                c.active += 1;
-                if matches!(co.connection, Connection::ReconnectNeeded { .. }) {
-                    c.expired_tokens += 1;
-                }
-            }
-            c.last_sync = c.last_sync.max(co.last_sync_at);
-        }
-        c
-    }
-}
-
 /// The daemon's database.
 pub struct Store {
     db: sled::Db,
@@ -796,14 +762,6 @@ impl Store {
         self.write_company(key, None, |t| t.remove(key))?;
         self.tokens.remove(realm.as_bytes())?;
         self.flush().await
-    }
-
-    /// Company counts for health and status.
-    ///
-    /// # Errors
-    /// sled or decode failure.
-    pub fn company_counts(&self) -> Result<CompanyCounts> {
-        Ok(CompanyCounts::of(&self.companies()?))
     }
 
     /// The company counts without reading a record (after the first call, which makes one

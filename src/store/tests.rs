@@ -472,8 +472,8 @@ async fn counts() {
     for x in [&a, &b, &c] {
         s.save_company(x).await.unwrap();
     }
-    let n = s.company_counts().unwrap();
-    assert_eq!((n.total, n.active, n.expired_tokens), (3, 2, 1));
+    let n = s.company_tally(Utc::now()).unwrap();
+    assert_eq!((n.total, n.active, n.reconnect_needed), (3, 2, 1));
     assert_eq!(n.last_sync, a.last_sync_at);
 }
 
