@@ -110,6 +110,9 @@ pub enum TableOutcome {
     Skipped,
 }
 
+/// Undecodable records by (tree, key): why each did not decode.
+type BadMap = std::collections::BTreeMap<(&'static str, Vec<u8>), String>;
+
 /// The daemon's database.
 pub struct Store {
     db: sled::Db,
@@ -125,7 +128,7 @@ pub struct Store {
     meta: sled::Tree,
     /// Undecodable records found by the last scan of each tree, by (tree, key): what status,
     /// metrics and health report, and what keeps a record from being logged at every scan.
-    bad: std::sync::Mutex<std::collections::BTreeMap<(&'static str, Vec<u8>), String>>,
+    bad: std::sync::Mutex<BadMap>,
     /// Distinct undecodable records met since start (a monotonic counter for metrics).
     bad_seen: std::sync::atomic::AtomicU64,
     /// Bumped after every write to the companies tree (every such write goes through a
@@ -555,10 +558,7 @@ impl Store {
 
     /// Undecodable records found by the latest full scan of each tree.
     pub fn bad_records(&self) -> Vec<BadRecord> {
-        let known = match self.bad.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let known = self.bad();
         known
             .iter()
             .map(|((tree, key), error)| BadRecord {
@@ -576,19 +576,13 @@ impl Store {
 
     /// A record known bad was overwritten or removed.
     fn forget_bad(&self, tree: &'static str, key: &[u8]) {
-        let mut known = match self.bad.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut known = self.bad();
         known.remove(&(tree, key.to_vec()));
     }
 
     /// Replaces what is known bad in `tree` with a full scan's findings; logs the new ones.
     fn note_bad(&self, tree: &'static str, found: &[BadRecord]) {
-        let mut known = match self.bad.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut known = self.bad();
         for b in found {
             if !known.contains_key(&(tree, b.key.clone())) {
                 tracing::warn!(
@@ -779,6 +773,11 @@ impl Store {
             *t = fresh;
         }
         Ok(t.view(waiting_before))
+    }
+
+    /// The undecodable records known (a poisoned lock still holds a usable map).
+    fn bad(&self) -> std::sync::MutexGuard<'_, BadMap> {
+        self.bad.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, tally::Tally> {
