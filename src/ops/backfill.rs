@@ -52,13 +52,12 @@ pub async fn backfill(
     let (from, to) = (date("from", from)?, date("to", to)?);
     let engine = ctx.engine.clone();
     let realm = realm.to_string();
-    let run = ctx
-        .tasks
-        .spawn(async move { engine.backfill(&realm, from, to, dry_run).await });
-    match run.await {
-        Ok(r) => Ok(answer(&r?)),
-        Err(e) => Err(ApiError::internal(format!("the backfill task failed: {e}"))),
-    }
+    let done = ctx
+        .tracked("backfill", async move {
+            engine.backfill(&realm, from, to, dry_run).await
+        })
+        .await??;
+    Ok(answer(&done))
 }
 
 /// The answer of SPEC §5 "Backfill" (decimals as strings).

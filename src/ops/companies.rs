@@ -143,11 +143,10 @@ pub fn sync_status(ctx: &Ctx, realm: &str) -> OpResult {
 pub async fn update_settings(ctx: &Arc<Ctx>, realm: &str, body: &Value) -> OpResult {
     let task_ctx = ctx.clone();
     let (realm, body) = (realm.to_string(), body.clone());
-    let run = ctx
-        .tasks
-        .spawn(async move { apply_settings(&task_ctx, &realm, &body).await });
-    run.await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("the settings task failed: {e}"))))
+    ctx.tracked("settings", async move {
+        apply_settings(&task_ctx, &realm, &body).await
+    })
+    .await?
 }
 
 async fn apply_settings(ctx: &Ctx, realm: &str, body: &Value) -> OpResult {

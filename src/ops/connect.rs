@@ -210,7 +210,7 @@ pub async fn callback(
         cookie_header.map(str::to_owned),
     );
     let task_ctx = ctx.clone();
-    let run = ctx.tasks.spawn(async move {
+    ctx.tracked("connection", async move {
         let (code, state, realm_id, error, cookie) = owned;
         let p = CallbackParams {
             code: code.as_deref(),
@@ -219,12 +219,8 @@ pub async fn callback(
             error: error.as_deref(),
         };
         complete_callback(&task_ctx, &p, cookie.as_deref()).await
-    });
-    run.await.unwrap_or_else(|e| {
-        Err(ApiError::internal(format!(
-            "the connection task failed: {e}"
-        )))
     })
+    .await?
 }
 
 async fn complete_callback(
@@ -596,14 +592,10 @@ pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
 pub async fn disconnect(ctx: &Arc<Ctx>, realm: &str) -> OpResult {
     let task_ctx = ctx.clone();
     let realm = realm.to_string();
-    let run = ctx
-        .tasks
-        .spawn(async move { disconnect_now(&task_ctx, &realm).await });
-    run.await.unwrap_or_else(|e| {
-        Err(ApiError::internal(format!(
-            "the disconnect task failed: {e}"
-        )))
+    ctx.tracked("disconnect", async move {
+        disconnect_now(&task_ctx, &realm).await
     })
+    .await?
 }
 
 async fn disconnect_now(ctx: &Ctx, realm: &str) -> OpResult {

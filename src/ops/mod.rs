@@ -85,6 +85,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Runs `work` as a task on the tracker and waits for it: a client that goes away
+    /// (hyper drops its request) cancels nothing, and the shutdown drain waits for it. For
+    /// operations whose half-done state would lose something (a token rotation, a grant, an
+    /// attempt's records). `what` names it in the error if the task itself fails.
+    pub async fn tracked<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.tasks
+            .spawn(work)
+            .await
+            .map_err(|e| ApiError::internal(format!("the {what} task failed: {e}")))
+    }
+
     /// The current configuration.
     pub fn config(&self) -> Arc<Config> {
         current(&self.config)

@@ -53,13 +53,10 @@ pub async fn sync_one(ctx: &Arc<Ctx>, realm: &str, date: Option<&str>) -> OpResu
     let date = target_date(ctx, date)?;
     let engine = ctx.engine.clone();
     let realm = realm.to_string();
-    let run = ctx
-        .tasks
-        .spawn(async move { engine.sync_one(&realm, date).await });
-    match run.await {
-        Ok(r) => Ok(outcome_json(&r?)),
-        Err(e) => Err(ApiError::internal(format!("the sync task failed: {e}"))),
-    }
+    let outcome = ctx
+        .tracked("sync", async move { engine.sync_one(&realm, date).await })
+        .await??;
+    Ok(outcome_json(&outcome))
 }
 
 /// `POST /api/v1/companies/sync-all` and `sync --all`: runs or joins the one sync-all.
