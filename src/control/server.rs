@@ -173,7 +173,8 @@ async fn connection(stream: UnixStream, state: Arc<Ctx>, token: CancellationToke
             Ok(Some(Line::Text(line))) if line.trim().is_empty() => continue,
             Ok(Some(Line::Text(line))) => match serde_json::from_str::<Request>(&line) {
                 Ok(req) if req.cmd == "sync_all" => {
-                    // Large: its data arrives as JSON text and is spliced into the line.
+                    // Large: its answer is written in pieces straight into the line (the
+                    // one place `sync_all` is answered; `dispatch` never sees it).
                     match ops::sync::sync_all(&state, arg_opt(&req.args, "date")).await {
                         Ok(answer) => {
                             if send_pieces(&mut w, &answer).await.is_err() {
@@ -261,7 +262,7 @@ fn list_query(a: &Value) -> Result<ops::companies::ListQuery, ApiError> {
 }
 
 /// Runs one request.
-pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
+async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
     let a = &req.args;
     let result: ops::OpResult = match req.cmd.as_str() {
         "status" => ops::status(state),
@@ -277,12 +278,6 @@ pub async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
             Ok(r) => ops::sync::sync_one(state, r, arg_opt(a, "date")).await,
             Err(e) => Err(e),
         },
-        "sync_all" => ops::sync::sync_all(state, arg_opt(a, "date"))
-            .await
-            .and_then(|answer| {
-                serde_json::from_str(&answer.into_string())
-                    .map_err(|e| ApiError::internal(e.to_string()))
-            }),
         "backfill" => match arg_str(a, "realm") {
             Ok(r) => {
                 let dry = a.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
