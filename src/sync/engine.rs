@@ -127,8 +127,6 @@ pub struct RunEntries {
     ends: Vec<(usize, usize)>,
     /// Each company's result, by position (filled as the syncs finish).
     results: Vec<Slot>,
-    /// Results filled.
-    finished: usize,
 }
 
 /// One company's result: counts, and what most companies do not have (a failure, or a
@@ -195,11 +193,7 @@ impl RunEntries {
         error: Option<Error>,
     ) {
         let name = (name != self.listed_name(i)).then_some(name);
-        let slot = &mut self.results[i];
-        if !slot.done {
-            self.finished += 1;
-        }
-        *slot = Slot {
+        self.results[i] = Slot {
             done: true,
             rates_synced: count32(counts.0),
             rates_written: count32(counts.1),
@@ -210,12 +204,12 @@ impl RunEntries {
 
     /// Companies with a result.
     pub fn len(&self) -> usize {
-        self.finished
+        self.results.iter().filter(|s| s.done).count()
     }
 
     /// Whether no company has a result.
     pub fn is_empty(&self) -> bool {
-        self.finished == 0
+        !self.results.iter().any(|s| s.done)
     }
 
     /// The lines, one per company with a result, in the order of the store.
