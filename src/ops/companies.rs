@@ -158,8 +158,22 @@ async fn apply_settings(ctx: &Ctx, realm: &str, body: &Value) -> OpResult {
     };
     // Validate on a copy first (a bad field changes nothing), then apply to the current
     // record atomically, so a sync or token refresh finishing meanwhile is not undone.
-    let mut checked = company(ctx, realm)?;
+    let held = company(ctx, realm)?;
+    let mut checked = held.clone();
     apply(&mut checked, obj)?;
+    // SPEC §5 "Home currency is QuickBooks'": a home currency other than the one we hold
+    // is checked against the company's Preferences (one read); only QuickBooks' own value
+    // is accepted, and then it is already what the read stored.
+    if checked.home_currency != held.home_currency {
+        let quickbooks = ctx.engine.quickbooks_home(realm).await?;
+        if quickbooks != checked.home_currency {
+            return Err(crate::sync::Error::HomeCurrencyMismatch {
+                given: checked.home_currency,
+                quickbooks,
+            }
+            .into());
+        }
+    }
     let now = ctx.now();
     let mut was_enabled = true;
     let c = ctx

@@ -448,8 +448,6 @@ pub async fn read_company(
 pub struct Overrides {
     /// Display name instead of CompanyInfo's `CompanyName`.
     pub name: Option<String>,
-    /// Home currency instead of Preferences' `HomeCurrency`.
-    pub home: Option<Currency>,
     /// The company log's connection record (default: "connected/reconnected to QuickBooks").
     pub log_message: Option<&'static str>,
 }
@@ -487,10 +485,6 @@ pub async fn store_connection(
 ) -> Result<Company, ApiError> {
     if let Some(name) = &over.name {
         read.name.clone_from(name);
-    }
-    if let Some(home) = over.home {
-        read.home = home;
-        read.active.retain(|c| *c != home);
     }
     let now = ctx.now();
     let config = ctx.config();

@@ -181,10 +181,11 @@ impl From<sync::Error> for ApiError {
             | E::ReconnectNeeded
             | E::SyncDisabled(_)
             | E::InProgress(_)
-            | E::CompanyBusy(_) => 409,
+            | E::CompanyBusy(_)
+            | E::HomeCurrencyMismatch { .. } => 409,
             E::Archive(a) => return a.clone().into(),
             E::MulticurrencyOff | E::HomeCurrencyNotFixed(_) => 422,
-            E::Upstream { .. } | E::WriteFailed { .. } => 502,
+            E::Upstream { .. } | E::WriteFailed { .. } | E::RangeQueryRefused { .. } => 502,
             E::ShuttingDown => 503,
             E::Store(_) => return ApiError::internal(e),
         };

@@ -60,7 +60,7 @@ pub struct ImportLine {
     pub token: TokenSource,
     /// `company_name` (overrides CompanyInfo).
     pub name: Option<String>,
-    /// `home_currency` (overrides Preferences).
+    /// `home_currency` as the file gives it: checked against QuickBooks' Preferences, never applied over them (SPEC §5).
     pub home: Option<Currency>,
     /// `sync_enabled` (default true).
     pub sync_enabled: Option<bool>,
@@ -88,6 +88,8 @@ struct Takeover {
 /// A finished takeover: the stored company, and why its details are not read yet if so.
 struct Taken {
     company: Company,
+    /// CompanyInfo, Preferences and currencies were read (else the first sync reads them).
+    details_read: bool,
     warning: Option<String>,
 }
 
@@ -336,9 +338,6 @@ fn provisional(
     if let Some(n) = &t.name {
         c.company_name.clone_from(n);
     }
-    if let Some(h) = t.home {
-        c.home_currency = h;
-    }
     if let Some(s) = t.sync_enabled {
         c.sync_enabled = s;
     }
@@ -384,14 +383,28 @@ async fn take_over(state: &Ctx, t: &Takeover) -> Result<Taken, ApiError> {
     drop(held);
     let over = Overrides {
         name: t.name.clone(),
-        home: t.home,
         log_message: Some(t.how),
     };
     match connect_with_grant(state, &t.realm, &tokens, tid.clone(), &over).await {
-        Ok(company) => Ok(Taken {
-            company,
-            warning: None,
-        }),
+        Ok(company) => {
+            // SPEC §5: QuickBooks' home currency is the only one; a different one given
+            // for the line is not applied, and the result says so.
+            let warning = t.home.filter(|h| *h != company.home_currency).map(|h| {
+                format!(
+                    "home_currency {h} was not applied: QuickBooks' home currency for this \
+                     company is {}, and every rate is computed for it",
+                    company.home_currency
+                )
+            });
+            if let Some(w) = &warning {
+                tracing::warn!(realm_id = %t.realm, "Company {}: {w}", t.realm);
+            }
+            Ok(Taken {
+                company,
+                details_read: true,
+                warning,
+            })
+        }
         Err(e) if e.code == "unauthorized" => {
             // A fresh access token refused for this realm: the grant is another company's.
             match (&existing, previous_tokens) {
@@ -429,6 +442,7 @@ async fn take_over(state: &Ctx, t: &Takeover) -> Result<Taken, ApiError> {
             tracing::warn!(realm_id = %t.realm, "Company {}: {warning}", t.realm);
             Ok(Taken {
                 company,
+                details_read: false,
                 warning: Some(warning),
             })
         }
@@ -489,7 +503,7 @@ pub async fn adopt(
         "company_id": c.realm_id,
         "company_name": c.company_name,
         "home_currency": c.home_currency.as_str(),
-        "details_read": taken.warning.is_none(),
+        "details_read": taken.details_read,
         "warning": taken.warning,
         "company": super::companies::entry(c),
     }))

@@ -536,6 +536,33 @@ impl SyncEngine {
         })
     }
 
+    /// QuickBooks' home currency for `realm`, read now from its Preferences (with the
+    /// currency list, both stored as the company's daily cache): what a settings change,
+    /// `set --home-currency` or a takeover is checked against (SPEC §5).
+    ///
+    /// # Errors
+    /// Unknown, disconnected or reconnect-needed company; token or QuickBooks failures.
+    pub async fn quickbooks_home(&self, realm: &str) -> Result<Currency, Error> {
+        let mut company = self
+            .store
+            .company(realm)?
+            .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
+        if !company.is_active {
+            return Err(Error::Disconnected);
+        }
+        if let Connection::ReconnectNeeded { .. } = company.connection {
+            return Err(Error::ReconnectNeeded);
+        }
+        let token = self.tokens.access_token(realm).await?;
+        let session = Session::new(self, realm, token);
+        let read = self.refresh_company_cache(&session, &mut company).await;
+        if read.is_err() && session.disconnected.load(Relaxed) {
+            return Err(Error::Disconnected);
+        }
+        read?;
+        Ok(company.home_currency)
+    }
+
     /// Backfills `from..=to` (SPEC §5 "Backfill"): every date's rate in force (weekends and
     /// holidays by the company's fill policy; dates without one are skipped with the
     /// reason), read from QuickBooks one range query per 31 days, and only what differs
@@ -711,7 +738,17 @@ impl SyncEngine {
             let h = self
                 .read_range(session, wf, wt, &codes)
                 .await
-                .map_err(|e| upstream(&e, "reading QuickBooks exchange rates"))?;
+                .map_err(|e| {
+                    if e.is_fault() {
+                        Error::RangeQueryRefused {
+                            from: wf,
+                            to: wt,
+                            message: e.to_string(),
+                        }
+                    } else {
+                        upstream(&e, "reading QuickBooks exchange rates")
+                    }
+                })?;
             report.reads += 1;
             holdings.extend(h);
         }
@@ -893,14 +930,24 @@ impl SyncEngine {
         // 1. The fixing in force (fetching BoA first when today's is missing).
         let resolved = self.fixing_for(date).await?;
         attempt.fixing_ok = true;
-        let in_force: InForce = resolved.in_force();
 
         // 2. A token (refreshed if needed).
         let token = self.tokens.access_token(&realm).await?;
         let session = Session::new(self, &realm, token);
-        let result = self
-            .sync_with(&session, &mut company, date, &resolved, &in_force, attempt)
-            .await;
+        // A write refused because QuickBooks' home currency is not the one we computed for
+        // (SPEC §5) re-reads Preferences; when the home changed, the same sync computes and
+        // writes again for the new one, once.
+        let mut may_redo = true;
+        let result = loop {
+            match self
+                .sync_with(&session, &mut company, date, &resolved, attempt, may_redo)
+                .await
+            {
+                Ok(Pass::Redo) => may_redo = false,
+                Ok(Pass::Done) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
         attempt.tids = std::mem::take(&mut *lock(&session.tids));
         attempt.pressure = session.pressure.load(Relaxed) as u32;
         if result.is_err() && session.disconnected.load(Relaxed) {
@@ -915,10 +962,11 @@ impl SyncEngine {
         company: &mut Company,
         date: NaiveDate,
         resolved: &archive::Resolved,
-        in_force: &InForce,
         attempt: &mut Attempt,
-    ) -> Result<(), Error> {
+        may_redo: bool,
+    ) -> Result<Pass, Error> {
         let realm = company.realm_id.clone();
+        let in_force = &resolved.in_force();
         // 3. Currencies/preferences at most daily.
         let stale = company
             .currencies_checked_at
@@ -934,8 +982,9 @@ impl SyncEngine {
         if wanted.is_empty() {
             tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
             self.mark_synced(&realm)?;
-            return Ok(());
+            return Ok(Pass::Done);
         }
+        let home = company.home_currency;
 
         // 4. One metered read of D-6…D (or, when QuickBooks refuses the query, one GET per
         // currency for D), the drift it shows, then the plan.
@@ -1001,9 +1050,7 @@ impl SyncEngine {
         let steps = plan::plan(&realm, &wants, &read.holdings);
 
         // 5. Write what differs, several at once.
-        let mut written = self
-            .write_steps(session, company.home_currency, steps)
-            .await;
+        let mut written = self.write_steps(session, home, steps).await;
         // A fatal failure (the grant is gone) still records what was written before it:
         // those rates are in QuickBooks, so they are counted and stored as confirmed.
         let fatal = written.fatal.take();
@@ -1032,6 +1079,10 @@ impl SyncEngine {
                 // and "synced 0 rates" would hide it.
                 if !company.multicurrency {
                     return Err(Error::MulticurrencyOff);
+                }
+                if company.home_currency != home && may_redo {
+                    tracing::warn!(realm_id = %realm, "Company {realm}: QuickBooks' home currency is now {} (was {home}); computing the rates again for it", company.home_currency);
+                    return Ok(Pass::Redo);
                 }
             }
             let still: Vec<Currency> =
@@ -1080,7 +1131,7 @@ impl SyncEngine {
         }
         if failures.is_empty() {
             self.mark_synced(&realm)?;
-            Ok(())
+            Ok(Pass::Done)
         } else {
             Err(Error::WriteFailed {
                 failed: failures.len(),
@@ -1700,6 +1751,14 @@ fn stored_row(
         synced,
         synced_at: synced.then_some(now),
     }
+}
+
+/// How one pass of a company's sync ended.
+enum Pass {
+    /// Done (the attempt's counts are final).
+    Done,
+    /// QuickBooks' home currency changed: compute and write again for the new one.
+    Redo,
 }
 
 enum WriteResult {

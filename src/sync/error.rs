@@ -5,6 +5,7 @@
 use chrono::NaiveDate;
 
 use crate::archive;
+use crate::currency::Currency;
 
 /// A sync refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +36,28 @@ pub enum Error {
     /// The company's home currency has no BoA rate.
     #[error("{0}")]
     HomeCurrencyNotFixed(String),
+    /// A home currency that is not QuickBooks' (SPEC §5 "Home currency is QuickBooks'"):
+    /// every rate is computed for the one QuickBooks holds, so another is refused.
+    #[error(
+        "QuickBooks' home currency for this company is {quickbooks}; every rate is computed \
+         for it, so home_currency {given} is refused (nothing was changed)"
+    )]
+    HomeCurrencyMismatch {
+        /// What the admin asked for.
+        given: Currency,
+        /// What the company's QuickBooks Preferences say.
+        quickbooks: Currency,
+    },
+    /// A backfill's range query refused by QuickBooks (a Fault), naming the range.
+    #[error("QuickBooks refused the exchange-rate query for {from} to {to}: {message}")]
+    RangeQueryRefused {
+        /// First date of the refused window.
+        from: NaiveDate,
+        /// Last date of the refused window.
+        to: NaiveDate,
+        /// QuickBooks' words.
+        message: String,
+    },
     /// A sync-all for another date is running.
     #[error("a sync of all companies for {0} is running; try again when it finishes")]
     InProgress(NaiveDate),
@@ -82,6 +105,8 @@ impl Error {
             Error::Archive(e) => e.code(),
             Error::MulticurrencyOff => "multicurrency_disabled",
             Error::HomeCurrencyNotFixed(_) => "home_currency_not_fixed",
+            Error::HomeCurrencyMismatch { .. } => "home_currency_mismatch",
+            Error::RangeQueryRefused { .. } => "range_query_refused",
             Error::InProgress(_) | Error::CompanyBusy(_) => "sync_in_progress",
             Error::BadRange(_) => "bad_range",
             Error::Upstream { code, .. } => code,

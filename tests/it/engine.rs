@@ -248,3 +248,128 @@ async fn a_company_disconnected_during_its_sync_ends_as_disconnected() {
     assert_eq!(b.store.tokens("8010").expect("read"), None);
     assert_eq!(b.intuit.writes("8010"), 0);
 }
+
+/// The main table of the real capture, re-dated to every business day of the year before
+/// it (with small daily moves), stored as fetches would have: a year of history.
+fn store_a_year_of_fixings(store: &Store, first: NaiveDate) -> Vec<Currency> {
+    use boa_exchange::boa::model::TableKind;
+    use chrono::{Datelike, Weekday};
+    let page = String::from_utf8(fixture(FRIDAY)).unwrap();
+    let parsed = boa_exchange::boa::parse_page(&page).expect("capture parses");
+    let main = parsed
+        .tables
+        .iter()
+        .find(|t| t.kind == TableKind::Main)
+        .expect("main table")
+        .clone();
+    let now = friday_afternoon();
+    let source = FixingSource::Page {
+        url: "https://www.bankofalbania.org/".into(),
+        sha256: "year".into(),
+        fetched_at: now,
+    };
+    let mut day = first;
+    while day < friday() {
+        if !matches!(day.weekday(), Weekday::Sat | Weekday::Sun) {
+            let mut t = main.clone();
+            t.date = day;
+            let bump = Decimal::new(i64::from(day.ordinal() % 13), 2);
+            for r in &mut t.rates {
+                r.published += bump;
+            }
+            store.put_table(&t, &source, now).expect("put table");
+        }
+        day = day.succ_opt().unwrap();
+    }
+    main.rates
+        .iter()
+        .map(|r| r.iso_code())
+        .filter(|c| *c != Currency::ALL)
+        .take(15)
+        .collect()
+}
+
+/// A year of 15 currencies (5,490 rows): one range query per 31 days, every row compared,
+/// and only the rows QuickBooks holds differently (or not at all) written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_year_backfill_of_fifteen_currencies_writes_only_what_differs() {
+    let first = NaiveDate::from_ymd_opt(2025, 5, 21).unwrap();
+    let codes = {
+        let probe = Store::open_temporary().unwrap();
+        store_a_year_of_fixings(&probe, first)
+    };
+    assert_eq!(codes.len(), 15);
+    let names: Vec<String> = codes.iter().map(|c| c.to_string()).collect();
+    let active: Vec<&str> = names.iter().map(String::as_str).collect();
+    let b = bench("", "9009", "ALL", &active).await;
+    store_a_year_of_fixings(&b.store, first);
+    let from = NaiveDate::from_ymd_opt(2025, 5, 22).unwrap();
+
+    // A dry run: the whole plan (everything to write, QuickBooks holds nothing yet).
+    let plan = b
+        .engine
+        .backfill("9009", from, friday(), true)
+        .await
+        .expect("dry run");
+    assert_eq!(plan.dates, 366);
+    assert_eq!(plan.plan.len(), 366 * 15, "{:?}", plan.skipped);
+    assert_eq!(plan.reads, 12, "one read per 31 days");
+    assert_eq!(b.intuit.writes("9009"), 0);
+
+    // QuickBooks already holds ours for all but 20 rows: 10 differ, 10 are missing.
+    let mut expected_writes = 0;
+    for (i, s) in plan.plan.iter().enumerate() {
+        let w = s.want;
+        let code = w.currency.to_string();
+        match i % 274 {
+            0 => {
+                b.intuit
+                    .set_exchange_rate("9009", &code, w.date, w.rate + dec("0.5"));
+                expected_writes += 1;
+            }
+            137 => expected_writes += 1,
+            _ => b.intuit.set_exchange_rate("9009", &code, w.date, w.rate),
+        }
+    }
+    assert_eq!(expected_writes, 41);
+    let queries = b.intuit.exchange_rate_queries("9009").len();
+    let report = b
+        .engine
+        .backfill("9009", from, friday(), false)
+        .await
+        .expect("backfill");
+    assert_eq!(report.error, None, "{:?}", report.failed);
+    assert_eq!(report.reads, 12);
+    assert_eq!(b.intuit.exchange_rate_queries("9009").len(), queries + 12);
+    assert_eq!(report.rates_written, expected_writes);
+    assert_eq!(report.rates_unchanged, 366 * 15 - expected_writes);
+    assert_eq!(b.intuit.writes("9009") as usize, expected_writes);
+    for s in &plan.plan {
+        let held = b
+            .intuit
+            .exchange_rate("9009", &s.want.currency.to_string(), s.want.date)
+            .map(|r| r.rate);
+        assert_eq!(held, Some(s.want.rate), "{:?}", s.want);
+    }
+}
+
+/// A backfill whose range query QuickBooks refuses names the range, not "upstream".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_backfill_range_query_names_the_range() {
+    let b = bench("", "9010", "ALL", &["EUR", "USD"]).await;
+    b.intuit.set_exchange_rate_query_fault(true);
+    let from = NaiveDate::from_ymd_opt(2026, 5, 18).unwrap();
+    let err = b
+        .engine
+        .backfill("9010", from, friday(), false)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, Error::RangeQueryRefused { from: f, to, .. } if f == from && to == friday()),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("2026-05-18 to 2026-05-22"), "{text}");
+    assert_eq!(err.code(), "range_query_refused");
+    assert_eq!(b.intuit.writes("9010"), 0);
+}

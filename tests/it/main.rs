@@ -12,6 +12,7 @@ mod engine;
 mod fake_intuit_selftest;
 mod fixings_e2e;
 mod hardening;
+mod home_currency;
 mod layers;
 mod migrate;
 mod oauth;

@@ -38,7 +38,7 @@ fn rate(w: &World, realm: &str, cur: &str) -> Option<Decimal> {
 }
 
 /// Runs the CLI with `input` on stdin (`None`: stdin closed at once). (exit, stdout, stderr)
-fn cli_stdin(w: &World, args: &[&str], input: Option<&str>) -> (i32, String, String) {
+pub(crate) fn cli_stdin(w: &World, args: &[&str], input: Option<&str>) -> (i32, String, String) {
     tokio::task::block_in_place(|| {
         let mut cmd = w.daemon.command();
         cmd.arg("--socket")
