@@ -22,9 +22,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boa_exchange::boa::model::TableKind;
 use boa_exchange::boa::{parse_page, FixingSource};
 use boa_exchange::currency::Currency;
+use boa_exchange::fixing::TableKind;
 use boa_exchange::store::records::{Company, Connection, DriftPolicy, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use chrono::{Datelike, NaiveDate, Utc, Weekday};

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{current, Config, ConfigWatch};
-use crate::scheduler::clock::Clock;
-use crate::scheduler::time::{is_business_day, local_date, local_instant, rfc3339};
 use crate::store::records::{Company, Connection};
 use crate::store::BadRecord;
+use crate::time::calendar::{is_business_day, local_date, local_instant, rfc3339};
+use crate::time::clock::Clock;
 
 /// One alert as sinks receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +293,7 @@ pub fn business_hours(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::clock::ManualClock;
+    use crate::time::clock::ManualClock;
     use chrono_tz::Europe::Tirane;
 
     fn utc(s: &str) -> DateTime<Utc> {

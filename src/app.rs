@@ -20,11 +20,11 @@ use crate::metrics::Metrics;
 use crate::ops::Ctx;
 use crate::qbo::oauth::OAuthClient;
 use crate::qbo::tokens::TokenManager;
-use crate::scheduler::clock::Clock;
 use crate::scheduler::runner::{self, Scheduler};
 use crate::shutdown::Event;
 use crate::store::Store;
 use crate::sync::{engine, SyncEngine};
+use crate::time::clock::Clock;
 use crate::{control, http, notify};
 
 /// How long in-flight work may take to finish after SIGTERM (SPEC §8: 20 s).

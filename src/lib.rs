@@ -8,11 +8,16 @@
 //! - operations: [`ops`] — the one door; answers and the error → status/exit-code table.
 //! - services: [`sync`] (`SyncEngine`), [`archive`] (`Archive`, the BoA fixings as the
 //!   daemon uses them), [`scheduler`] (`Scheduler`), [`alerts`] (`Alerts` and its sinks).
-//! - adapters: [`store`] (sled, encrypted tokens), [`boa`] (fetch), [`qbo`] (accounting
-//!   client, Intuit OAuth, token manager), [`crypto`], [`notify`] (sd_notify), [`metrics`],
-//!   [`outbound`] (size-capped reads of BoA and Intuit answers).
-//! - leaves: [`config`], [`cidr`], [`currency`], `boa::{model,parse,import}`, `sync::{rates,plan}`,
-//!   `scheduler::{time,clock}`.
+//! - adapters: [`store`] (sled, encrypted tokens), [`boa`] (fetch, parse, workbook import),
+//!   [`qbo`] (accounting client, Intuit OAuth, token manager), [`crypto`], [`notify`]
+//!   (sd_notify), [`metrics`], [`outbound`] (size-capped reads of BoA and Intuit answers).
+//! - leaves (pure, import only other leaves): [`config`], [`cidr`], [`currency`], [`fixing`]
+//!   (the BoA fixing as data), [`rates`] (which fixing is in force, what a company is sent),
+//!   [`time`] (the injected clock and the Tirana calendar).
+//!
+//! One layer per top-level module (a folder's files share its layer); `tests/it/layers.rs`
+//! fails the build's tests on an upward import, a cycle between peers, or an HTTP notion
+//! below `ops`.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -32,6 +37,7 @@ pub mod control;
 pub mod crypto;
 pub mod currency;
 pub mod demo;
+pub mod fixing;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -39,12 +45,11 @@ pub mod notify;
 pub mod ops;
 pub mod outbound;
 pub mod qbo;
+pub mod rates;
 pub mod scheduler;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod time;
 
-/// Installs rustls' ring crypto provider once (reqwest is built without a default provider).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use outbound::install_crypto_provider;

@@ -86,7 +86,7 @@ async fn try_serve(config: Config, log: logging::LogHandle) -> anyhow::Result<()
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     let control = control::server::bind(&config.control_socket)
         .with_context(|| format!("binding control socket {}", config.control_socket.display()))?;
-    let clock = std::sync::Arc::new(boa_exchange::scheduler::clock::SystemClock);
+    let clock = std::sync::Arc::new(boa_exchange::time::clock::SystemClock);
     app::run(
         config,
         app::Listeners { http, control },

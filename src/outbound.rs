@@ -55,6 +55,11 @@ pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Ve
     Ok(out)
 }
 
+/// Installs rustls' ring crypto provider once (reqwest is built without a default provider).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -64,7 +69,7 @@ pub(crate) mod tests {
     /// `headers` and `body` sent in 8 KiB chunks (chunked encoding unless a Content-Length is
     /// given). Returns its base URL.
     pub(crate) async fn serve_once(status: u16, headers: &str, body: Vec<u8>) -> String {
-        crate::install_crypto_provider();
+        install_crypto_provider();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let headers = headers.to_string();

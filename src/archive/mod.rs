@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
-use crate::boa::model::{FixingSource, FixingTable, TableKind};
 use crate::boa::{self, BoaClient, BoaClientConfig, FetchError, WorkbookLink};
 use crate::config::{current, Config, ConfigWatch};
+use crate::fixing::{FixingSource, FixingTable, TableKind};
 use crate::metrics::Metrics;
-use crate::scheduler::clock::Clock;
-use crate::scheduler::time::{is_business_day, local_date, polling_deadline_passed};
+use crate::rates::{rates_in_force, InForce};
 use crate::store::records::{ScrapeRecord, StoredTable};
 use crate::store::{self, Store, TableOutcome};
-use crate::sync::rates::{rates_in_force, InForce};
+use crate::time::calendar::{is_business_day, local_date, polling_deadline_passed};
+use crate::time::clock::Clock;
 
 /// A scrape finished within this long is reused instead of fetching again (automatic
 /// fetches only; `fetch` from an admin always goes to BoA).
@@ -575,7 +575,7 @@ impl Archive {
         if let Some(c) = cached.as_ref().filter(|c| *c.config() == cc) {
             return Ok(c.clone());
         }
-        let c = BoaClient::new(cc)?;
+        let c = BoaClient::new(cc, self.clock.clone())?;
         *cached = Some(c.clone());
         Ok(c)
     }

@@ -5,12 +5,14 @@
 //! timeouts and network errors, never on 4xx. It hashes the exact bytes received (the store
 //! keeps the page's sha256). It does not parse anything: see [`crate::boa::parse`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::outbound::CapError;
+use crate::time::clock::Clock;
 
 /// The official rate page, in Albanian (the default of `boa.url`).
 pub const DEFAULT_URL: &str = "https://www.bankofalbania.org/Tregjet/Kursi_zyrtar_i_kembimit/";
@@ -162,11 +164,22 @@ impl Default for BoaClientConfig {
 }
 
 /// Fetches BoA pages and files with one reused HTTP client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BoaClient {
     /// Reused for every request (connection pool, TLS sessions).
     http: reqwest::Client,
     config: BoaClientConfig,
+    /// Stamps `fetched_at` (the daemon's injected clock: a test's manual time is the
+    /// fetch time too).
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for BoaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoaClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BoaClient {
@@ -175,7 +188,7 @@ impl BoaClient {
     /// # Errors
     /// [`FetchError::Client`] when the HTTP client cannot be built (e.g. a User-Agent that
     /// is not a valid header value).
-    pub fn new(config: BoaClientConfig) -> Result<Self, FetchError> {
+    pub fn new(config: BoaClientConfig, clock: Arc<dyn Clock>) -> Result<Self, FetchError> {
         // Harmless when a provider is already installed (then this returns Err).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -184,7 +197,11 @@ impl BoaClient {
             .default_headers(default_headers())
             .build()
             .map_err(|e| FetchError::Client(error_chain(&e)))?;
-        Ok(BoaClient { http, config })
+        Ok(BoaClient {
+            http,
+            config,
+            clock,
+        })
     }
 
     /// The configured page URL.
@@ -310,7 +327,7 @@ impl BoaClient {
             url: final_url,
             bytes: bytes.to_vec(),
             sha256,
-            fetched_at: Utc::now(),
+            fetched_at: self.clock.now(),
         })
     }
 }
@@ -351,6 +368,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::clock::SystemClock;
 
     #[test]
     fn backoff_doubles() {
@@ -387,21 +405,27 @@ mod tests {
         assert_eq!(c.url, DEFAULT_URL);
         assert_eq!(c.attempts, 3);
         assert!(c.user_agent.starts_with("Mozilla/5.0") && c.user_agent.contains("Firefox/"));
-        assert!(BoaClient::new(c).is_ok());
+        assert!(BoaClient::new(c, Arc::new(SystemClock)).is_ok());
         let bad = BoaClientConfig {
             user_agent: "bad\nagent".into(),
             ..BoaClientConfig::default()
         };
-        assert!(matches!(BoaClient::new(bad), Err(FetchError::Client(_))));
+        assert!(matches!(
+            BoaClient::new(bad, Arc::new(SystemClock)),
+            Err(FetchError::Client(_))
+        ));
     }
 
     fn quick(url: &str) -> BoaClient {
-        BoaClient::new(BoaClientConfig {
-            attempts: 3,
-            backoff_base: Duration::from_millis(1),
-            timeout: Duration::from_secs(5),
-            ..BoaClientConfig::new(url)
-        })
+        BoaClient::new(
+            BoaClientConfig {
+                attempts: 3,
+                backoff_base: Duration::from_millis(1),
+                timeout: Duration::from_secs(5),
+                ..BoaClientConfig::new(url)
+            },
+            Arc::new(SystemClock),
+        )
         .unwrap()
     }
 
@@ -484,12 +508,15 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let client = BoaClient::new(BoaClientConfig {
-            attempts: 2,
-            backoff_base: Duration::from_millis(1),
-            timeout: Duration::from_secs(5),
-            ..BoaClientConfig::new(format!("http://127.0.0.1:{port}/"))
-        })
+        let client = BoaClient::new(
+            BoaClientConfig {
+                attempts: 2,
+                backoff_base: Duration::from_millis(1),
+                timeout: Duration::from_secs(5),
+                ..BoaClientConfig::new(format!("http://127.0.0.1:{port}/"))
+            },
+            Arc::new(SystemClock),
+        )
         .unwrap();
         let err = client.fetch().await.unwrap_err();
         assert!(matches!(err, FetchError::Network(_)), "{err}");

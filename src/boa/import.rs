@@ -50,8 +50,8 @@ use chrono::{Datelike, NaiveDate};
 use rust_decimal::{Decimal, RoundingStrategy};
 use scraper::{ElementRef, Html};
 
-use crate::boa::model::{FixingTable, PublishedRate, TableKind};
 use crate::currency::Currency;
+use crate::fixing::{FixingTable, PublishedRate, TableKind};
 
 /// Why a workbook could not be imported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

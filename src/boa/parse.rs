@@ -38,8 +38,8 @@ use scraper::{ElementRef, Html};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::boa::model::{FixingTable, ParsedPage, PublishedRate, TableKind};
 use crate::currency::Currency;
+use crate::fixing::{FixingTable, ParsedPage, PublishedRate, TableKind};
 
 /// Codes BoA quotes per 100 units even when the page does not say so.
 const PER_100: [&str; 3] = ["JPY", "HUF", "RUB"];

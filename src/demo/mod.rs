@@ -24,8 +24,8 @@ use crate::app::{self, Listeners};
 use crate::cli::{EXIT_FAILED, EXIT_USAGE};
 use crate::config::Config;
 use crate::control::client::Client;
-use crate::scheduler::clock::Clock;
 use crate::shutdown::{Event, Signals};
+use crate::time::clock::Clock;
 use sandbox::{Sandbox, COMPANIES, CONNECTED_BY_DEMO, FIXING_DATE};
 
 /// The daemon's calendar in the demo: the capture's fixing day, 14:00 in Tirana (after the
@@ -55,7 +55,7 @@ impl Clock for DemoClock {
         &self,
         at: DateTime<Utc>,
         max: std::time::Duration,
-    ) -> crate::scheduler::clock::Sleep<'_> {
+    ) -> crate::time::clock::Sleep<'_> {
         let left = (at - self.now()).to_std().unwrap_or_default();
         Box::pin(tokio::time::sleep(left.min(max)))
     }
@@ -280,7 +280,7 @@ async fn drive(socket: &Path, base: &str, sandbox: &Sandbox) -> Result<Report, S
         dates.join(", ")
     );
 
-    crate::install_crypto_provider();
+    crate::outbound::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(15))

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::pages::esc;
-use crate::scheduler::clock::Clock;
+use crate::time::clock::Clock;
 
 /// The real BoA page of Friday 22 May 2026 (English), byte for byte.
 pub const BOA_PAGE: &str =

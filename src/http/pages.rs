@@ -5,7 +5,7 @@ use chrono::NaiveDate;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
-use crate::boa::model::TableKind;
+use crate::fixing::TableKind;
 use crate::ops::landing::{LandingData, LandingTable, SeriesPoint, SERIES_DAYS};
 use crate::store::records::Company;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::scheduler::time::rfc3339;
+use crate::time::calendar::rfc3339;
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, Ctx, OpResult};

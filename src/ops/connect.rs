@@ -6,7 +6,7 @@
 //! Connect, disconnect and token refresh of one company hold the realm's token lock, so a
 //! refresh in flight never writes tokens onto a disconnected company or over a new grant.
 
-use crate::scheduler::time::rfc3339;
+use crate::time::calendar::rfc3339;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};

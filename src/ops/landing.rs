@@ -7,9 +7,9 @@ use rust_decimal::Decimal;
 
 use super::ApiError;
 
-use crate::boa::model::TableKind;
 use crate::config::Enrollment;
 use crate::currency::Currency;
+use crate::fixing::TableKind;
 use crate::store::{self, Store};
 
 /// How many calendar days of the archive the chart covers (ending at the newest fixing).
@@ -150,7 +150,7 @@ pub fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boa::model::{FixingSource, FixingTable, PublishedRate};
+    use crate::fixing::{FixingSource, FixingTable, PublishedRate};
     use chrono::{TimeZone, Utc};
 
     fn d(s: &str) -> NaiveDate {

@@ -31,18 +31,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::alerts::Alerts;
 use crate::archive::Archive;
-use crate::boa::model::TableKind;
 use crate::config::{current, Config, ConfigWatch};
+use crate::fixing::TableKind;
 use crate::metrics::Metrics;
 use crate::qbo::tokens::TokenManager;
 use crate::qbo::QboClient;
-use crate::scheduler::clock::Clock;
 use crate::scheduler::runner::Scheduler;
-use crate::scheduler::time::{
-    last_business_day_publication, local_date, previous_business_day, rfc3339,
-};
 use crate::store::Store;
 use crate::sync::SyncEngine;
+use crate::time::calendar::{
+    last_business_day_publication, local_date, previous_business_day, rfc3339,
+};
+use crate::time::clock::Clock;
 use snapshot::CompanySnapshot;
 
 /// Result of an operation.

@@ -6,10 +6,10 @@ use serde_json::{json, Value};
 
 use super::{parse_date, ApiError, Ctx, OpResult};
 use crate::archive::{self, FetchReport, ImportReport, NoFixing};
-use crate::boa::model::{FixingSource, FixingTable};
-use crate::scheduler::time::rfc3339;
+use crate::fixing::{FixingSource, FixingTable};
 use crate::store::records::StoredTable;
 use crate::store::TableOutcome;
+use crate::time::calendar::rfc3339;
 
 fn table_json(ctx: &Ctx, t: &StoredTable) -> Value {
     let tz = ctx.config().schedule.timezone;

@@ -9,7 +9,6 @@ pub mod tokens;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use reqwest::StatusCode;
 use serde_json::Value;
 use url::Url;
 
@@ -25,7 +24,7 @@ use crate::currency::Currency;
 /// # Errors
 /// When the TLS backend cannot be initialised.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    crate::install_crypto_provider();
+    crate::outbound::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
@@ -105,14 +104,15 @@ impl QboClient {
         let body = crate::outbound::read_capped(resp, MAX_ANSWER_BYTES)
             .await
             .map_err(from_cap)?;
-        match status {
-            StatusCode::UNAUTHORIZED => return Err(Error::Unauthorized),
-            StatusCode::TOO_MANY_REQUESTS => {
+        // Intuit's status, in the adapter's own terms (401, 429, 5xx mean something here).
+        match status.as_u16() {
+            401 => return Err(Error::Unauthorized),
+            429 => {
                 return Err(Error::RateLimited {
                     retry_after: retry_after.unwrap_or(60),
                 })
             }
-            s if s.is_server_error() => return Err(Error::Server { status: s.as_u16() }),
+            s @ 500..=599 => return Err(Error::Server { status: s }),
             _ => {}
         }
         // Error bodies may be XML or empty; only JSON is read further.
@@ -368,7 +368,7 @@ mod cap_tests {
     use crate::outbound::tests::serve_once;
 
     fn client(api_base: &str) -> QboClient {
-        crate::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let c = crate::config::Config::from_toml(
             &format!("[quickbooks]\napi_base = \"{api_base}\"\n"),
             "t",

@@ -408,7 +408,7 @@ mod tests {
         headers: &str,
         body: &str,
     ) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        crate::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let answer = format!(
@@ -703,7 +703,7 @@ mod tests {
     }
 
     fn client(token_url: &str) -> OAuthClient {
-        crate::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let c = crate::config::Config::from_toml(
             &format!(
                 "[quickbooks]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\

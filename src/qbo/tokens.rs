@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use super::error::Error;
 use super::oauth::OAuthClient;
 use crate::metrics::{Metrics, RefreshOutcome};
-use crate::scheduler::clock::Clock;
 use crate::store::records::{Connection, LogRecord, TokenSet};
 use crate::store::Store;
+use crate::time::clock::Clock;
 
 /// Refresh when less than this much access-token life remains.
 pub const REFRESH_SKEW: chrono::Duration = chrono::Duration::minutes(5);
@@ -292,7 +292,7 @@ mod tests {
         let tm = TokenManager::new(
             Arc::new(Store::open_temporary().unwrap()),
             OAuthClient::new(http, &config.quickbooks),
-            Arc::new(crate::scheduler::clock::ManualClock::new(chrono::Utc::now())),
+            Arc::new(crate::time::clock::ManualClock::new(chrono::Utc::now())),
             Arc::new(Metrics::new()),
         );
         let held = tm.lock_for("held");

@@ -1,9 +1,5 @@
-//! When the daemon fetches and syncs.
-//!
-//! [`time`] holds the pure calendar and wall-clock arithmetic (next run, business days,
-//! catch-up dates); [`clock`] the injectable source of "now"; [`runner`] the loop that
-//! drives them (daily run, polling, catch-up, keep-alive, watchdog).
+//! When the daemon fetches and syncs: [`runner`], the loop that drives the daily run,
+//! polling, catch-up, keep-alive and the watchdog. Its calendar arithmetic is the leaf
+//! [`crate::time::calendar`]; "now" comes from the injected [`crate::time::clock::Clock`].
 
-pub mod clock;
 pub mod runner;
-pub mod time;

@@ -14,8 +14,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::clock::Clock;
-use super::time::{is_business_day, local_date, local_instant, next_run, polling_deadline_passed};
 use crate::alerts::Alerts;
 use crate::archive::Archive;
 use crate::config::{current, Config, ConfigWatch};
@@ -23,6 +21,10 @@ use crate::notify;
 use crate::qbo::tokens::TokenManager;
 use crate::store::Store;
 use crate::sync::{Error, Scope, SyncEngine};
+use crate::time::calendar::{
+    is_business_day, local_date, local_instant, next_run, polling_deadline_passed,
+};
+use crate::time::clock::Clock;
 
 /// How far back catch-up looks for dates a company has not received.
 pub const CATCH_UP_DAYS: i64 = 31;

@@ -4,8 +4,8 @@
 
 use chrono::NaiveDate;
 
-use crate::boa::model::TableKind;
 use crate::currency::Currency;
+use crate::fixing::TableKind;
 
 /// Company records, keyed by realm id.
 pub const COMPANIES: &str = "companies";

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::boa::model::{FixingSource, FixingTable, TableKind};
 use crate::crypto::{self, Vault};
+use crate::fixing::{FixingSource, FixingTable, TableKind};
 pub use codec::CodecError;
 use records::*;
 

@@ -7,8 +7,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::boa::model::{FixingSource, FixingTable, TableKind};
 use crate::currency::Currency;
+use crate::fixing::{FixingSource, FixingTable, TableKind};
 
 /// Whether a company's QuickBooks grant is usable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

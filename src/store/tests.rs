@@ -2,8 +2,8 @@
 //! scans, identity and schema checks.
 
 use super::*;
-use crate::boa::model::PublishedRate;
 use crate::currency::Currency;
+use crate::fixing::PublishedRate;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 

@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use super::error::Error;
 use super::plan::Step;
 use crate::currency::Currency;
-use crate::scheduler::time::is_business_day;
+use crate::time::calendar::is_business_day;
 
 /// Longest range, in calendar dates.
 pub const MAX_DAYS: i64 = 366;

@@ -24,19 +24,19 @@ use super::error::{upstream, Error};
 use super::plan::{self, Action, Drift, Held, Holdings, Step, Want};
 use crate::alerts::Alerts;
 use crate::archive::{self, Archive, NoFixing};
-use crate::boa::model::TableKind;
 use crate::config::{current, Config, ConfigWatch};
 use crate::currency::Currency;
+use crate::fixing::TableKind;
 use crate::metrics::{CallKind, Metrics};
 use crate::qbo::model::rate_body;
 use crate::qbo::tokens::{TokenError, TokenManager};
 use crate::qbo::{self, QboClient, Traced, PAGE_SIZE};
-use crate::scheduler::clock::Clock;
+use crate::rates::{company_rates, InForce};
 use crate::store::records::{
     Company, CompanyRate as StoredRate, Connection, DriftDetail, DriftPolicy, LogKind, LogRecord,
 };
 use crate::store::Store;
-use crate::sync::rates::{company_rates, InForce};
+use crate::time::clock::Clock;
 
 /// Company currencies and preferences are re-read after this long.
 pub const CURRENCY_CACHE: chrono::Duration = chrono::Duration::hours(24);

@@ -1,7 +1,6 @@
-//! Syncing BoA rates into QuickBooks companies.
+//! Syncing BoA rates into QuickBooks companies. The rate arithmetic itself (which fixing is in
+//! force on a date, what each company must be sent) is the pure leaf [`crate::rates`].
 //!
-//! - [`rates`]: pure arithmetic — which fixing is in force on a date and what each company
-//!   must be sent (exact decimals, one rounding).
 //! - [`plan`]: pure — what QuickBooks holds × what we want → keep or write, with requestids.
 //! - [`engine`]: [`SyncEngine`], the sync of one company (token, one metered read, writes
 //!   that differ, retries, records) and of all companies (bounded adaptive concurrency,
@@ -14,7 +13,6 @@ pub mod backfill;
 pub mod engine;
 pub mod error;
 pub mod plan;
-pub mod rates;
 
 pub use engine::{Outcome, RunEntry, RunReport, Scope, SyncEngine};
 pub use error::Error;

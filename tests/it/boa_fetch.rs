@@ -9,17 +9,28 @@ use boa_exchange::boa::{
     parse_archive_index, parse_page, read_workbook, BoaClient, BoaClientConfig, FetchError,
     ParseError, TableKind,
 };
+use boa_exchange::time::clock::ManualClock;
 
 /// sha256 of the Friday capture, from fixtures/boa/SOURCES.md.
 const FRIDAY_SHA256: &str = "2e6850edc062a00cfe1dd9b7b55145aa1cb6873fa2d815b841329101a4250e87";
 
+/// The injected clock's reading: every fetch is stamped with it, not the wall clock.
+fn clock_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-05-22T12:00:00Z")
+        .unwrap()
+        .to_utc()
+}
+
 fn client(url: &str) -> BoaClient {
-    BoaClient::new(BoaClientConfig {
-        timeout: Duration::from_secs(5),
-        attempts: 3,
-        backoff_base: Duration::from_millis(5),
-        ..BoaClientConfig::new(url)
-    })
+    BoaClient::new(
+        BoaClientConfig {
+            timeout: Duration::from_secs(5),
+            attempts: 3,
+            backoff_base: Duration::from_millis(5),
+            ..BoaClientConfig::new(url)
+        },
+        std::sync::Arc::new(ManualClock::new(clock_time())),
+    )
     .unwrap()
 }
 
@@ -28,6 +39,11 @@ async fn ok_page_is_fetched_hashed_and_parsed() {
     let fake = FakeBoa::start().await;
     let page = client(&fake.url()).fetch().await.unwrap();
     assert_eq!(page.url, fake.url());
+    assert_eq!(
+        page.fetched_at,
+        clock_time(),
+        "stamped by the injected clock"
+    );
     assert_eq!(page.sha256, FRIDAY_SHA256);
     assert_eq!(page.body.as_bytes(), fake_boa::fixture(fake_boa::FRIDAY));
     let parsed = parse_page(&page.body).unwrap();
@@ -107,12 +123,15 @@ async fn client_errors_are_not_retried() {
 async fn slow_answer_past_the_timeout_is_a_timeout() {
     let fake = FakeBoa::start().await;
     fake.set_mode(Mode::Slow(Duration::from_secs(30)));
-    let client = BoaClient::new(BoaClientConfig {
-        timeout: Duration::from_millis(200),
-        attempts: 2,
-        backoff_base: Duration::from_millis(5),
-        ..BoaClientConfig::new(fake.url())
-    })
+    let client = BoaClient::new(
+        BoaClientConfig {
+            timeout: Duration::from_millis(200),
+            attempts: 2,
+            backoff_base: Duration::from_millis(5),
+            ..BoaClientConfig::new(fake.url())
+        },
+        std::sync::Arc::new(boa_exchange::time::clock::SystemClock),
+    )
     .unwrap();
     let started = Instant::now();
     let err = client.fetch().await.unwrap_err();

@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use boa_exchange::alerts::{Alerts, LogOnly};
 use boa_exchange::archive::Archive;
-use boa_exchange::boa::model::FixingSource;
 use boa_exchange::config::{Config, ProcessEnv};
 use boa_exchange::currency::Currency;
+use boa_exchange::fixing::FixingSource;
 use boa_exchange::metrics::Metrics;
 use boa_exchange::qbo::oauth::OAuthClient;
 use boa_exchange::qbo::tokens::TokenManager;
-use boa_exchange::scheduler::clock::{Clock, ManualClock};
 use boa_exchange::store::records::{Company, Connection, LogKind, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
 use boa_exchange::sync::engine::Parts;
 use boa_exchange::sync::{Error, SyncEngine};
+use boa_exchange::time::clock::{Clock, ManualClock};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
@@ -252,7 +252,7 @@ async fn a_company_disconnected_during_its_sync_ends_as_disconnected() {
 /// The main table of the real capture, re-dated to every business day of the year before
 /// it (with small daily moves), stored as fetches would have: a year of history.
 fn store_a_year_of_fixings(store: &Store, first: NaiveDate) -> Vec<Currency> {
-    use boa_exchange::boa::model::TableKind;
+    use boa_exchange::fixing::TableKind;
     use chrono::{Datelike, Weekday};
     let page = String::from_utf8(fixture(FRIDAY)).unwrap();
     let parsed = boa_exchange::boa::parse_page(&page).expect("capture parses");

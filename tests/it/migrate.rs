@@ -574,7 +574,7 @@ async fn with_the_schedule_on_taken_over_companies_are_synced_at_once() {
     use crate::support::fake_boa::{self, FakeBoa};
     use crate::support::fake_intuit::{FakeIntuit, FakeIntuitConfig};
     use crate::support::inproc::InProcDaemon;
-    use boa_exchange::scheduler::clock::ManualClock;
+    use boa_exchange::time::clock::ManualClock;
     use chrono::TimeZone;
 
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -12,9 +12,9 @@ use boa_exchange::config::{Config, ProcessEnv};
 use boa_exchange::currency::Currency;
 use boa_exchange::qbo::oauth::OAuthClient;
 use boa_exchange::qbo::tokens::TokenManager;
-use boa_exchange::scheduler::clock::{Clock, ManualClock};
 use boa_exchange::store::records::{Company, Connection, DriftPolicy, TokenExpiry, TokenSet};
 use boa_exchange::store::Store;
+use boa_exchange::time::clock::{Clock, ManualClock};
 use chrono::{DateTime, Utc};
 use reqwest::header::{
     HeaderName, ACCEPT, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE,
@@ -1018,7 +1018,7 @@ async fn token_manager_gives_ten_concurrent_callers_one_refresh() {
     let tm = Arc::new(TokenManager::new(
         store.clone(),
         OAuthClient::new(http, &config.quickbooks),
-        Arc::new(boa_exchange::scheduler::clock::SystemClock),
+        Arc::new(boa_exchange::time::clock::SystemClock),
         Arc::new(boa_exchange::metrics::Metrics::new()),
     ));
 

@@ -20,7 +20,7 @@ use crate::support::fake_boa::{self, FakeBoa, Mode, FRIDAY};
 use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use crate::support::inproc::InProcDaemon;
 use crate::support::world::{ADMIN_KEY, REDIRECT};
-use boa_exchange::scheduler::clock::{Clock, ManualClock};
+use boa_exchange::time::clock::{Clock, ManualClock};
 
 const THU: &str = "2026-05-21";
 const FRI: &str = "2026-05-22";

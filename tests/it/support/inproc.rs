@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use boa_exchange::app::{self, Listeners};
 use boa_exchange::config::{Config, ProcessEnv};
-use boa_exchange::scheduler::clock::ManualClock;
 use boa_exchange::shutdown::Event;
+use boa_exchange::time::clock::ManualClock;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

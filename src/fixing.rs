@@ -1,4 +1,4 @@
-//! The BoA fixing as data: tables, rows, units, exact decimals.
+//! The BoA fixing as data (a pure leaf): tables, rows, units, exact decimals.
 //!
 //! Pure types shared by the parser, the archive (store), the rate answers and the sync
 //! engine. Nothing here does I/O.

@@ -12,8 +12,8 @@ use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use crate::boa::model::{FixingTable, TableKind};
 use crate::currency::Currency;
+use crate::fixing::{FixingTable, TableKind};
 
 /// Decimal places of a rate written to QuickBooks (SPEC §5: "at most 6 decimals").
 pub const RATE_DECIMALS: u32 = 6;
@@ -313,7 +313,7 @@ fn approximate_cross_rate(x: Quote, h: Quote) -> Option<Decimal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boa::model::PublishedRate;
+    use crate::fixing::PublishedRate;
     use chrono::NaiveTime;
     use std::str::FromStr;
 
