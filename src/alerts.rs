@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{current, Config, ConfigWatch};
+use crate::locks::lock;
 use crate::store::records::{Company, Connection};
 use crate::store::BadRecord;
 use crate::time::calendar::{is_business_day, local_date, local_instant, rfc3339};
@@ -64,7 +65,7 @@ impl Alerts {
     }
 
     fn raised(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.raised.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.raised)
     }
 
     /// Raises an alert once per `key`; `realm` adds the company to the log line and the

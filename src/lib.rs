@@ -39,6 +39,7 @@ pub mod currency;
 pub mod demo;
 pub mod fixing;
 pub mod http;
+pub mod locks;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

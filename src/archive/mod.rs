@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use crate::boa::{self, BoaClient, BoaClientConfig, FetchError, WorkbookLink};
 use crate::config::{current, Config, ConfigWatch};
 use crate::fixing::{FixingSource, FixingTable, TableKind};
+use crate::locks::lock;
 use crate::metrics::Metrics;
 use crate::rates::{rates_in_force, InForce};
 use crate::store::records::{ScrapeRecord, StoredTable};
@@ -571,7 +572,7 @@ impl Archive {
         let config = self.config();
         let mut cc = BoaClientConfig::new(config.boa.url.as_str());
         cc.timeout = Duration::from_secs(config.boa.timeout_secs);
-        let mut cached = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = lock(&self.client);
         if let Some(c) = cached.as_ref().filter(|c| *c.config() == cc) {
             return Ok(c.clone());
         }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::NaiveDate;
@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::pages::esc;
+use crate::locks::lock;
 use crate::time::clock::Clock;
 
 /// The real BoA page of Friday 22 May 2026 (English), byte for byte.
@@ -147,10 +148,6 @@ impl Drop for Sandbox {
 }
 
 type Shared = (Arc<Mutex<Inner>>, Arc<dyn Clock>);
-
-fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Sandbox {
     /// Starts serving on 127.0.0.1 (a free port). `clock` dates the answers' `time`.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use hyper::HeaderMap;
 
 use crate::cidr::{self, Cidr};
+use crate::locks::lock;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -143,10 +144,7 @@ impl RateLimiter {
         self.shards
             .iter()
             .map(|s| {
-                let s = match s.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
+                let s = lock(s);
                 s.current.len() + s.previous.len()
             })
             .sum()
@@ -163,10 +161,7 @@ impl RateLimiter {
         let Some(shard) = self.shards.get(idx) else {
             return Ok(());
         };
-        let mut s = match shard.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = lock(shard);
         let age = now.saturating_duration_since(s.started);
         if age >= WINDOW * 2 {
             // Both generations are older than any live window.

@@ -10,11 +10,12 @@
 //! Concurrent requests that find it out of date share one recomputation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::locks::lock;
 use crate::store::tally::CompanyTally;
 use crate::store::Store;
 
@@ -70,10 +71,6 @@ pub struct SnapshotHolder {
     computing: Mutex<()>,
     /// How many scans were made (tests, and a debugging aid).
     computations: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SnapshotHolder {

@@ -131,10 +131,7 @@ impl Transport {
             .map_err(from_reqwest)?;
         let status = resp.status();
         {
-            let mut seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = crate::locks::lock(&self.seen);
             seen.status = Some(status.as_u16());
             seen.tid = intuit_tid(resp.headers());
         }

@@ -3,7 +3,6 @@
 //! stored (and flushed) before the new access token is used. `invalid_grant` flags the
 //! company "reconnect needed" — never a retry loop.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::error::Error;
 use super::oauth::OAuthClient;
+use crate::locks::{lock, KeyLock, KeyedLocks};
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::store::records::{Connection, LogRecord, TokenSet};
 use crate::store::Store;
@@ -42,14 +42,12 @@ pub enum TokenError {
     Store(#[from] crate::store::Error),
 }
 
-/// Size of the per-realm lock map from which unused locks are dropped (see `lock_for`).
-const PRUNE_LOCKS_FROM: usize = 1024;
-
 /// Hands out access tokens per realm.
 pub struct TokenManager {
     store: Arc<Store>,
     oauth: Mutex<OAuthClient>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per realm (see [`TokenManager::lock_for`]).
+    locks: KeyedLocks,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     /// Backoff between transient refresh failures.
@@ -67,7 +65,7 @@ impl TokenManager {
         TokenManager {
             store,
             oauth: Mutex::new(oauth),
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::new(),
             clock,
             metrics,
             retry_base: Duration::from_millis(500),
@@ -76,35 +74,18 @@ impl TokenManager {
 
     /// Swaps the OAuth client (config reload).
     pub fn set_oauth(&self, oauth: OAuthClient) {
-        if let Ok(mut g) = self.oauth.lock() {
-            *g = oauth;
-        }
+        *lock(&self.oauth) = oauth;
     }
 
     /// The OAuth client in use.
     pub fn oauth(&self) -> OAuthClient {
-        match self.oauth.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.oauth).clone()
     }
 
     /// The realm's lock: held across a refresh, and by connect and disconnect, so a refresh
     /// in flight never writes tokens onto a disconnected company or over a new grant.
-    pub fn lock_for(&self, realm: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut g = match self.locks.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        // Drop the locks nobody holds or waits for (only the map has them), so the map does
-        // not keep an entry per company ever synced (100,000 after a daily run). Safe: a lock
-        // only the map references guards nothing, and the next caller gets a fresh one.
-        // Amortised: only when the map has doubled past the last size kept.
-        if g.len() >= PRUNE_LOCKS_FROM && g.len().is_power_of_two() {
-            g.retain(|_, m| Arc::strong_count(m) > 1);
-            g.shrink_to_fit();
-        }
-        g.entry(realm.to_string()).or_default().clone()
+    pub fn lock_for(&self, realm: &str) -> KeyLock<'_> {
+        self.locks.get(realm)
     }
 
     /// A valid access token, refreshed first when under [`REFRESH_SKEW`] of life remains.
@@ -286,7 +267,7 @@ mod tests {
 
     #[test]
     fn unused_realm_locks_are_dropped_and_held_ones_kept() {
-        let env: HashMap<String, String> = HashMap::new();
+        let env: std::collections::HashMap<String, String> = Default::default();
         let config = crate::config::Config::load_with_env(None, &env).unwrap();
         let http = crate::qbo::http_client(std::time::Duration::from_secs(1)).unwrap();
         let tm = TokenManager::new(
@@ -296,12 +277,11 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         let held = tm.lock_for("held");
-        for i in 0..10 * PRUNE_LOCKS_FROM {
+        for i in 0..10_000 {
             drop(tm.lock_for(&format!("r{i}")));
         }
-        let n = tm.locks.lock().unwrap().len();
-        assert!(n <= 2 * PRUNE_LOCKS_FROM, "{n} locks kept");
+        assert_eq!(tm.locks.len(), 1, "only the held realm's lock is kept");
         // The held lock is still the one handed out for its realm.
-        assert!(Arc::ptr_eq(&held, &tm.lock_for("held")));
+        assert!(held.same_as(&tm.lock_for("held")));
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::Alerts;
 use crate::archive::Archive;
 use crate::config::{current, Config, ConfigWatch};
+use crate::locks::lock;
 use crate::notify;
 use crate::qbo::tokens::TokenManager;
 use crate::store::Store;
@@ -129,21 +130,21 @@ impl Scheduler {
 
     /// The next scheduled run, as the loop computed it (`None` when disabled).
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
-        *self.next_run.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.next_run)
     }
 
     fn set_next_run(&self, at: Option<DateTime<Utc>>) {
-        *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        *lock(&self.next_run) = at;
     }
 
     /// The latest clock reading the loop has fully acted on: when it equals the clock's
     /// `now`, everything due by then has happened (tests wait for it instead of sleeping).
     pub fn clock_seen(&self) -> Option<DateTime<Utc>> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.seen)
     }
 
     fn mark_seen(&self, at: DateTime<Utc>) {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        *lock(&self.seen) = Some(at);
     }
 
     /// The last daily run that completed, as stored.

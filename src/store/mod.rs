@@ -24,6 +24,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::crypto::{self, Vault};
 use crate::fixing::{FixingSource, FixingTable, TableKind};
+use crate::locks::lock;
 pub use codec::CodecError;
 use records::*;
 
@@ -777,11 +778,11 @@ impl Store {
 
     /// The undecodable records known (a poisoned lock still holds a usable map).
     fn bad(&self) -> std::sync::MutexGuard<'_, BadMap> {
-        self.bad.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.bad)
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, tally::Tally> {
-        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tally)
     }
 
     /// Writes a company record (not flushed).

@@ -27,6 +27,7 @@ use crate::archive::{self, Archive, NoFixing};
 use crate::config::{current, Config, ConfigWatch};
 use crate::currency::Currency;
 use crate::fixing::TableKind;
+use crate::locks::{lock, KeyLock, KeyedLocks};
 use crate::metrics::{CallKind, Metrics};
 use crate::qbo::model::rate_body;
 use crate::qbo::tokens::{TokenError, TokenManager};
@@ -389,16 +390,13 @@ pub struct SyncEngine {
     config: ConfigWatch,
     tasks: TaskTracker,
     shutdown: CancellationToken,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One sync of a company at a time.
+    locks: KeyedLocks,
     running: Mutex<Running>,
     progress: Progress,
     last_run: Mutex<Option<LastRun>>,
     level: AtomicUsize,
     backoff_base: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SyncEngine {
@@ -420,7 +418,7 @@ impl SyncEngine {
             config: p.config,
             tasks: p.tasks,
             shutdown: p.shutdown,
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::new(),
             running: Mutex::new(None),
             progress: Progress::default(),
             last_run: Mutex::new(None),
@@ -475,16 +473,8 @@ impl SyncEngine {
         self.level.load(Relaxed)
     }
 
-    fn company_lock(&self, realm: &str) -> CompanyLock<'_> {
-        let mutex = lock(&self.locks)
-            .entry(realm.to_string())
-            .or_default()
-            .clone();
-        CompanyLock {
-            engine: self,
-            realm: realm.to_string(),
-            mutex,
-        }
+    fn company_lock(&self, realm: &str) -> KeyLock<'_> {
+        self.locks.get(realm)
     }
 
     /// Syncs one company now (the admin's "sync REALM"): refuses a disabled company; a
@@ -1930,38 +1920,6 @@ fn status_label<T>(r: &Result<T, qbo::Error>) -> String {
 
 /// A company's sync lock, taken from the engine's map; the map entry goes when its last
 /// user is done, so the map does not keep one entry for every company ever synced.
-struct CompanyLock<'a> {
-    engine: &'a SyncEngine,
-    realm: String,
-    mutex: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl CompanyLock<'_> {
-    async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.mutex.lock().await
-    }
-
-    /// The lock if no sync of the company holds it now.
-    fn try_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        self.mutex.try_lock().ok()
-    }
-}
-
-impl Drop for CompanyLock<'_> {
-    fn drop(&mut self) {
-        // The guard borrowed from `self` is gone by now. Clones are only made under the map
-        // lock: a count of 2 (the map's and ours) means no one else holds or waits for it,
-        // and the next user creates a fresh one.
-        let mut map = lock(&self.engine.locks);
-        if map
-            .get(&self.realm)
-            .is_some_and(|m| Arc::ptr_eq(m, &self.mutex) && Arc::strong_count(m) == 2)
-        {
-            map.remove(&self.realm);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,9 +81,7 @@ impl ManualClock {
 
     /// A poisoned lock still holds a valid instant (a plain `Copy` value), so use it.
     fn lock(&self) -> MutexGuard<'_, DateTime<Utc>> {
-        self.now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.now)
     }
 }
 
