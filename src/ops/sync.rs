@@ -234,7 +234,7 @@ pub fn after_connected(ctx: &Ctx, realm: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::engine::RunEntries;
+    use crate::sync::RunEntries;
 
     #[test]
     fn the_sync_all_answer_in_pieces_is_one_json_object_in_store_order() {

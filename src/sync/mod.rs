@@ -10,9 +10,14 @@
 //! - [`error`]: [`Error`], why a sync could not be done.
 
 pub mod backfill;
+mod backfill_run;
 pub mod engine;
 pub mod error;
+pub mod fleet;
+mod pipeline;
 pub mod plan;
+mod session;
 
-pub use engine::{Outcome, RunEntry, RunReport, Scope, SyncEngine};
+pub use engine::{Outcome, SyncEngine};
 pub use error::Error;
+pub use fleet::{LastRun, Progress, RunEntries, RunEntry, RunReport, Scope};
