@@ -54,7 +54,7 @@ pub async fn sync_one(ctx: &Arc<Ctx>, realm: &str, date: Option<&str>) -> OpResu
     let engine = ctx.engine.clone();
     let realm = realm.to_string();
     let outcome = ctx
-        .tracked("sync", async move { engine.sync_one(&realm, date).await })
+        .tracked("sync", async move { engine.sync_now(&realm, date).await })
         .await??;
     Ok(outcome_json(&outcome))
 }

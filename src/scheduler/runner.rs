@@ -501,7 +501,7 @@ impl Scheduler {
         }
         let mut n = 0;
         for d in dates {
-            let out = self.engine.sync_company(realm, d).await?;
+            let out = self.engine.sync_company(realm, d).await;
             if out.error.is_none() {
                 n += 1;
             } else {

@@ -184,12 +184,12 @@ impl SyncEngine {
         self.locks.get(realm)
     }
 
-    /// Syncs one company now (the admin's "sync REALM"): refuses a disabled company; a
-    /// failed sync is an error (recorded like any attempt).
+    /// Syncs one company now, on demand (the admin's "sync REALM"): refuses a disabled
+    /// company; a failed sync (recorded like any attempt) is the `Err`.
     ///
     /// # Errors
     /// Unknown company, sync disabled, and every failure of the sync itself.
-    pub async fn sync_one(&self, realm: &str, date: NaiveDate) -> Result<Outcome, Error> {
+    pub async fn sync_now(&self, realm: &str, date: NaiveDate) -> Result<Outcome, Error> {
         let company = self
             .store
             .company(realm)?
@@ -197,31 +197,36 @@ impl SyncEngine {
         if !company.sync_enabled {
             return Err(Error::SyncDisabled(realm.to_string()));
         }
-        let outcome = self.sync_company(realm, date).await?;
-        match &outcome.error {
+        let outcome = self.sync_company(realm, date).await;
+        match outcome.error {
             None => Ok(outcome),
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(e),
         }
     }
 
-    /// Syncs one company for one date and records the attempt. Never panics; every
-    /// failure is an [`Outcome`] with an error (and recorded), except an unknown company.
-    ///
-    /// # Errors
-    /// Unknown company; store failures.
-    pub async fn sync_company(&self, realm: &str, date: NaiveDate) -> Result<Outcome, Error> {
+    /// Syncs one company for one date and records the attempt (the fleet run and the
+    /// catch-up call this). Never panics; every failure — an unknown company, the sync's
+    /// own, or the store's while recording — is the [`Outcome`]'s `error`, the one place a
+    /// company's failure is reported.
+    pub async fn sync_company(&self, realm: &str, date: NaiveDate) -> Outcome {
         let lock = self.company_lock(realm);
         let _g = lock.lock().await;
-        let company = self
-            .store
-            .company(realm)?
-            .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
-        let name = company.company_name.clone();
-        tracing::info!(realm_id = realm, fixing_date = %date, "Company {realm}: Syncing rates for {date}");
         let mut attempt = Attempt::default();
-        let error = self.run_sync(company, date, &mut attempt).await.err();
-        self.record(realm, date, &attempt, error.as_ref()).await?;
-        Ok(Outcome {
+        let (name, error) = match self.store.company(realm) {
+            Ok(Some(company)) => {
+                let name = company.company_name.clone();
+                tracing::info!(realm_id = realm, fixing_date = %date, "Company {realm}: Syncing rates for {date}");
+                let error = self.sync_pipeline(company, date, &mut attempt).await.err();
+                let recorded = self.record(realm, date, &attempt, error.as_ref()).await;
+                (name, error.or(recorded.err()))
+            }
+            Ok(None) => (
+                String::new(),
+                Some(Error::UnknownCompany(realm.to_string())),
+            ),
+            Err(e) => (String::new(), Some(e.into())),
+        };
+        Outcome {
             realm: realm.to_string(),
             company_name: name,
             date,
@@ -230,7 +235,7 @@ impl SyncEngine {
             rates_unchanged: attempt.unchanged,
             error,
             pressure: attempt.pressure,
-        })
+        }
     }
 
     /// QuickBooks' home currency for `realm`, read now from its Preferences (with the

@@ -422,7 +422,7 @@ impl SyncEngine {
                     if engine.shutdown.is_cancelled() {
                         return Err(Error::ShuttingDown);
                     }
-                    engine.sync_company(&r, date).await
+                    Ok(engine.sync_company(&r, date).await)
                 });
                 running.insert(handle.id(), idx);
             }

@@ -12,12 +12,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::engine::{SyncEngine, CURRENCY_CACHE};
 use super::error::Error;
 use super::plan::{self, Drift, Want};
-use super::session::Session;
+use super::session::{Session, Written};
 use crate::archive::{self, NoFixing};
 use crate::currency::Currency;
 use crate::fixing::TableKind;
 use crate::locks::lock;
-use crate::rates::company_rates;
+use crate::rates::{company_rates, InForce};
 use crate::store::records::{
     Company, CompanyRate as StoredRate, Connection, DriftDetail, DriftPolicy, LogKind, LogRecord,
 };
@@ -52,6 +52,103 @@ pub(super) struct Attempt {
     pub(super) pressure: u32,
 }
 
+impl Attempt {
+    /// The write loop's counts for D, and the corrections of earlier dates.
+    fn count(&mut self, date: NaiveDate, w: &Written) {
+        self.written = w.written.iter().filter(|k| k.0 == date).count();
+        self.unchanged = w.unchanged.iter().filter(|k| k.0 == date).count();
+        self.corrected = w.written.iter().filter(|k| k.0 != date).count();
+    }
+}
+
+/// How one pass of a company's sync ended.
+pub(super) enum PassEnd {
+    /// Done (the attempt's counts are final).
+    Done,
+    /// QuickBooks' home currency changed: compute and write again for the new one.
+    Redo,
+}
+
+/// What step 6 needs to know of the pass.
+struct Rejected<'a> {
+    in_force: &'a InForce,
+    /// The home currency the pass computed for.
+    home: Currency,
+    /// Step 3 read the company just now (no second read).
+    stale: bool,
+    /// A redo is still allowed.
+    may_redo: bool,
+}
+
+/// What the routine read found (step 4), and what follows from it for the plan and the rows.
+struct Window {
+    date: NaiveDate,
+    holdings: plan::Holdings,
+    /// Our confirmed rows of D-6…D (drift checked only).
+    confirmed: HashMap<(NaiveDate, Currency), StoredRate>,
+    /// (date, currency) that QuickBooks changed after we confirmed them.
+    drifted: HashSet<(NaiveDate, Currency)>,
+    /// Drifted earlier dates written back (`correct`).
+    corrections: Vec<Want>,
+    report_only: bool,
+}
+
+impl Window {
+    /// `report` never overwrites a rate QuickBooks changed after we confirmed it, not even
+    /// on D; `correct` writes the older dates back with the routine ones.
+    fn held_back(&self, k: &(NaiveDate, Currency)) -> bool {
+        self.report_only && self.drifted.contains(k)
+    }
+
+    /// What to plan: D's rates not held back, and the corrections.
+    fn wants(&self, wanted: &[Want]) -> Vec<Want> {
+        wanted
+            .iter()
+            .filter(|w| !self.held_back(&(w.date, w.currency)))
+            .chain(self.corrections.iter())
+            .copied()
+            .collect()
+    }
+
+    /// The rows to store (step 7): D's rates (not skipped, not held back — a held-back row
+    /// keeps what we stored, still ours, confirmed once) and the corrected rows, each
+    /// confirmed when QuickBooks now holds it.
+    fn rows(
+        &self,
+        wanted: &[Want],
+        skipped: &[Currency],
+        in_force: &InForce,
+        resolved: &archive::Resolved,
+        written: &Written,
+        now: DateTime<Utc>,
+    ) -> Vec<StoredRate> {
+        let done = written.confirmed();
+        let mut rows: Vec<StoredRate> = wanted
+            .iter()
+            .filter(|w| !skipped.contains(&w.currency) && !self.held_back(&(self.date, w.currency)))
+            .map(|w| {
+                let fixing = match in_force.rate(w.currency) {
+                    Some(r) => (r.table, r.fixing_date),
+                    None => (TableKind::Main, resolved.main.table.date),
+                };
+                stored_row((self.date, w.currency), w.rate, fixing, &done, now)
+            })
+            .collect();
+        for w in &self.corrections {
+            if let Some(row) = self.confirmed.get(&(w.date, w.currency)) {
+                rows.push(stored_row(
+                    (row.date, row.currency),
+                    row.rate,
+                    row.fixing,
+                    &done,
+                    now,
+                ));
+            }
+        }
+        rows
+    }
+}
+
 /// The stored row of a rate we wanted in QuickBooks: confirmed (with `now`) when the write
 /// loop found it there afterwards.
 pub(super) fn stored_row(
@@ -70,14 +167,6 @@ pub(super) fn stored_row(
         synced,
         synced_at: synced.then_some(now),
     }
-}
-
-/// How one pass of a company's sync ended.
-pub(super) enum Pass {
-    /// Done (the attempt's counts are final).
-    Done,
-    /// QuickBooks' home currency changed: compute and write again for the new one.
-    Redo,
 }
 
 impl SyncEngine {
@@ -188,7 +277,9 @@ impl SyncEngine {
         }
     }
 
-    pub(super) async fn run_sync(
+    /// One company's sync for `date`, every step, whatever QuickBooks says on the way; what
+    /// it did is left in `attempt` for [`SyncEngine::record`].
+    pub(super) async fn sync_pipeline(
         &self,
         mut company: Company,
         date: NaiveDate,
@@ -214,11 +305,11 @@ impl SyncEngine {
         let mut may_redo = true;
         let result = loop {
             match self
-                .sync_with(&session, &mut company, date, &resolved, attempt, may_redo)
+                .one_pass(&session, &mut company, date, &resolved, attempt, may_redo)
                 .await
             {
-                Ok(Pass::Redo) => may_redo = false,
-                Ok(Pass::Done) => break Ok(()),
+                Ok(PassEnd::Redo) => may_redo = false,
+                Ok(PassEnd::Done) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
@@ -230,7 +321,8 @@ impl SyncEngine {
         result
     }
 
-    pub(super) async fn sync_with(
+    /// Steps 3 to 7 for the home currency the company holds now.
+    async fn one_pass(
         &self,
         session: &Session<'_>,
         company: &mut Company,
@@ -238,10 +330,94 @@ impl SyncEngine {
         resolved: &archive::Resolved,
         attempt: &mut Attempt,
         may_redo: bool,
-    ) -> Result<Pass, Error> {
+    ) -> Result<PassEnd, Error> {
         let realm = company.realm_id.clone();
-        let in_force = &resolved.in_force();
-        // 3. Currencies/preferences at most daily.
+        let in_force = resolved.in_force();
+        // 3. Currencies/preferences at most daily, and what they make us send.
+        let stale = self.refresh_if_stale(session, company).await?;
+        let wanted = company_rates(&in_force, company.home_currency, &company.active_currencies)
+            .map_err(|e| Error::HomeCurrencyNotFixed(e.to_string()))?;
+        if wanted.is_empty() {
+            tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
+            self.mark_synced(&realm)?;
+            return Ok(PassEnd::Done);
+        }
+        let home = company.home_currency;
+        let wanted: Vec<Want> = wanted
+            .iter()
+            .map(|w| Want {
+                date,
+                currency: w.currency,
+                rate: w.rate,
+            })
+            .collect();
+
+        // 4. One metered read of D-6…D, the drift it shows, then the plan.
+        let window = self
+            .read_window(session, company, date, &wanted, attempt)
+            .await?;
+        let wants = window.wants(&wanted);
+        let steps = plan::plan(&realm, &wants, &window.holdings);
+
+        // 5. Write what differs, several at once. A fatal failure (the grant is gone) still
+        // records what was written before it: those rates are in QuickBooks.
+        let mut written = session.write_steps(home, steps).await;
+        let fatal = written.fatal.take();
+        attempt.count(date, &written);
+        let mut failures = written.failure_lines(date);
+
+        // 6. QuickBooks refused some currencies as inactive or home.
+        let skipped = if fatal.is_none() && !written.rejected.is_empty() {
+            let ctx = Rejected {
+                in_force: &in_force,
+                home,
+                stale,
+                may_redo,
+            };
+            match self
+                .after_rejections(session, company, &written, ctx, &mut failures)
+                .await?
+            {
+                Some(skipped) => skipped,
+                None => return Ok(PassEnd::Redo),
+            }
+        } else {
+            Vec::new()
+        };
+
+        // 7. Store the company's rates (confirmed or not); the attempt is recorded by the
+        // caller.
+        let rows = window.rows(
+            &wanted,
+            &skipped,
+            &in_force,
+            resolved,
+            &written,
+            self.clock.now(),
+        );
+        self.store.put_rates(&realm, &rows)?;
+        if let Some(fatal) = fatal {
+            return Err(fatal);
+        }
+        if failures.is_empty() {
+            self.mark_synced(&realm)?;
+            Ok(PassEnd::Done)
+        } else {
+            Err(Error::WriteFailed {
+                failed: failures.len(),
+                total: wants.len(),
+                detail: failures.join("; "),
+            })
+        }
+    }
+
+    /// Step 3: re-reads the company's preferences and currencies when the cached ones are a
+    /// day old. Answers whether it read them.
+    async fn refresh_if_stale(
+        &self,
+        session: &Session<'_>,
+        company: &mut Company,
+    ) -> Result<bool, Error> {
         let stale = company
             .currencies_checked_at
             .is_none_or(|t| self.clock.now() - t > CURRENCY_CACHE);
@@ -251,17 +427,20 @@ impl SyncEngine {
         if !company.multicurrency {
             return Err(Error::MulticurrencyOff);
         }
-        let wanted = company_rates(in_force, company.home_currency, &company.active_currencies)
-            .map_err(|e| Error::HomeCurrencyNotFixed(e.to_string()))?;
-        if wanted.is_empty() {
-            tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
-            self.mark_synced(&realm)?;
-            return Ok(Pass::Done);
-        }
-        let home = company.home_currency;
+        Ok(stale)
+    }
 
-        // 4. One metered read of D-6…D (or, when QuickBooks refuses the query, one GET per
-        // currency for D), the drift it shows, then the plan.
+    /// Step 4: the routine read of D-6…D (or, when QuickBooks refuses the query, one GET per
+    /// currency for D), the drift it shows against what we confirmed, recorded and alerted.
+    async fn read_window(
+        &self,
+        session: &Session<'_>,
+        company: &Company,
+        date: NaiveDate,
+        wanted: &[Want],
+        attempt: &mut Attempt,
+    ) -> Result<Window, Error> {
+        let realm = &company.realm_id;
         let codes: Vec<Currency> = wanted.iter().map(|w| w.currency).collect();
         let window_from = date
             .checked_sub_signed(chrono::Duration::days(DRIFT_WINDOW_DAYS - 1))
@@ -272,7 +451,7 @@ impl SyncEngine {
         let drifts = if read.drift_checked {
             let mine: Vec<StoredRate> = self
                 .store
-                .rates_between(&realm, window_from, date)?
+                .rates_between(realm, window_from, date)?
                 .into_iter()
                 .filter(|r| r.synced && codes.contains(&r.currency))
                 .collect();
@@ -293,126 +472,71 @@ impl SyncEngine {
             Vec::new()
         };
         let report_only = company.drift == DriftPolicy::Report;
-        self.record_drifts(&realm, &codes, &drifts, report_only)?;
+        self.record_drifts(realm, &codes, &drifts, report_only)?;
         attempt.drifts = drifts.len();
-        let drifted: HashSet<(NaiveDate, Currency)> = drifts
-            .iter()
-            .map(|d| (d.ours.date, d.ours.currency))
-            .collect();
-        // `report` never overwrites a rate QuickBooks changed after we confirmed it, not
-        // even on D; `correct` writes the older dates back with the routine ones.
-        let held_back = |k: &(NaiveDate, Currency)| report_only && drifted.contains(k);
-        let mut wants: Vec<Want> = wanted
-            .iter()
-            .map(|w| Want {
-                date,
-                currency: w.currency,
-                rate: w.rate,
-            })
-            .filter(|w| !held_back(&(w.date, w.currency)))
-            .collect();
-        let corrections: Vec<Want> = if report_only {
-            Vec::new()
-        } else {
-            drifts
+        Ok(Window {
+            date,
+            holdings: read.holdings,
+            drifted: drifts
                 .iter()
-                .map(|d| d.ours)
-                .filter(|w| w.date != date)
-                .collect()
-        };
-        wants.extend(corrections.iter().copied());
-        let steps = plan::plan(&realm, &wants, &read.holdings);
+                .map(|d| (d.ours.date, d.ours.currency))
+                .collect(),
+            corrections: if report_only {
+                Vec::new()
+            } else {
+                drifts
+                    .iter()
+                    .map(|d| d.ours)
+                    .filter(|w| w.date != date)
+                    .collect()
+            },
+            confirmed,
+            report_only,
+        })
+    }
 
-        // 5. Write what differs, several at once.
-        let mut written = session.write_steps(home, steps).await;
-        // A fatal failure (the grant is gone) still records what was written before it:
-        // those rates are in QuickBooks, so they are counted and stored as confirmed.
-        let fatal = written.fatal.take();
-        attempt.written = written.written.iter().filter(|k| k.0 == date).count();
-        attempt.unchanged = written.unchanged.iter().filter(|k| k.0 == date).count();
-        attempt.corrected = written.written.iter().filter(|k| k.0 != date).count();
-        let mut failures: Vec<String> = written
-            .failures
-            .iter()
-            .map(|((d, c), e)| {
-                if *d == date {
-                    format!("{c}: {e}")
-                } else {
-                    format!("{c} {d}: {e}")
-                }
-            })
-            .collect();
-
-        // 6. QuickBooks refused some currencies as inactive or home: re-read the company
-        // once; a currency no longer active is skipped, not a failure.
+    /// Step 6: QuickBooks refused some currencies as inactive or home currency. Re-reads the
+    /// company once (unless step 3 just did): `None` when its home currency changed (the
+    /// pass is redone for the new one), else the currencies no longer active (skipped, not
+    /// failures); refusals of currencies still active join `failures`.
+    async fn after_rejections(
+        &self,
+        session: &Session<'_>,
+        company: &mut Company,
+        written: &Written,
+        ctx: Rejected<'_>,
+        failures: &mut Vec<String>,
+    ) -> Result<Option<Vec<Currency>>, Error> {
+        let realm = company.realm_id.clone();
+        if !ctx.stale {
+            session.refresh_company_cache(company).await?;
+            // Switched off since the cache was read: every write will be refused, and
+            // "synced 0 rates" would hide it.
+            if !company.multicurrency {
+                return Err(Error::MulticurrencyOff);
+            }
+            if company.home_currency != ctx.home && ctx.may_redo {
+                tracing::warn!(realm_id = %realm, "Company {realm}: QuickBooks' home currency is now {} (was {}); computing the rates again for it", company.home_currency, ctx.home);
+                return Ok(None);
+            }
+        }
+        let still: Vec<Currency> = company_rates(
+            ctx.in_force,
+            company.home_currency,
+            &company.active_currencies,
+        )
+        .map(|f| f.iter().map(|r| r.currency).collect())
+        .unwrap_or_default();
         let mut skipped: Vec<Currency> = Vec::new();
-        if fatal.is_none() && !written.rejected.is_empty() {
-            if !stale {
-                session.refresh_company_cache(company).await?;
-                // Switched off since the cache was read: every write will be refused,
-                // and "synced 0 rates" would hide it.
-                if !company.multicurrency {
-                    return Err(Error::MulticurrencyOff);
-                }
-                if company.home_currency != home && may_redo {
-                    tracing::warn!(realm_id = %realm, "Company {realm}: QuickBooks' home currency is now {} (was {home}); computing the rates again for it", company.home_currency);
-                    return Ok(Pass::Redo);
-                }
-            }
-            let still: Vec<Currency> =
-                company_rates(in_force, company.home_currency, &company.active_currencies)
-                    .map(|f| f.iter().map(|r| r.currency).collect())
-                    .unwrap_or_default();
-            for &((_, currency), ref e) in &written.rejected {
-                if still.contains(&currency) {
-                    failures.push(format!("{currency}: {e}"));
-                } else if !skipped.contains(&currency) {
-                    tracing::info!(realm_id = %realm, currency = %currency, "Company {realm}: {currency} is not active in QuickBooks; skipped");
-                    skipped.push(currency);
-                }
+        for &((_, currency), ref e) in &written.rejected {
+            if still.contains(&currency) {
+                failures.push(format!("{currency}: {e}"));
+            } else if !skipped.contains(&currency) {
+                tracing::info!(realm_id = %realm, currency = %currency, "Company {realm}: {currency} is not active in QuickBooks; skipped");
+                skipped.push(currency);
             }
         }
-
-        // 7. Store the company's rates (confirmed or not) and the attempt. A rate held
-        // back under `report` keeps its stored row (still ours, confirmed once).
-        let now = self.clock.now();
-        let done = written.confirmed();
-        let mut rows: Vec<StoredRate> = wanted
-            .iter()
-            .filter(|w| !skipped.contains(&w.currency) && !held_back(&(date, w.currency)))
-            .map(|w| {
-                let fixing = match in_force.rate(w.currency) {
-                    Some(r) => (r.table, r.fixing_date),
-                    None => (TableKind::Main, resolved.main.table.date),
-                };
-                stored_row((date, w.currency), w.rate, fixing, &done, now)
-            })
-            .collect();
-        for w in &corrections {
-            if let Some(row) = confirmed.get(&(w.date, w.currency)) {
-                rows.push(stored_row(
-                    (row.date, row.currency),
-                    row.rate,
-                    row.fixing,
-                    &done,
-                    now,
-                ));
-            }
-        }
-        self.store.put_rates(&realm, &rows)?;
-        if let Some(fatal) = fatal {
-            return Err(fatal);
-        }
-        if failures.is_empty() {
-            self.mark_synced(&realm)?;
-            Ok(Pass::Done)
-        } else {
-            Err(Error::WriteFailed {
-                failed: failures.len(),
-                total: wants.len(),
-                detail: failures.join("; "),
-            })
-        }
+        Ok(Some(skipped))
     }
 
     /// Records the drifts one read found (SPEC §5 "Drift"): a `drift` log record each (not

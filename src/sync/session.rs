@@ -54,6 +54,20 @@ pub(super) struct Written {
 }
 
 impl Written {
+    /// Each failed write as `CUR: reason` (`CUR DATE: reason` for a date other than `date`).
+    pub(super) fn failure_lines(&self, date: NaiveDate) -> Vec<String> {
+        self.failures
+            .iter()
+            .map(|((d, c), e)| {
+                if *d == date {
+                    format!("{c}: {e}")
+                } else {
+                    format!("{c} {d}: {e}")
+                }
+            })
+            .collect()
+    }
+
     /// The (date, currency) pairs whose QuickBooks rate now equals ours.
     pub(super) fn confirmed(&self) -> HashSet<(NaiveDate, Currency)> {
         self.written
