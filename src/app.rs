@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::alerts::{Alerts, WebhookSink};
 use crate::archive::Archive;
 use crate::config::{current, Config};
+use crate::connections::Connections;
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::ops::Ctx;
@@ -97,6 +98,14 @@ pub async fn build(
             }
         },
     };
+    let connections = Arc::new(Connections::new(
+        store.clone(),
+        tokens.clone(),
+        http_client.clone(),
+        config.clone(),
+        clock.clone(),
+        hmac_key,
+    ));
     Ok(Arc::new(Ctx {
         config,
         store,
@@ -104,12 +113,12 @@ pub async fn build(
         engine,
         scheduler,
         tokens,
+        connections,
         alerts,
         metrics,
         started_at: clock.now(),
         clock,
         http_client,
-        hmac_key,
         http_addr,
         tasks,
         shutdown,

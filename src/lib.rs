@@ -33,6 +33,7 @@ pub mod boa;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod crypto;
 pub mod currency;

@@ -500,13 +500,13 @@ fn read_token() -> Result<String, String> {
 /// `adopt REALM [--name TEXT] [--home-currency XXX]`, the token from stdin.
 async fn adopt(cli: &Cli, realm: &str, name: Option<&str>, home: Option<&str>) -> ExitCode {
     // Checked here too, so a typo costs no token read.
-    let checks = crate::ops::migrate::check_realm(realm).and_then(|()| {
-        home.map(crate::ops::migrate::check_currency)
+    let checks = crate::connections::check_realm(realm).and_then(|()| {
+        home.map(crate::connections::check_currency)
             .transpose()
             .map(|_| ())
     });
     if let Err(e) = checks {
-        eprintln!("adopt: {}", e.message);
+        eprintln!("adopt: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
     if name.is_some_and(|n| n.trim().is_empty()) {
@@ -551,7 +551,7 @@ fn next_line(
     r: &mut impl std::io::BufRead,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<FileLine>> {
-    let max = crate::ops::migrate::MAX_IMPORT_LINE;
+    let max = crate::connections::MAX_IMPORT_LINE;
     buf.clear();
     let mut too_long = false;
     let mut any = false;
@@ -615,9 +615,9 @@ async fn import_connections(
         None => None,
         Some(p) => match std::fs::read_to_string(p) {
             Err(e) => return usage(format!("{}: {e}", p.display())),
-            Ok(k) => match crate::ops::migrate::fernet_key(&k) {
+            Ok(k) => match crate::connections::fernet_key(&k) {
                 Ok(_) => Some(k.trim().to_string()),
-                Err(e) => return usage(format!("{}: {}", p.display(), e.message)),
+                Err(e) => return usage(format!("{}: {e}", p.display())),
             },
         },
     };
@@ -658,7 +658,7 @@ async fn import_connections(
                 }
                 FileLine::TooLong => {
                     records += 1;
-                    results.push(fail(&crate::ops::migrate::too_long()));
+                    results.push(fail(&crate::connections::too_long()));
                 }
                 FileLine::NotUtf8 => {
                     records += 1;

@@ -10,13 +10,7 @@ use super::{ApiError, Ctx, OpResult};
 use crate::currency::Currency;
 use crate::store::records::{Company, Connection, DriftPolicy, LogKind, LogRecord};
 
-/// ISO 4217 codes accepted as a home currency.
-const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL";
-
-/// Whether a code is an ISO 4217 currency.
-pub fn is_iso_currency(c: Currency) -> bool {
-    ISO_4217.split(' ').any(|x| x == c.as_str())
-}
+pub use crate::currency::is_iso_currency;
 
 /// The connection state as a word.
 pub fn connection_word(c: &Company) -> &'static str {

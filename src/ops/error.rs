@@ -170,6 +170,22 @@ impl From<archive::Error> for ApiError {
     }
 }
 
+impl From<crate::connections::Error> for ApiError {
+    fn from(e: crate::connections::Error) -> Self {
+        use crate::connections::Error as E;
+        let status = match &e {
+            E::Refused { .. } | E::BadInput { .. } => 400,
+            E::InviteRequired | E::InvalidInvite => 403,
+            E::UnknownCompany(_) => 404,
+            E::TokenNotForRealm(_) => 409,
+            E::Upstream { .. } => 502,
+            E::NotConfigured => 503,
+            E::Store(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
 impl From<sync::Error> for ApiError {
     fn from(e: sync::Error) -> Self {
         use sync::Error as E;

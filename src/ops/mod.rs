@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::alerts::Alerts;
 use crate::archive::Archive;
 use crate::config::{current, Config, ConfigWatch};
+use crate::connections::Connections;
 use crate::fixing::TableKind;
 use crate::metrics::Metrics;
 use crate::qbo::tokens::TokenManager;
@@ -62,6 +63,8 @@ pub struct Ctx {
     pub scheduler: Arc<Scheduler>,
     /// Access tokens and Intuit OAuth.
     pub tokens: Arc<TokenManager>,
+    /// Connecting, taking over and disconnecting companies.
+    pub connections: Arc<Connections>,
     /// Alerts.
     pub alerts: Arc<Alerts>,
     /// Counters.
@@ -70,8 +73,6 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     /// The HTTP client for Intuit (one pool).
     pub http_client: reqwest::Client,
-    /// Key of the HMAC that signs OAuth state cookies.
-    pub hmac_key: Vec<u8>,
     /// When the daemon started.
     pub started_at: DateTime<Utc>,
     /// The address the HTTP API listens on.

@@ -110,6 +110,30 @@ impl DriftPolicy {
 }
 
 impl Company {
+    /// A newly connected company as first stored: active, sync on, weekends filled, drift
+    /// corrected, home currency ALL and multicurrency assumed until QuickBooks' Preferences
+    /// are read (always before the first write: `currencies_checked_at` is empty).
+    pub fn connected(realm: &str, name: &str, is_sandbox: bool, now: DateTime<Utc>) -> Company {
+        Company {
+            realm_id: realm.to_string(),
+            company_name: name.to_string(),
+            home_currency: Currency::ALL,
+            is_active: true,
+            sync_enabled: true,
+            is_sandbox,
+            fill_non_business_days: true,
+            created_at: now,
+            updated_at: now,
+            last_sync_at: None,
+            connection: Connection::Connected,
+            tokens: None,
+            multicurrency: true,
+            active_currencies: vec![],
+            currencies_checked_at: None,
+            drift: DriftPolicy::default(),
+        }
+    }
+
     /// Connected, active and not waiting for a reconnect.
     pub fn is_connected(&self) -> bool {
         self.is_active && self.connection == Connection::Connected
