@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 
 use super::backfill::{self, Backfill, FailedWrite, Skipped};
-use super::engine::{SyncEngine, CURRENCY_CACHE};
+use super::engine::{reachable, SyncEngine, CURRENCY_CACHE};
 use super::error::{upstream, Error};
 use super::pipeline::stored_row;
 use super::plan::{self, Action, Holdings, Want};
@@ -18,7 +18,7 @@ use crate::currency::Currency;
 use crate::fixing::TableKind;
 use crate::locks::lock;
 use crate::rates::{company_rates, InForce};
-use crate::store::records::{Company, CompanyRate as StoredRate, Connection, LogKind, LogRecord};
+use crate::store::records::{Company, CompanyRate as StoredRate, LogKind, LogRecord};
 
 impl SyncEngine {
     /// Backfills `from..=to` (SPEC §5 "Backfill"): every date's rate in force (weekends and
@@ -51,12 +51,7 @@ impl SyncEngine {
         let Some(_held) = company_lock.try_lock() else {
             return Err(Error::CompanyBusy(realm.to_string()));
         };
-        if !company.is_active {
-            return Err(Error::Disconnected);
-        }
-        if let Connection::ReconnectNeeded { .. } = company.connection {
-            return Err(Error::ReconnectNeeded);
-        }
+        reachable(&company)?;
         if !company.sync_enabled {
             return Err(Error::SyncDisabled(realm.to_string()));
         }

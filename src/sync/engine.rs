@@ -106,6 +106,20 @@ pub struct SyncEngine {
     pub(super) backoff_base: Duration,
 }
 
+/// Whether QuickBooks can be called for `company`: connected, and its grant not refused.
+///
+/// # Errors
+/// [`Error::Disconnected`], [`Error::ReconnectNeeded`].
+pub(super) fn reachable(company: &crate::store::records::Company) -> Result<(), Error> {
+    if !company.is_active {
+        return Err(Error::Disconnected);
+    }
+    if let Connection::ReconnectNeeded { .. } = company.connection {
+        return Err(Error::ReconnectNeeded);
+    }
+    Ok(())
+}
+
 impl SyncEngine {
     /// The engine over its parts.
     pub fn new(p: Parts) -> Self {
@@ -249,12 +263,7 @@ impl SyncEngine {
             .store
             .company(realm)?
             .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
-        if !company.is_active {
-            return Err(Error::Disconnected);
-        }
-        if let Connection::ReconnectNeeded { .. } = company.connection {
-            return Err(Error::ReconnectNeeded);
-        }
+        reachable(&company)?;
         let token = self.tokens.access_token(realm).await?;
         let session = Session::new(self, realm, token);
         let read = session.refresh_company_cache(&mut company).await;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::engine::{SyncEngine, CURRENCY_CACHE};
+use super::engine::{reachable, SyncEngine, CURRENCY_CACHE};
 use super::error::Error;
 use super::plan::{self, Drift, Want};
 use super::session::{Session, Written};
@@ -19,7 +19,7 @@ use crate::fixing::TableKind;
 use crate::locks::lock;
 use crate::rates::{company_rates, InForce};
 use crate::store::records::{
-    Company, CompanyRate as StoredRate, Connection, DriftDetail, DriftPolicy, LogKind, LogRecord,
+    Company, CompanyRate as StoredRate, DriftDetail, DriftPolicy, LogKind, LogRecord,
 };
 
 /// The routine read covers this many dates ending with the sync's date (D-6…D): drift in
@@ -286,12 +286,7 @@ impl SyncEngine {
         attempt: &mut Attempt,
     ) -> Result<(), Error> {
         let realm = company.realm_id.clone();
-        if !company.is_active {
-            return Err(Error::Disconnected);
-        }
-        if let Connection::ReconnectNeeded { .. } = company.connection {
-            return Err(Error::ReconnectNeeded);
-        }
+        reachable(&company)?;
         // 1. The fixing in force (fetching BoA first when today's is missing).
         let resolved = self.fixing_for(date).await?;
         attempt.fixing_ok = true;

@@ -106,8 +106,7 @@ fn is_ident(c: char) -> bool {
 /// `crate::{…}` group, and `super::…` paths that climb to the crate root.
 fn imported_tops(module: &[String], code: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let bytes: Vec<char> = code.chars().collect();
-    let text: String = bytes.iter().collect();
+    let text = code;
     // crate::
     let mut from = 0;
     while let Some(i) = text[from..].find("crate::") {
@@ -116,15 +115,7 @@ fn imported_tops(module: &[String], code: &str) -> BTreeSet<String> {
         if at > 0 && text[..at].chars().next_back().is_some_and(is_ident) {
             continue; // e.g. `boa_exchange_crate::` or `$crate::`
         }
-        let rest = &text[from..];
-        if let Some(group) = rest.strip_prefix('{') {
-            out.extend(group_tops(group));
-        } else {
-            let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
-            if !name.is_empty() {
-                out.insert(name);
-            }
-        }
+        path_tops(&text[from..], &mut out);
     }
     // super::super::…::x from a module `depth` deep reaches the root when it climbs
     // `depth` times (a folder's mod.rs is the folder itself).
@@ -150,16 +141,22 @@ fn imported_tops(module: &[String], code: &str) -> BTreeSet<String> {
         if climbs < module.len() {
             continue; // still inside the module's own top-level folder
         }
-        if let Some(group) = rest.strip_prefix('{') {
-            out.extend(group_tops(group));
-        } else {
-            let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
-            if !name.is_empty() {
-                out.insert(name);
-            }
-        }
+        path_tops(rest, &mut out);
     }
     out
+}
+
+/// The top-level modules a path names, read from just after its `crate::` (or the
+/// `super::`s that reach the root): one name, or every item of a `{…}` group.
+fn path_tops(rest: &str, out: &mut BTreeSet<String>) {
+    if let Some(group) = rest.strip_prefix('{') {
+        out.extend(group_tops(group));
+    } else {
+        let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
 }
 
 /// The first segment of every item of a `{…}` group (the text after its `{`).
