@@ -181,6 +181,117 @@ impl BackfillAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::currency::Currency;
+    use crate::ops::assert_wire_json;
+    use crate::sync::backfill::{FailedWrite, Skipped};
+    use crate::sync::plan::{Step, Want};
+    use chrono::NaiveDate;
+    use serde_json::{json, Value};
+
+    /// The answer as the code before the typed answers built it, verbatim.
+    fn old_answer(b: &Backfill) -> Value {
+        let plan: Vec<Value> = b
+            .plan
+            .iter()
+            .map(|s| {
+                json!({
+                    "date": s.want.date.to_string(),
+                    "currency": s.want.currency.as_str(),
+                    "quickbooks": s.theirs.map(|t| t.normalize().to_string()),
+                    "ours": s.want.rate.normalize().to_string(),
+                    "action": match s.action { Action::Keep => "keep", Action::Write { .. } => "write" },
+                })
+            })
+            .collect();
+        let mut v = json!({
+            "success": b.error.is_none(),
+            "company_id": b.realm,
+            "from": b.from.to_string(),
+            "to": b.to.to_string(),
+            "dry_run": b.dry_run,
+            "dates": b.dates,
+            "rates_written": b.rates_written,
+            "rates_unchanged": b.rates_unchanged,
+            "skipped": b.skipped.iter().map(|s| json!({"date": s.date.to_string(), "reason": s.reason})).collect::<Vec<_>>(),
+            "plan": plan,
+        });
+        if let (Some(e), Some(obj)) = (&b.error, v.as_object_mut()) {
+            let a = ApiError::from(e.clone());
+            obj.insert(
+                "error".into(),
+                json!({"code": a.code, "message": a.message}),
+            );
+            obj.insert(
+                "failed".into(),
+                json!(b
+                    .failed
+                    .iter()
+                    .map(|f| json!({"date": f.date.to_string(), "currency": f.currency.as_str(), "error": f.error}))
+                    .collect::<Vec<_>>()),
+            );
+        }
+        v
+    }
+
+    #[test]
+    fn the_backfill_answer_is_the_old_json() {
+        let d = |day| NaiveDate::from_ymd_opt(2026, 5, day).unwrap();
+        let eur = Currency::new("EUR").unwrap();
+        let step = |day, theirs: Option<&str>, action| Step {
+            want: Want {
+                date: d(day),
+                currency: eur,
+                rate: "100.2500".parse().unwrap(),
+            },
+            theirs: theirs.map(|t| t.parse().unwrap()),
+            action,
+        };
+        let write = Action::Write {
+            sync_token: "0".into(),
+            request_id: "r".into(),
+        };
+        let base = Backfill {
+            realm: "9341453199574000".into(),
+            from: d(1),
+            to: d(3),
+            dry_run: true,
+            dates: 3,
+            plan: vec![
+                step(1, Some("100.25"), Action::Keep),
+                step(2, None, write.clone()),
+                step(3, Some("99.10"), write),
+            ],
+            rates_written: 0,
+            rates_unchanged: 1,
+            skipped: vec![Skipped {
+                date: d(3),
+                reason: "no fixing \"in force\"".into(),
+            }],
+            reads: 3,
+            failed: vec![],
+            error: None,
+        };
+        let failed = Backfill {
+            dry_run: false,
+            rates_written: 1,
+            failed: vec![FailedWrite {
+                date: d(3),
+                currency: eur,
+                error: "QuickBooks answered 500".into(),
+            }],
+            error: Some(crate::sync::Error::ReconnectNeeded),
+            ..base.clone()
+        };
+        let empty = Backfill {
+            plan: vec![],
+            skipped: vec![],
+            error: Some(crate::sync::Error::ReconnectNeeded),
+            ..base.clone()
+        };
+        for b in [base, failed, empty] {
+            assert_wire_json(&BackfillAnswer::of(&b), &old_answer(&b));
+        }
+    }
 
     #[test]
     fn dry_run_flags() {

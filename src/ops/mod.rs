@@ -590,3 +590,179 @@ fn sync_all_progress(ctx: &Ctx) -> SyncAllProgress {
         total: load(&progress.total),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_health_answers_are_the_old_json() {
+        for (reasons, last_sync) in [
+            (vec![], None),
+            (
+                vec!["a \"b\"".to_string(), "c".to_string()],
+                Some("2026-05-22T13:00:09Z"),
+            ),
+        ] {
+            let status = if reasons.is_empty() {
+                "healthy"
+            } else {
+                "degraded"
+            };
+            let old = json!({
+                "status": status,
+                "total_companies": 4,
+                "active_companies": 3,
+                "companies_with_expired_tokens": 1,
+                "last_sync": last_sync,
+                "reasons": reasons,
+            });
+            let typed = HealthAnswer::Read {
+                active_companies: 3,
+                companies_with_expired_tokens: 1,
+                last_sync: last_sync.map(str::to_string),
+                status: health_word(&reasons),
+                reasons,
+                total_companies: 4,
+            };
+            assert_wire_json(&typed, &old);
+        }
+        let old = json!({"status": "unhealthy", "reasons": [format!("store unreadable: {}", "x")]});
+        assert_wire_json(&HealthAnswer::unhealthy("store unreadable: x".into()), &old);
+    }
+
+    /// `status` from the same values as the old `json!` (its layout verbatim), with and
+    /// without the optional parts.
+    #[test]
+    fn the_status_answer_is_the_old_json() {
+        let run = |date: &str| ScheduledRun {
+            date: date.into(),
+            finished_at: "2026-05-22T13:00:09Z".into(),
+            outcome: "synced 3/3 \"companies\"".into(),
+            started_at: "2026-05-22T13:00:00Z".into(),
+        };
+        let run_json = |r: &ScheduledRun| {
+            json!({
+                "date": r.date,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "outcome": r.outcome,
+            })
+        };
+        for full in [true, false] {
+            let mut last = serde_json::Map::new();
+            let mut last_fixing = BTreeMap::new();
+            let mut bad = vec![];
+            if full {
+                for kind in ["minor", "main"] {
+                    let (date, stored_at) = ("2026-05-22", "2026-05-22T10:31:00Z");
+                    last.insert(kind.into(), json!({"date": date, "stored_at": stored_at}));
+                    let entry = LastFixing {
+                        date: date.into(),
+                        stored_at: stored_at.into(),
+                    };
+                    last_fixing.insert(kind.to_string(), entry);
+                }
+                bad.push(BadRecordEntry {
+                    error: "cannot decode".into(),
+                    key: "0x00ff".into(),
+                    tree: "companies".into(),
+                });
+            }
+            let opt = |s: &str| full.then(|| s.to_string());
+            let reasons: Vec<String> = if full { vec!["r".into()] } else { vec![] };
+            let typed = StatusAnswer {
+                bad_records: BadRecords {
+                    current: bad.clone(),
+                    seen: 7,
+                },
+                companies: CompanyCounts {
+                    active: 3,
+                    total: 4,
+                    with_expired_tokens: 1,
+                },
+                control_socket: "/run/boa-exchange/control.sock".into(),
+                environment: "production".into(),
+                health: Health {
+                    reasons: reasons.clone(),
+                    status: health_word(&reasons),
+                },
+                http_listen: "127.0.0.1:8080".into(),
+                last_fixing,
+                last_sync: opt("2026-05-22T13:00:09Z"),
+                pid: 4242,
+                schedule: Schedule {
+                    clock_seen: opt("2026-05-22T13:00:00Z"),
+                    enabled: full,
+                    last_failed_run: full.then(|| run("2026-05-21")),
+                    last_run: full.then(|| run("2026-05-22")),
+                    next_run: opt("2026-05-25T13:00:00Z"),
+                    time: "15:00".into(),
+                    timezone: "Europe/Tirane".into(),
+                },
+                started_at: "2026-05-20T08:00:00Z".into(),
+                store: StoreStatus {
+                    fixing_tables: 5490,
+                    path: "/var/lib/boa-exchange".into(),
+                    schema_version: 2,
+                    size_bytes: 1 << 33,
+                },
+                sync_all: SyncAllProgress {
+                    companies_in_flight: 2,
+                    done: 10,
+                    failed: 1,
+                    running_for: opt("2026-05-22"),
+                    total: 100,
+                },
+                uptime_secs: 3600,
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let s = &typed.schedule;
+            let old = json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": 4242,
+                "started_at": "2026-05-20T08:00:00Z",
+                "uptime_secs": 3600,
+                "environment": "production",
+                "http_listen": "127.0.0.1:8080",
+                "control_socket": "/run/boa-exchange/control.sock",
+                "store": {
+                    "path": "/var/lib/boa-exchange",
+                    "schema_version": 2,
+                    "size_bytes": 1u64 << 33,
+                    "fixing_tables": 5490,
+                },
+                "last_fixing": last,
+                "companies": {
+                    "total": 4,
+                    "active": 3,
+                    "with_expired_tokens": 1,
+                },
+                "last_sync": opt("2026-05-22T13:00:09Z"),
+                "schedule": {
+                    "enabled": full,
+                    "time": "15:00",
+                    "timezone": "Europe/Tirane",
+                    "next_run": s.next_run,
+                    "clock_seen": s.clock_seen,
+                    "last_run": s.last_run.as_ref().map(run_json),
+                    "last_failed_run": s.last_failed_run.as_ref().map(run_json),
+                },
+                "bad_records": {
+                    "current": bad.iter().map(|b| json!({"tree": b.tree, "key": b.key, "error": b.error})).collect::<Vec<_>>(),
+                    "seen": 7,
+                },
+                "sync_all": {
+                    "running_for": opt("2026-05-22"),
+                    "total": 100,
+                    "done": 10,
+                    "failed": 1,
+                    "companies_in_flight": 2,
+                },
+                "health": {"status": if reasons.is_empty() { "healthy" } else { "degraded" }, "reasons": reasons},
+            });
+            assert_wire_json(&typed, &old);
+        }
+    }
+}

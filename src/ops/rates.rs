@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{parse_date, ApiError, Ctx, OpResult};
-use crate::archive::{self, FetchReport, ImportReport, NoFixing};
+use crate::archive::{self, FetchReport, ImportReport, NoFixing, Resolved};
 use crate::boa::WorkbookLink;
 use crate::fixing::{FixingSource, FixingTable};
 use crate::store::records::{ScrapeRecord, StoredTable};
@@ -117,19 +117,25 @@ pub fn answer(ctx: &Ctx, date: Option<&str>) -> OpResult<RatesAnswer> {
         })?,
         Some(s) => ctx.archive.resolve(parse_date("date", s)?)?,
     };
-    let tz = ctx.config().schedule.timezone;
-    let (source_url, page_sha256) = source(&resolved.main.source);
-    let mut tables = vec![RatesTable::of(&resolved.main, tz)];
-    if let Some(m) = &resolved.minor {
-        tables.push(RatesTable::of(m, tz));
+    Ok(RatesAnswer::of(&resolved, ctx.config().schedule.timezone))
+}
+
+impl RatesAnswer {
+    /// The answer for the fixing in force, publication times in `tz`.
+    pub fn of(resolved: &Resolved, tz: Tz) -> RatesAnswer {
+        let (source_url, page_sha256) = source(&resolved.main.source);
+        let mut tables = vec![RatesTable::of(&resolved.main, tz)];
+        if let Some(m) = &resolved.minor {
+            tables.push(RatesTable::of(m, tz));
+        }
+        RatesAnswer {
+            date: resolved.date.to_string(),
+            page_sha256,
+            source_url,
+            success: true,
+            tables,
+        }
     }
-    Ok(RatesAnswer {
-        date: resolved.date.to_string(),
-        page_sha256,
-        source_url,
-        success: true,
-        tables,
-    })
 }
 
 /// The answer of `fetch`: what the scrape stored.
@@ -356,4 +362,227 @@ pub fn scrapes(ctx: &Ctx, limit: usize) -> OpResult<Vec<ScrapeEntry>> {
         .iter()
         .map(ScrapeEntry::of)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boa::{PublishedRate, TableKind};
+    use crate::currency::Currency;
+    use crate::ops::assert_wire_json;
+    use chrono::{NaiveTime, TimeZone, Utc};
+    use serde_json::json;
+
+    // The answers as the code before the typed answers built them (verbatim but for the
+    // zone, which the old code read from the context).
+    fn old_table_json(tz: Tz, t: &StoredTable) -> Value {
+        let published_at = t.table.published_time.and_then(|time| {
+            t.table
+                .date
+                .and_time(time)
+                .and_local_timezone(tz)
+                .earliest()
+                .map(|dt| {
+                    dt.fixed_offset()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                })
+        });
+        json!({
+            "table": t.table.kind.as_str(),
+            "date": t.table.date.to_string(),
+            "published_at": published_at,
+            "revision": t.previous.len() + 1,
+            "rates": t.table.rates.iter().map(|r| json!({
+                "code": r.code.as_str(),
+                "iso_code": r.iso_code().as_str(),
+                "units": r.units,
+                "published": r.published.to_string(),
+                "per_unit": r.per_unit().to_string(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn old_source_json(s: &FixingSource) -> (Value, Value) {
+        match s {
+            FixingSource::Page { url, sha256, .. } => (json!(url), json!(sha256)),
+            FixingSource::Workbook { file, sha256 } => {
+                (json!(format!("workbook:{file}")), json!(sha256))
+            }
+        }
+    }
+
+    fn old_answer(tz: Tz, resolved: &Resolved) -> Value {
+        let (url, sha) = old_source_json(&resolved.main.source);
+        let mut tables = vec![old_table_json(tz, &resolved.main)];
+        if let Some(m) = &resolved.minor {
+            tables.push(old_table_json(tz, m));
+        }
+        json!({
+            "success": true,
+            "date": resolved.date.to_string(),
+            "source_url": url,
+            "page_sha256": sha,
+            "tables": tables,
+        })
+    }
+
+    fn date(day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 5, day).unwrap()
+    }
+
+    fn stored(kind: TableKind, source: FixingSource, revisions: usize) -> StoredTable {
+        let rate = |code: &str, units: u32, published: &str| PublishedRate {
+            code: Currency::new(code).unwrap(),
+            units,
+            published: published.parse().unwrap(),
+        };
+        let table = FixingTable {
+            kind,
+            date: date(22),
+            published_time: (kind == TableKind::Main)
+                .then(|| NaiveTime::from_hms_opt(12, 30, 0).unwrap()),
+            rates: vec![
+                rate("EUR", 1, "100.25"),
+                rate("JPY", 100, "61.10"),
+                rate("SDR", 1, "125.0"),
+            ],
+        };
+        let at = Utc.with_ymd_and_hms(2026, 5, 22, 10, 31, 0).unwrap();
+        StoredTable {
+            previous: vec![(table.clone(), source.clone(), at); revisions],
+            table,
+            source,
+            stored_at: at,
+        }
+    }
+
+    #[test]
+    fn the_rates_answer_is_the_old_json() {
+        let tz = chrono_tz::Europe::Tirane;
+        let page = FixingSource::Page {
+            url: "https://www.bankofalbania.org/x?a=1&b=\"2\"".into(),
+            sha256: "ab".repeat(32),
+            fetched_at: Utc::now(),
+        };
+        let workbook = FixingSource::Workbook {
+            file: "Kursi_2024.xlsx".into(),
+            sha256: "cd".repeat(32),
+        };
+        for (source, minor) in [(page, true), (workbook, false)] {
+            let resolved = Resolved {
+                date: date(23),
+                main: stored(TableKind::Main, source.clone(), 0),
+                minor: minor.then(|| stored(TableKind::Minor, source, 2)),
+            };
+            assert_wire_json(&RatesAnswer::of(&resolved, tz), &old_answer(tz, &resolved));
+        }
+    }
+
+    #[test]
+    fn the_fixing_answers_are_the_old_json() {
+        let report = FetchReport {
+            tables: vec![
+                (TableKind::Main, date(22), TableOutcome::New),
+                (TableKind::Minor, date(21), TableOutcome::Revised),
+                (TableKind::Main, date(20), TableOutcome::Unchanged),
+                (TableKind::Minor, date(19), TableOutcome::Skipped),
+            ],
+            url: "https://www.bankofalbania.org/x".into(),
+            sha256: "ab".repeat(32),
+        };
+        let old_fetch = |r: &FetchReport| {
+            json!({
+                "success": true,
+                "source_url": r.url,
+                "page_sha256": r.sha256,
+                "tables": r.tables.iter().map(|(k, d, o)| json!({
+                    "table": k.as_str(),
+                    "date": d.to_string(),
+                    "outcome": match o {
+                        TableOutcome::New => "new",
+                        TableOutcome::Unchanged => "unchanged",
+                        TableOutcome::Revised => "revised",
+                        TableOutcome::Skipped => "skipped",
+                    },
+                })).collect::<Vec<_>>(),
+            })
+        };
+        assert_wire_json(&FetchAnswer::of(&report), &old_fetch(&report));
+        let dates = |d: Option<NaiveDate>| json!(d.map(|d| d.to_string()));
+        let old_import = |r: &ImportReport| {
+            json!({
+                "success": true,
+                "file": r.file,
+                "imported": r.imported,
+                "skipped": r.skipped,
+                "first_date": dates(r.first_date),
+                "last_date": dates(r.last_date),
+                "holidays": r.holidays.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                "message": format!("imported {} fixings from {} ({} already stored)", r.imported, r.file, r.skipped),
+            })
+        };
+        let full = ImportReport {
+            file: "Kursi_2024.xlsx".into(),
+            imported: 249,
+            skipped: 1,
+            first_date: Some(date(1)),
+            last_date: Some(date(29)),
+            holidays: vec![date(1), date(14)],
+        };
+        let empty = ImportReport {
+            imported: 0,
+            first_date: None,
+            last_date: None,
+            holidays: vec![],
+            ..full.clone()
+        };
+        for r in [full, empty] {
+            assert_wire_json(&ImportAnswer::of(&r), &old_import(&r));
+        }
+        let links = vec![
+            WorkbookLink {
+                year: Some(2024),
+                url: "https://x/Kursi_2024.xlsx".into(),
+                name: "Kursi_2024.xlsx".into(),
+            },
+            WorkbookLink {
+                year: None,
+                url: "https://x/old.xls".into(),
+                name: "old.xls".into(),
+            },
+        ];
+        let old_index = json!({
+            "success": true,
+            "workbooks": links.iter().map(|l| json!({"year": l.year, "name": l.name, "url": l.url})).collect::<Vec<_>>(),
+        });
+        assert_wire_json(&ArchiveIndexAnswer::of(&links), &old_index);
+        let recs = [
+            ScrapeRecord {
+                at: Utc.with_ymd_and_hms(2026, 5, 22, 10, 31, 0).unwrap(),
+                url: "https://x".into(),
+                success: true,
+                fixing_dates: vec![(TableKind::Main, date(22)), (TableKind::Minor, date(21))],
+                outcome: "new".into(),
+            },
+            ScrapeRecord {
+                at: Utc.with_ymd_and_hms(2026, 5, 22, 10, 0, 0).unwrap(),
+                url: "https://x".into(),
+                success: false,
+                fixing_dates: vec![],
+                outcome: "BoA answered 503".into(),
+            },
+        ];
+        let old_scrapes = json!(recs
+            .iter()
+            .map(|r| json!({
+                "at": rfc3339(r.at),
+                "url": r.url,
+                "success": r.success,
+                "outcome": r.outcome,
+                "fixing_dates": r.fixing_dates.iter().map(|(k, d)| json!({"table": k.as_str(), "date": d.to_string()})).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>());
+        let typed: Vec<ScrapeEntry> = recs.iter().map(ScrapeEntry::of).collect();
+        assert_wire_json(&typed, &old_scrapes);
+    }
 }
