@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -13,6 +14,7 @@ pub mod render;
 
 use crate::config::Config;
 use crate::control::client::{self, Client};
+use crate::ops::companies::ListAnswer;
 
 /// Arguments.
 #[derive(Debug, Parser)]
@@ -395,25 +397,26 @@ async fn list_pages(
     client: &mut client::Client,
     mut args: Value,
 ) -> Result<(String, crate::control::Response), client::Error> {
-    let mut companies: Vec<Value> = Vec::new();
+    let mut companies = Vec::new();
     args["limit"] = json!(LIST_PAGE);
     loop {
         let (raw, mut answer) = client.call("companies", args.clone()).await?;
-        let Some(data) = answer.data.as_mut().filter(|_| answer.ok) else {
+        let page = (answer.data.as_ref().filter(|_| answer.ok))
+            .and_then(|d| ListAnswer::deserialize(d).ok());
+        let Some(mut page) = page else {
             return Ok((raw, answer));
         };
-        if let Some(page) = data["companies"].as_array_mut() {
-            companies.append(page);
-        }
-        match data["next_after"].as_str() {
+        companies.append(&mut page.companies);
+        match page.next_after {
             Some(next) if !next.is_empty() => args["after"] = json!(next),
             _ => {
-                *data = json!({
-                    "success": true,
-                    "count": companies.len(),
-                    "companies": companies,
-                    "next_after": null,
-                });
+                let all = ListAnswer {
+                    count: companies.len(),
+                    companies,
+                    next_after: None,
+                    success: true,
+                };
+                answer.data = serde_json::to_value(&all).ok();
                 return Ok((raw, answer));
             }
         }

@@ -263,70 +263,60 @@ fn list_query(a: &Value) -> Result<ops::companies::ListQuery, ApiError> {
 
 /// Runs one request.
 async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
+    match run(state, &req).await {
+        Ok(data) => Response::ok(data),
+        Err(e) => failed(&e),
+    }
+}
+
+/// An operation's answer as the JSON the line carries.
+fn data<T: serde::Serialize>(answer: ops::OpResult<T>) -> ops::OpResult {
+    serde_json::to_value(answer?)
+        .map_err(|e| ApiError::internal(format!("serializing the answer: {e}")))
+}
+
+async fn run(state: &Arc<Ctx>, req: &Request) -> ops::OpResult {
     let a = &req.args;
-    let result: ops::OpResult = match req.cmd.as_str() {
-        "status" => ops::status(state),
-        "companies" => match list_query(a) {
-            Ok(q) => ops::companies::list(state, &q),
-            Err(e) => Err(e),
-        },
-        "company" => match arg_str(a, "realm") {
-            Ok(r) => ops::companies::sync_status(state, r),
-            Err(e) => Err(e),
-        },
-        "sync" => match arg_str(a, "realm") {
-            Ok(r) => ops::sync::sync_one(state, r, arg_opt(a, "date")).await,
-            Err(e) => Err(e),
-        },
-        "backfill" => match arg_str(a, "realm") {
-            Ok(r) => {
-                let dry = a.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
-                ops::backfill::backfill(state, r, arg_opt(a, "from"), arg_opt(a, "to"), dry).await
-            }
-            Err(e) => Err(e),
-        },
-        "set" => match arg_str(a, "realm") {
-            Ok(r) => {
-                let settings = a.get("settings").cloned().unwrap_or(Value::Null);
-                ops::companies::update_settings(state, r, &settings).await
-            }
-            Err(e) => Err(e),
-        },
-        "disconnect" => match arg_str(a, "realm") {
-            Ok(r) => ops::connect::disconnect(state, r).await,
-            Err(e) => Err(e),
-        },
-        "rates" => ops::rates::answer(state, arg_opt(a, "date")),
-        "fetch" => ops::rates::fetch(state).await,
-        "scrapes" => ops::rates::scrapes(
-            state,
-            a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
-        ),
+    let limit = || a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize;
+    match req.cmd.as_str() {
+        "status" => data(ops::status(state)),
+        "companies" => data(ops::companies::list(state, &list_query(a)?)),
+        "company" => data(ops::companies::sync_status(state, arg_str(a, "realm")?)),
+        "sync" => {
+            let realm = arg_str(a, "realm")?;
+            data(ops::sync::sync_one(state, realm, arg_opt(a, "date")).await)
+        }
+        "backfill" => {
+            let realm = arg_str(a, "realm")?;
+            let dry = a.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+            let (from, to) = (arg_opt(a, "from"), arg_opt(a, "to"));
+            data(ops::backfill::backfill(state, realm, from, to, dry).await)
+        }
+        "set" => {
+            let realm = arg_str(a, "realm")?;
+            let settings = a.get("settings").cloned().unwrap_or(Value::Null);
+            data(ops::companies::update_settings(state, realm, &settings).await)
+        }
+        "disconnect" => ops::connect::disconnect(state, arg_str(a, "realm")?).await,
+        "rates" => data(ops::rates::answer(state, arg_opt(a, "date"))),
+        "fetch" => data(ops::rates::fetch(state).await),
+        "scrapes" => data(ops::rates::scrapes(state, limit())),
         "connect_url" => ops::connect::connect_url(state).await,
-        "logs" => match arg_str(a, "realm") {
-            Ok(r) => ops::companies::logs(
-                state,
-                r,
-                a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
-            ),
-            Err(e) => Err(e),
-        },
-        "import_tables" => import(state, a).await,
-        "adopt" => match (arg_str(a, "realm"), arg_str(a, "refresh_token")) {
-            (Ok(r), Ok(t)) => {
-                ops::migrate::adopt(state, r, arg_opt(a, "name"), arg_opt(a, "home_currency"), t)
-                    .await
-            }
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        },
+        "logs" => data(ops::companies::logs(state, arg_str(a, "realm")?, limit())),
+        "import_tables" => data(import(state, a).await),
+        "adopt" => {
+            let (realm, token) = (arg_str(a, "realm")?, arg_str(a, "refresh_token")?);
+            let (name, home) = (arg_opt(a, "name"), arg_opt(a, "home_currency"));
+            ops::migrate::adopt(state, realm, name, home, token).await
+        }
         "import_connections" => ops::migrate::import_connections(state, a).await,
-        "archive_index" => ops::rates::archive_index(state).await,
+        "archive_index" => data(ops::rates::archive_index(state).await),
         "import_year" => match a
             .get("year")
             .and_then(Value::as_i64)
             .and_then(|y| i32::try_from(y).ok())
         {
-            Some(y) => ops::rates::import_year(state, y).await,
+            Some(y) => data(ops::rates::import_year(state, y).await),
             None => Err(ApiError::bad_request(
                 "missing_argument",
                 "argument \"year\" is required",
@@ -336,14 +326,10 @@ async fn dispatch(state: &Arc<Ctx>, req: Request) -> Response {
             "unknown_command",
             format!("unknown command {other:?}"),
         )),
-    };
-    match result {
-        Ok(data) => Response::ok(data),
-        Err(e) => failed(&e),
     }
 }
 
-async fn import(state: &Ctx, a: &Value) -> ops::OpResult {
+async fn import(state: &Ctx, a: &Value) -> ops::OpResult<ops::rates::ImportAnswer> {
     let file = arg_str(a, "file")?;
     let sha = arg_opt(a, "sha256").unwrap_or("");
     ops::rates::import_tables(

@@ -13,7 +13,7 @@ use hyper::header::{
     RETRY_AFTER, SET_COOKIE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use serde_json::Value;
+use serde::Serialize;
 
 use super::limit::{self, RateLimiter};
 use super::pages;
@@ -407,16 +407,21 @@ fn admin(state: &Ctx, req: &Req) -> Result<(), ApiError> {
     }
 }
 
-fn guarded(state: &Ctx, req: &Req, f: impl FnOnce(&Ctx) -> ops::OpResult) -> Response<Full<Bytes>> {
+fn guarded<T: Serialize>(
+    state: &Ctx,
+    req: &Req,
+    f: impl FnOnce(&Ctx) -> ops::OpResult<T>,
+) -> Response<Full<Bytes>> {
     match admin(state, req) {
         Ok(()) => answer(f(state)),
         Err(e) => error(&e),
     }
 }
 
-fn answer(r: ops::OpResult) -> Response<Full<Bytes>> {
+/// An operation's answer: its JSON with 200, or the error answer.
+fn answer<T: Serialize>(r: ops::OpResult<T>) -> Response<Full<Bytes>> {
     match r {
-        Ok(v) => json(200, &v),
+        Ok(a) => json(200, &a),
         Err(e) => error(&e),
     }
 }
@@ -458,13 +463,12 @@ fn method_not_allowed() -> ApiError {
     )
 }
 
-/// A JSON answer.
-pub fn json(status: u16, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+/// A JSON answer: `body` serialized as it is (a typed answer's fields in their order).
+pub fn json<T: Serialize + ?Sized>(status: u16, body: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string(body) {
+        Ok(text) => json_text(status, text),
+        Err(e) => error(&ApiError::internal(format!("serializing the answer: {e}"))),
+    }
 }
 
 /// A JSON answer already serialized (large answers skip the `Value` tree).

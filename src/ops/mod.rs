@@ -24,8 +24,11 @@ pub use error::{ApiError, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,8 +49,44 @@ use crate::time::calendar::{
 use crate::time::clock::Clock;
 use snapshot::CompanySnapshot;
 
-/// Result of an operation.
-pub type OpResult = Result<Value, ApiError>;
+/// Result of an operation: its typed answer (`Serialize`; the interfaces send its JSON) or
+/// the refusal. `Value` for the connection answers not yet typed (`connect`, `migrate`).
+pub type OpResult<T = Value> = Result<T, ApiError>;
+
+/// An error inside an answer that is itself a success (`{"code", "message"}`): a company's
+/// failure in the sync-all answer, a backfill that stopped part way.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorEntry {
+    /// The error's snake_case code.
+    pub code: String,
+    /// Its sentence.
+    pub message: String,
+}
+
+impl ErrorEntry {
+    /// The code and sentence of an error answer.
+    pub fn of(e: &ApiError) -> ErrorEntry {
+        ErrorEntry {
+            code: e.code.to_string(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// Checks that a typed answer serializes to exactly the text of `old` (the `json!` the
+/// answer was built with before it was typed: same keys, same order, same values) and
+/// that the text reads back into the same answer (what the CLI does).
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_wire_json<T>(typed: &T, old: &Value)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let text = serde_json::to_string(typed).unwrap();
+    assert_eq!(text, old.to_string());
+    assert_eq!(&serde_json::from_str::<T>(&text).unwrap(), typed);
+    assert_eq!(&T::deserialize(old).unwrap(), typed);
+}
 
 /// What operations reach: the services (each owning its parts) and the daemon's identity.
 pub struct Ctx {
@@ -215,24 +254,72 @@ pub fn health_reasons(
     Ok(reasons)
 }
 
+/// The answer of `GET /health`. Fields in alphabetical order: the order they have always
+/// had on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HealthAnswer {
+    /// The store was read: `healthy`, or `degraded` with the reasons.
+    Read {
+        /// Companies not disconnected.
+        active_companies: usize,
+        /// Companies that need to reconnect.
+        companies_with_expired_tokens: usize,
+        /// The newest sync of any company (RFC 3339 UTC), `null` before the first.
+        last_sync: Option<String>,
+        /// Why it is degraded (empty when healthy).
+        reasons: Vec<String>,
+        /// `healthy` or `degraded`.
+        status: String,
+        /// All companies.
+        total_companies: usize,
+    },
+    /// The store could not be read (503).
+    Unhealthy {
+        /// Why.
+        reasons: Vec<String>,
+        /// `unhealthy`.
+        status: String,
+    },
+}
+
+impl HealthAnswer {
+    fn unhealthy(why: String) -> HealthAnswer {
+        HealthAnswer::Unhealthy {
+            reasons: vec![why],
+            status: "unhealthy".into(),
+        }
+    }
+}
+
+/// `healthy` when there is no reason to be degraded.
+fn health_word(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "healthy"
+    } else {
+        "degraded"
+    }
+    .into()
+}
+
 /// `GET /health`: the brief's JSON from the store's real counts (the company snapshot), with
 /// `status` `healthy` or `degraded` (and the reasons); `unhealthy` + 503 only when the store
 /// cannot be read.
 ///
 /// The snapshot it reads may need the store's first pass over the companies (the first
 /// request after start): that runs on the blocking pool, never on an async worker.
-pub async fn health(ctx: &Arc<Ctx>) -> (u16, Value) {
+pub async fn health(ctx: &Arc<Ctx>) -> (u16, HealthAnswer) {
     let c = ctx.clone();
     match tokio::task::spawn_blocking(move || health_now(&c)).await {
         Ok(answer) => answer,
         Err(e) => (
             503,
-            json!({"status": "unhealthy", "reasons": [format!("health check failed: {e}")]}),
+            HealthAnswer::unhealthy(format!("health check failed: {e}")),
         ),
     }
 }
 
-fn health_now(ctx: &Ctx) -> (u16, Value) {
+fn health_now(ctx: &Ctx) -> (u16, HealthAnswer) {
     let result = ctx.companies_snapshot().and_then(|snapshot| {
         let reasons = health_reasons(ctx, &snapshot)?;
         Ok((snapshot, reasons))
@@ -242,97 +329,441 @@ fn health_now(ctx: &Ctx) -> (u16, Value) {
             let counts = &snapshot.counts;
             (
                 200,
-                json!({
-                    "status": if reasons.is_empty() { "healthy" } else { "degraded" },
-                    "total_companies": counts.total,
-                    "active_companies": counts.active,
-                    "companies_with_expired_tokens": counts.reconnect_needed,
-                    "last_sync": counts.last_sync.map(rfc3339),
-                    "reasons": reasons,
-                }),
+                HealthAnswer::Read {
+                    active_companies: counts.active,
+                    companies_with_expired_tokens: counts.reconnect_needed,
+                    last_sync: counts.last_sync.map(rfc3339),
+                    status: health_word(&reasons),
+                    reasons,
+                    total_companies: counts.total,
+                },
             )
         }
         Err(e) => {
             tracing::error!(error = %e, "health: store unreadable");
             (
                 503,
-                json!({"status": "unhealthy", "reasons": [format!("store unreadable: {e}")]}),
+                HealthAnswer::unhealthy(format!("store unreadable: {e}")),
             )
         }
     }
 }
 
-fn run_json(r: &crate::scheduler::runner::RunRecord) -> Value {
-    json!({
-        "date": r.date.to_string(),
-        "started_at": rfc3339(r.started_at),
-        "finished_at": rfc3339(r.finished_at),
-        "outcome": r.outcome,
-    })
+/// The answer of `status`: the daemon, its store, the fixings, the schedule, the sync-all
+/// in progress and the company counts. Fields (here and in its parts) in alphabetical
+/// order: the order they have always had on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// Undecodable stored records.
+    pub bad_records: BadRecords,
+    /// Company counts.
+    pub companies: CompanyCounts,
+    /// The control socket's path.
+    pub control_socket: String,
+    /// `ENVIRONMENT` as given.
+    pub environment: String,
+    /// As `/health` says.
+    pub health: Health,
+    /// The HTTP API's address.
+    pub http_listen: String,
+    /// The newest stored fixing per table (`main`, `minor`) in force today.
+    pub last_fixing: BTreeMap<String, LastFixing>,
+    /// The newest sync of any company, RFC 3339 UTC.
+    pub last_sync: Option<String>,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The daily run.
+    pub schedule: Schedule,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// The store.
+    pub store: StoreStatus,
+    /// The sync-all in progress.
+    pub sync_all: SyncAllProgress,
+    /// Seconds since the start.
+    pub uptime_secs: i64,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// `status.bad_records`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecords {
+    /// Those undecodable now.
+    pub current: Vec<BadRecordEntry>,
+    /// How many were met since the start.
+    pub seen: u64,
+}
+
+/// One undecodable record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecordEntry {
+    /// Why it does not decode.
+    pub error: String,
+    /// Its key (text, or `0x` and hex).
+    pub key: String,
+    /// Its tree.
+    pub tree: String,
+}
+
+/// `status.companies`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompanyCounts {
+    /// Not disconnected.
+    pub active: usize,
+    /// All.
+    pub total: usize,
+    /// Needing a reconnect.
+    pub with_expired_tokens: usize,
+}
+
+/// `status.health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Why it is degraded.
+    pub reasons: Vec<String>,
+    /// `healthy` or `degraded`.
+    pub status: String,
+}
+
+/// A table's newest fixing in `status.last_fixing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastFixing {
+    /// Its date.
+    pub date: String,
+    /// When it was stored, RFC 3339 UTC.
+    pub stored_at: String,
+}
+
+/// `status.schedule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The last time the scheduler's clock was read.
+    pub clock_seen: Option<String>,
+    /// Whether daily runs happen.
+    pub enabled: bool,
+    /// The last run that failed.
+    pub last_failed_run: Option<ScheduledRun>,
+    /// The last run.
+    pub last_run: Option<ScheduledRun>,
+    /// The next run.
+    pub next_run: Option<String>,
+    /// `HH:MM`, local.
+    pub time: String,
+    /// The zone's name.
+    pub timezone: String,
+}
+
+/// A daily run in `status.schedule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRun {
+    /// The local date it was for.
+    pub date: String,
+    /// RFC 3339 UTC.
+    pub finished_at: String,
+    /// What happened.
+    pub outcome: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+}
+
+impl ScheduledRun {
+    fn of(r: &crate::scheduler::runner::RunRecord) -> ScheduledRun {
+        ScheduledRun {
+            date: r.date.to_string(),
+            finished_at: rfc3339(r.finished_at),
+            outcome: r.outcome.clone(),
+            started_at: rfc3339(r.started_at),
+        }
+    }
+}
+
+/// `status.store`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// Stored fixing tables.
+    pub fixing_tables: usize,
+    /// The store's folder.
+    pub path: String,
+    /// Its schema.
+    pub schema_version: u32,
+    /// Its size on disk.
+    pub size_bytes: u64,
+}
+
+/// `status.sync_all`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncAllProgress {
+    /// Companies being synced now.
+    pub companies_in_flight: usize,
+    /// Companies done.
+    pub done: usize,
+    /// Companies failed.
+    pub failed: usize,
+    /// The date of the run in progress, `null` for none.
+    pub running_for: Option<String>,
+    /// Companies in the run.
+    pub total: usize,
 }
 
 /// `status`: version, uptime, store, last fixing, schedule, sync-all progress, counts.
 ///
 /// # Errors
 /// Store failure.
-pub fn status(ctx: &Ctx) -> OpResult {
+pub fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
     let snapshot = ctx.companies_snapshot()?;
     let counts = &snapshot.counts;
     let reasons = health_reasons(ctx, &snapshot)?;
     let today = ctx.today();
-    let mut last = serde_json::Map::new();
+    let mut last_fixing = BTreeMap::new();
     for kind in [TableKind::Main, TableKind::Minor] {
         if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
-            last.insert(
-                kind.as_str().into(),
-                json!({"date": t.table.date.to_string(), "stored_at": rfc3339(t.stored_at)}),
-            );
+            let last = LastFixing {
+                date: t.table.date.to_string(),
+                stored_at: rfc3339(t.stored_at),
+            };
+            last_fixing.insert(kind.as_str().to_string(), last);
         }
     }
     let config = ctx.config();
+    let store = &ctx.store;
+    Ok(StatusAnswer {
+        bad_records: BadRecords {
+            current: (store.bad_records().iter())
+                .map(|b| BadRecordEntry {
+                    error: b.error.clone(),
+                    key: b.key_display(),
+                    tree: b.tree.to_string(),
+                })
+                .collect(),
+            seen: store.bad_records_seen(),
+        },
+        companies: CompanyCounts {
+            active: counts.active,
+            total: counts.total,
+            with_expired_tokens: counts.reconnect_needed,
+        },
+        control_socket: config.control_socket.display().to_string(),
+        environment: config.environment.clone(),
+        health: Health {
+            status: health_word(&reasons),
+            reasons,
+        },
+        http_listen: ctx.http_addr.to_string(),
+        last_fixing,
+        last_sync: counts.last_sync.map(rfc3339),
+        pid: std::process::id(),
+        schedule: schedule(ctx, &config),
+        started_at: rfc3339(ctx.started_at),
+        store: StoreStatus {
+            fixing_tables: store.table_count(),
+            path: store.path().display().to_string(),
+            schema_version: store.schema_version(),
+            size_bytes: store.size_on_disk(),
+        },
+        sync_all: sync_all_progress(ctx),
+        uptime_secs: (ctx.now() - ctx.started_at).num_seconds(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+fn schedule(ctx: &Ctx, config: &Config) -> Schedule {
+    let s = &ctx.scheduler;
+    Schedule {
+        clock_seen: s.clock_seen().map(rfc3339),
+        enabled: config.schedule.enabled,
+        last_failed_run: s.last_failed_run().map(|r| ScheduledRun::of(&r)),
+        last_run: s.last_run().map(|r| ScheduledRun::of(&r)),
+        next_run: s.next_run().map(rfc3339),
+        time: config.schedule.time.format("%H:%M").to_string(),
+        timezone: config.schedule.timezone.name().into(),
+    }
+}
+
+fn sync_all_progress(ctx: &Ctx) -> SyncAllProgress {
     let progress = ctx.engine.progress();
     let load = |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "started_at": rfc3339(ctx.started_at),
-        "uptime_secs": (ctx.now() - ctx.started_at).num_seconds(),
-        "environment": config.environment,
-        "http_listen": ctx.http_addr.to_string(),
-        "control_socket": config.control_socket.display().to_string(),
-        "store": {
-            "path": ctx.store.path().display().to_string(),
-            "schema_version": ctx.store.schema_version(),
-            "size_bytes": ctx.store.size_on_disk(),
-            "fixing_tables": ctx.store.table_count(),
-        },
-        "last_fixing": last,
-        "companies": {
-            "total": counts.total,
-            "active": counts.active,
-            "with_expired_tokens": counts.reconnect_needed,
-        },
-        "last_sync": counts.last_sync.map(rfc3339),
-        "schedule": {
-            "enabled": config.schedule.enabled,
-            "time": config.schedule.time.format("%H:%M").to_string(),
-            "timezone": config.schedule.timezone.name(),
-            "next_run": ctx.scheduler.next_run().map(rfc3339),
-            "clock_seen": ctx.scheduler.clock_seen().map(rfc3339),
-            "last_run": ctx.scheduler.last_run().map(|r| run_json(&r)),
-            "last_failed_run": ctx.scheduler.last_failed_run().map(|r| run_json(&r)),
-        },
-        "bad_records": {
-            "current": ctx.store.bad_records().iter().map(|b| json!({"tree": b.tree, "key": b.key_display(), "error": b.error})).collect::<Vec<_>>(),
-            "seen": ctx.store.bad_records_seen(),
-        },
-        "sync_all": {
-            "running_for": ctx.engine.running_date().map(|d| d.to_string()),
-            "total": load(&progress.total),
-            "done": load(&progress.done),
-            "failed": load(&progress.failed),
-            "companies_in_flight": ctx.engine.companies_in_flight(),
-        },
-        "health": {"status": if reasons.is_empty() { "healthy" } else { "degraded" }, "reasons": reasons},
-    }))
+    SyncAllProgress {
+        companies_in_flight: ctx.engine.companies_in_flight(),
+        done: load(&progress.done),
+        failed: load(&progress.failed),
+        running_for: ctx.engine.running_date().map(|d| d.to_string()),
+        total: load(&progress.total),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_health_answers_are_the_old_json() {
+        for (reasons, last_sync) in [
+            (vec![], None),
+            (
+                vec!["a \"b\"".to_string(), "c".to_string()],
+                Some("2026-05-22T13:00:09Z"),
+            ),
+        ] {
+            let status = if reasons.is_empty() {
+                "healthy"
+            } else {
+                "degraded"
+            };
+            let old = json!({
+                "status": status,
+                "total_companies": 4,
+                "active_companies": 3,
+                "companies_with_expired_tokens": 1,
+                "last_sync": last_sync,
+                "reasons": reasons,
+            });
+            let typed = HealthAnswer::Read {
+                active_companies: 3,
+                companies_with_expired_tokens: 1,
+                last_sync: last_sync.map(str::to_string),
+                status: health_word(&reasons),
+                reasons,
+                total_companies: 4,
+            };
+            assert_wire_json(&typed, &old);
+        }
+        let old = json!({"status": "unhealthy", "reasons": [format!("store unreadable: {}", "x")]});
+        assert_wire_json(&HealthAnswer::unhealthy("store unreadable: x".into()), &old);
+    }
+
+    /// `status` from the same values as the old `json!` (its layout verbatim), with and
+    /// without the optional parts.
+    #[test]
+    fn the_status_answer_is_the_old_json() {
+        let run = |date: &str| ScheduledRun {
+            date: date.into(),
+            finished_at: "2026-05-22T13:00:09Z".into(),
+            outcome: "synced 3/3 \"companies\"".into(),
+            started_at: "2026-05-22T13:00:00Z".into(),
+        };
+        let run_json = |r: &ScheduledRun| {
+            json!({
+                "date": r.date,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "outcome": r.outcome,
+            })
+        };
+        for full in [true, false] {
+            let mut last = serde_json::Map::new();
+            let mut last_fixing = BTreeMap::new();
+            let mut bad = vec![];
+            if full {
+                for kind in ["minor", "main"] {
+                    let (date, stored_at) = ("2026-05-22", "2026-05-22T10:31:00Z");
+                    last.insert(kind.into(), json!({"date": date, "stored_at": stored_at}));
+                    let entry = LastFixing {
+                        date: date.into(),
+                        stored_at: stored_at.into(),
+                    };
+                    last_fixing.insert(kind.to_string(), entry);
+                }
+                bad.push(BadRecordEntry {
+                    error: "cannot decode".into(),
+                    key: "0x00ff".into(),
+                    tree: "companies".into(),
+                });
+            }
+            let opt = |s: &str| full.then(|| s.to_string());
+            let reasons: Vec<String> = if full { vec!["r".into()] } else { vec![] };
+            let typed = StatusAnswer {
+                bad_records: BadRecords {
+                    current: bad.clone(),
+                    seen: 7,
+                },
+                companies: CompanyCounts {
+                    active: 3,
+                    total: 4,
+                    with_expired_tokens: 1,
+                },
+                control_socket: "/run/boa-exchange/control.sock".into(),
+                environment: "production".into(),
+                health: Health {
+                    reasons: reasons.clone(),
+                    status: health_word(&reasons),
+                },
+                http_listen: "127.0.0.1:8080".into(),
+                last_fixing,
+                last_sync: opt("2026-05-22T13:00:09Z"),
+                pid: 4242,
+                schedule: Schedule {
+                    clock_seen: opt("2026-05-22T13:00:00Z"),
+                    enabled: full,
+                    last_failed_run: full.then(|| run("2026-05-21")),
+                    last_run: full.then(|| run("2026-05-22")),
+                    next_run: opt("2026-05-25T13:00:00Z"),
+                    time: "15:00".into(),
+                    timezone: "Europe/Tirane".into(),
+                },
+                started_at: "2026-05-20T08:00:00Z".into(),
+                store: StoreStatus {
+                    fixing_tables: 5490,
+                    path: "/var/lib/boa-exchange".into(),
+                    schema_version: 2,
+                    size_bytes: 1 << 33,
+                },
+                sync_all: SyncAllProgress {
+                    companies_in_flight: 2,
+                    done: 10,
+                    failed: 1,
+                    running_for: opt("2026-05-22"),
+                    total: 100,
+                },
+                uptime_secs: 3600,
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let s = &typed.schedule;
+            let old = json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": 4242,
+                "started_at": "2026-05-20T08:00:00Z",
+                "uptime_secs": 3600,
+                "environment": "production",
+                "http_listen": "127.0.0.1:8080",
+                "control_socket": "/run/boa-exchange/control.sock",
+                "store": {
+                    "path": "/var/lib/boa-exchange",
+                    "schema_version": 2,
+                    "size_bytes": 1u64 << 33,
+                    "fixing_tables": 5490,
+                },
+                "last_fixing": last,
+                "companies": {
+                    "total": 4,
+                    "active": 3,
+                    "with_expired_tokens": 1,
+                },
+                "last_sync": opt("2026-05-22T13:00:09Z"),
+                "schedule": {
+                    "enabled": full,
+                    "time": "15:00",
+                    "timezone": "Europe/Tirane",
+                    "next_run": s.next_run,
+                    "clock_seen": s.clock_seen,
+                    "last_run": s.last_run.as_ref().map(run_json),
+                    "last_failed_run": s.last_failed_run.as_ref().map(run_json),
+                },
+                "bad_records": {
+                    "current": bad.iter().map(|b| json!({"tree": b.tree, "key": b.key, "error": b.error})).collect::<Vec<_>>(),
+                    "seen": 7,
+                },
+                "sync_all": {
+                    "running_for": opt("2026-05-22"),
+                    "total": 100,
+                    "done": 10,
+                    "failed": 1,
+                    "companies_in_flight": 2,
+                },
+                "health": {"status": if reasons.is_empty() { "healthy" } else { "degraded" }, "reasons": reasons},
+            });
+            assert_wire_json(&typed, &old);
+        }
+    }
 }
