@@ -284,7 +284,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
         if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
             last.insert(
                 kind.as_str().into(),
-                json!({"date": t.table.date.to_string(), "stored_at": rfc3339(t.stored_at)}),
+                json!({"date": t.table.date.to_string(), "stored_at": rfc3339(t.stored_at), "published_time": t.table.published_time.map(|p| p.format("%H:%M").to_string())}),
             );
         }
     }
@@ -310,6 +310,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
             "total": counts.total,
             "active": counts.active,
             "with_expired_tokens": counts.reconnect_needed,
+            "stale": counts.waiting,
         },
         "last_sync": counts.last_sync.map(rfc3339),
         "schedule": {
