@@ -147,6 +147,12 @@ check "file list: /usr/bin/boa-exchange 0755" has_entry -rwxr-xr-x ./usr/bin/boa
 check "file list: the systemd unit" has_entry -rw-r--r-- ./usr/lib/systemd/system/boa-exchange.service
 check "file list: /etc/boa-exchange/config.toml 0640 (never world-readable)" has_entry -rw-r----- ./etc/boa-exchange/config.toml
 check "file list: boa-exchange(8)" has_entry -rw-r--r-- ./usr/share/man/man8/boa-exchange.8.gz
+check "file list: bash completion" has_entry -rw-r--r-- ./usr/share/bash-completion/completions/boa-exchange
+check "file list: zsh completion" has_entry -rw-r--r-- ./usr/share/zsh/vendor-completions/_boa-exchange
+check "file list: fish completion" has_entry -rw-r--r-- ./usr/share/fish/vendor_completions.d/boa-exchange.fish
+check "file list: example alert rules" has_entry -rw-r--r-- ./usr/share/doc/boa-exchange/examples/monitoring/boa-exchange.rules.yml
+check "file list: example Grafana dashboard" has_entry -rw-r--r-- ./usr/share/doc/boa-exchange/examples/monitoring/grafana-dashboard.json
+check "file list: example nginx site" has_entry -rw-r--r-- ./usr/share/doc/boa-exchange/examples/nginx/boa-exchange.conf
 check "file list: copyright" has_entry -rw-r--r-- ./usr/share/doc/boa-exchange/copyright
 check "file list: changelog.Debian.gz" has_entry -rw-r--r-- ./usr/share/doc/boa-exchange/changelog.Debian.gz
 check "file list: no data directory shipped (postinst creates it, purge deletes it)" \
@@ -215,6 +221,17 @@ if [ -e /usr/share/man/man8/boa-exchange.8.gz ]; then
 else
     say "note: dpkg excludes man pages on this machine; verifying with --man=no"
     verify_args+=(--man=no)
+fi
+if [ -e /usr/share/man/man8/boa-exchange.8.gz ]; then
+    check "man boa-exchange lists the subcommands (status, completions)" bash -c \
+        "MANWIDTH=80 man -P cat 8 boa-exchange 2>/dev/null | grep -q 'boa-exchange completions' && MANWIDTH=80 man -P cat 8 boa-exchange | grep -q 'boa-exchange status'"
+fi
+check "the installed bash completion completes subcommands (boa-exchange st<TAB>)" bash -c \
+    "source /usr/share/bash-completion/completions/boa-exchange; COMP_WORDS=(boa-exchange st); COMP_CWORD=1; COMP_LINE='boa-exchange st'; COMP_POINT=\${#COMP_LINE}; _boa__exchange boa-exchange st boa-exchange; printf '%s\n' \"\${COMPREPLY[@]}\" | grep -qx status"
+check "the installed bash completion is what the binary prints" \
+    bash -c "/usr/bin/boa-exchange completions bash | cmp -s - /usr/share/bash-completion/completions/boa-exchange"
+if command -v promtool >/dev/null 2>&1; then
+    check "promtool check rules on the installed example" promtool check rules /usr/share/doc/boa-exchange/examples/monitoring/boa-exchange.rules.yml
 fi
 verify_out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "${verify_args[@]}" "$UNIT" 2>&1) && verify_rc=0 || verify_rc=$?
 if [ -n "$verify_out" ]; then indent <<<"$verify_out"; fi

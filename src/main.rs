@@ -15,6 +15,8 @@ fn main() -> ExitCode {
         Command::Serve => serve(&args),
         Command::CheckConfig => cli::check_config(args.config.as_deref()),
         Command::Demo { port, once } => boa_exchange::demo::main(port, once),
+        Command::Completions { shell } => cli::print_completions(shell),
+        Command::Manpage => cli::print_manpage(),
         _ => {
             logging::init_client();
             match tokio::runtime::Builder::new_current_thread()

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod completions;
 pub mod render;
+pub mod status;
 
 use crate::config::Config;
 use crate::control::client::{self, Client};
@@ -54,8 +56,12 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Daemon: version, uptime, store, last fixing, next run, counts.
-    Status,
+    /// Daemon: health, next run, companies, last fixing, store (like `systemctl status`).
+    Status {
+        /// Also the internals: pid, sockets, the scheduler's clock, bad records, in-flight counts.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// List companies (active only unless --all).
     Companies {
         /// Include disconnected companies.
@@ -172,6 +178,14 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the shell completion script (the .deb installs bash, zsh and fish ones).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: completions::Shell,
+    },
+    /// Print the man page, boa-exchange(8), in roff (the .deb installs it).
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Where the installed service's control socket is (`RuntimeDirectory=boa-exchange`).
@@ -209,8 +223,12 @@ pub fn check_config(path: Option<&std::path::Path>) -> ExitCode {
 /// A usage problem found before contacting the daemon (message for stderr).
 pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, String> {
     Ok(Some(match cmd {
-        Command::Serve | Command::CheckConfig | Command::Demo { .. } => return Ok(None),
-        Command::Status => ("status", json!({})),
+        Command::Serve
+        | Command::CheckConfig
+        | Command::Demo { .. }
+        | Command::Completions { .. }
+        | Command::Manpage => return Ok(None),
+        Command::Status { .. } => ("status", json!({})),
         Command::Companies { all } => ("companies", json!({"all": all})),
         Command::Company { realm } => ("company", json!({"realm": realm})),
         Command::Sync { realm, all, date } => {
@@ -437,10 +455,11 @@ pub fn print_answer(cli: &Cli, cmd: &str, answer: &crate::control::Response) -> 
         };
         println!("{out}");
     } else if answer.ok {
-        print!(
-            "{}",
-            render::render(cmd, answer.data.as_ref().unwrap_or(&Value::Null))
-        );
+        let data = answer.data.as_ref().unwrap_or(&Value::Null);
+        match &cli.command {
+            Command::Status { verbose } => print!("{}", status::render(data, *verbose)),
+            _ => print!("{}", render::render(cmd, data)),
+        }
     } else if let Some(e) = &answer.error {
         eprintln!("error: {} ({})", e.message, e.code);
     }
@@ -738,5 +757,22 @@ async fn import_connections(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// `completions SHELL`: the script on stdout.
+pub fn print_completions(shell: completions::Shell) -> ExitCode {
+    completions::completions(shell, &mut std::io::stdout().lock());
+    ExitCode::SUCCESS
+}
+
+/// `manpage`: boa-exchange(8) in roff on stdout.
+pub fn print_manpage() -> ExitCode {
+    match completions::manpage(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("manpage: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }

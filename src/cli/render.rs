@@ -8,7 +8,6 @@ use crate::ops::backfill::BackfillAnswer;
 use crate::ops::companies::{ListAnswer, LogsAnswer, SettingsAnswer, SyncStatusAnswer};
 use crate::ops::rates::{ArchiveIndexAnswer, FetchAnswer, ImportAnswer, RatesAnswer};
 use crate::ops::sync::{SyncAllAnswer, SyncAnswer};
-use crate::ops::StatusAnswer;
 
 fn s(v: &Value) -> String {
     match v {
@@ -109,7 +108,7 @@ fn list_text<T: Serialize>(v: &[T]) -> String {
 /// of another version, is shown as `key: value` lines).
 pub fn render(cmd: &str, data: &Value) -> String {
     match cmd {
-        "status" => typed(data, render_status),
+        "status" => super::status::render(data, false),
         "companies" => typed(data, render_companies),
         "company" => typed(data, render_company),
         "sync" => typed(data, render_sync),
@@ -141,11 +140,6 @@ fn generic(data: &Value) -> String {
         }
         _ => kv(data),
     }
-}
-
-/// `status`: the answer's `key: value` lines.
-pub fn render_status(a: &StatusAnswer) -> String {
-    serde_json::to_value(a).map(|v| kv(&v)).unwrap_or_default()
 }
 
 fn render_companies(a: &ListAnswer) -> String {
@@ -428,10 +422,7 @@ mod tests {
     use crate::ops::companies::{AttemptCounts, CompanyEntry, LogEntry, RateCounts};
     use crate::ops::rates::{FetchedTable, RateEntry, RatesTable, WorkbookEntry};
     use crate::ops::sync::SyncAllResult;
-    use crate::ops::{
-        BadRecordEntry, BadRecords, CompanyCounts, ErrorEntry, Health, LastFixing, Schedule,
-        ScheduledRun, StoreStatus, SyncAllProgress,
-    };
+    use crate::ops::ErrorEntry;
 
     /// `render` before the typed answers, verbatim: the text the typed renderers must keep.
     fn old_render(cmd: &str, data: &Value) -> String {
@@ -687,72 +678,6 @@ mod tests {
         }
     }
 
-    fn status() -> StatusAnswer {
-        let run = ScheduledRun {
-            date: "2026-05-22".into(),
-            finished_at: "2026-05-22T13:00:09Z".into(),
-            outcome: "synced 3/3".into(),
-            started_at: "2026-05-22T13:00:00Z".into(),
-        };
-        StatusAnswer {
-            bad_records: BadRecords {
-                current: vec![BadRecordEntry {
-                    error: "bad".into(),
-                    key: "0x00ff".into(),
-                    tree: "companies".into(),
-                }],
-                seen: 2,
-            },
-            companies: CompanyCounts {
-                active: 3,
-                total: 4,
-                with_expired_tokens: 1,
-            },
-            control_socket: "/run/boa-exchange/control.sock".into(),
-            environment: "production".into(),
-            health: Health {
-                reasons: vec!["a".into(), "b".into()],
-                status: "degraded".into(),
-            },
-            http_listen: "127.0.0.1:8080".into(),
-            last_fixing: [(
-                "main".to_string(),
-                LastFixing {
-                    date: "2026-05-22".into(),
-                    stored_at: "2026-05-22T12:31:00Z".into(),
-                },
-            )]
-            .into(),
-            last_sync: None,
-            pid: 4242,
-            schedule: Schedule {
-                clock_seen: Some("2026-05-22T13:00:00Z".into()),
-                enabled: true,
-                last_failed_run: None,
-                last_run: Some(run),
-                next_run: Some("2026-05-25T13:00:00Z".into()),
-                time: "15:00".into(),
-                timezone: "Europe/Tirane".into(),
-            },
-            started_at: "2026-05-20T08:00:00Z".into(),
-            store: StoreStatus {
-                fixing_tables: 5490,
-                path: "/var/lib/boa-exchange/store".into(),
-                schema_version: 2,
-                size_bytes: 1 << 20,
-            },
-            sync_all: SyncAllProgress {
-                companies_in_flight: 0,
-                done: 0,
-                failed: 0,
-                running_for: None,
-                total: 0,
-            },
-            uptime_secs: 3600,
-            version: "0.1.0".into(),
-        }
-    }
-
     fn backfill(failed: bool) -> BackfillAnswer {
         let step = |date: &str, qb: Option<&str>, action: &str| PlanEntry {
             action: action.into(),
@@ -865,7 +790,6 @@ mod tests {
             company("2", None),
         ];
         vec![
-            ("status", v(&status())),
             (
                 "companies",
                 v(&ListAnswer {

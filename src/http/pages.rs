@@ -49,13 +49,23 @@ pub fn index(data: &LandingData) -> String {
     for t in &data.tables {
         body.push_str(&fixing_table(t));
     }
-    if !data.series.is_empty() {
+    // One point is no line: an empty frame would look broken, so say when it comes.
+    if data.series.len() >= CHART_MIN_DAYS {
         body.push_str(&chart(&data.series));
+    } else if !data.tables.is_empty() {
+        body.push_str(&format!(
+            "<p class=\"meta\" id=\"chart-pending\">The EUR and USD chart appears once {CHART_MIN_DAYS} days are stored \
+             ({} stored so far).</p>",
+            data.series.len()
+        ));
     }
     body.push_str(button);
     body.push_str("<p><a href=\"/api/v1/rates\">The official rates as JSON</a></p>");
     page("Bank of Albania rates for QuickBooks", &body)
 }
+
+/// How many stored fixings the chart needs before it is drawn (two points make a line).
+pub const CHART_MIN_DAYS: usize = 2;
 
 /// English names of the codes BoA publishes (as its English page words them, tidied).
 pub fn currency_name(code: &str) -> &'static str {
@@ -301,6 +311,49 @@ pub fn message(title: &str, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn landing(days: &[(&str, &str)]) -> LandingData {
+        let point = |(d, eur): &(&str, &str)| SeriesPoint {
+            date: d.parse().unwrap(),
+            eur: Some(eur.parse().unwrap()),
+            usd: Some("82.24".parse().unwrap()),
+        };
+        let series: Vec<SeriesPoint> = days.iter().map(point).collect();
+        LandingData {
+            enrollment_open: true,
+            tables: vec![LandingTable {
+                kind: TableKind::Main,
+                date: series.last().map(|p| p.date).unwrap(),
+                published_time: None,
+                previous_date: None,
+                rows: vec![],
+            }],
+            series,
+        }
+    }
+
+    #[test]
+    fn one_stored_day_says_when_the_chart_comes_two_draw_it() {
+        let one = index(&landing(&[("2026-05-22", "95.40")]));
+        assert!(
+            one.contains("The EUR and USD chart appears once 2 days are stored (1 stored so far)."),
+            "{one}"
+        );
+        assert!(!one.contains("<svg"), "an empty frame is drawn: {one}");
+
+        let two = index(&landing(&[
+            ("2026-05-21", "95.30"),
+            ("2026-05-22", "95.40"),
+        ]));
+        assert!(!two.contains("chart-pending"), "{two}");
+        assert_eq!(two.matches("<svg").count(), 1, "{two}");
+        for line in ["class=\"EUR\"", "class=\"USD\""] {
+            let at = two.find(line).unwrap_or_else(|| panic!("{line}: {two}"));
+            let points = &two[at..].split('"').nth(3).unwrap();
+            assert_eq!(points.split(' ').count(), 2, "{line} {points}");
+        }
+        assert!(two.contains("EUR 95.40"), "{two}");
+    }
 
     #[test]
     fn oauth_errors_are_never_echoed_unbounded() {

@@ -411,6 +411,8 @@ pub struct BadRecordEntry {
 pub struct CompanyCounts {
     /// Not disconnected.
     pub active: usize,
+    /// Active companies waiting for a sync (none since the last fixing).
+    pub stale: usize,
     /// All.
     pub total: usize,
     /// Needing a reconnect.
@@ -431,6 +433,8 @@ pub struct Health {
 pub struct LastFixing {
     /// Its date.
     pub date: String,
+    /// The publication time BoA printed on the page (HH:MM, Tirana), when it printed one.
+    pub published_time: Option<String>,
     /// When it was stored, RFC 3339 UTC.
     pub stored_at: String,
 }
@@ -520,6 +524,10 @@ pub fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
         if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
             let last = LastFixing {
                 date: t.table.date.to_string(),
+                published_time: t
+                    .table
+                    .published_time
+                    .map(|p| p.format("%H:%M").to_string()),
                 stored_at: rfc3339(t.stored_at),
             };
             last_fixing.insert(kind.as_str().to_string(), last);
@@ -540,6 +548,7 @@ pub fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
         },
         companies: CompanyCounts {
             active: counts.active,
+            stale: counts.waiting,
             total: counts.total,
             with_expired_tokens: counts.reconnect_needed,
         },
@@ -658,9 +667,13 @@ mod tests {
             if full {
                 for kind in ["minor", "main"] {
                     let (date, stored_at) = ("2026-05-22", "2026-05-22T10:31:00Z");
-                    last.insert(kind.into(), json!({"date": date, "stored_at": stored_at}));
+                    last.insert(
+                        kind.into(),
+                        json!({"date": date, "stored_at": stored_at, "published_time": "10:30"}),
+                    );
                     let entry = LastFixing {
                         date: date.into(),
+                        published_time: Some("10:30".into()),
                         stored_at: stored_at.into(),
                     };
                     last_fixing.insert(kind.to_string(), entry);
@@ -680,6 +693,7 @@ mod tests {
                 },
                 companies: CompanyCounts {
                     active: 3,
+                    stale: 2,
                     total: 4,
                     with_expired_tokens: 1,
                 },
@@ -739,6 +753,7 @@ mod tests {
                     "total": 4,
                     "active": 3,
                     "with_expired_tokens": 1,
+                    "stale": 2,
                 },
                 "last_sync": opt("2026-05-22T13:00:09Z"),
                 "schedule": {

@@ -128,9 +128,18 @@ impl Scheduler {
         self.clock.now()
     }
 
-    /// The next scheduled run, as the loop computed it (`None` when disabled).
+    /// The next scheduled run (`None` when disabled): as the loop computed it, or, before
+    /// the loop has (at start the catch-up and its BoA fetch, which may retry for minutes,
+    /// come first; after a reload re-enabled the schedule), from the config and the clock.
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
-        *lock(&self.next_run)
+        let config = self.config();
+        if !config.schedule.enabled {
+            return None;
+        }
+        let planned = *lock(&self.next_run);
+        Some(planned.unwrap_or_else(|| {
+            next_run(self.now(), config.schedule.time, config.schedule.timezone)
+        }))
     }
 
     fn set_next_run(&self, at: Option<DateTime<Utc>>) {

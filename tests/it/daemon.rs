@@ -60,7 +60,10 @@ fn health_status_and_ready_notification() {
 
     let (code, out, _) = d.cli(&["status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("version"), "{out}");
+    assert!(
+        out.contains(&format!("boa-exchange {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
     let (code, out, _) = d.cli(&["--json", "status"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(out.trim()).unwrap();

@@ -221,7 +221,10 @@ async fn wait_next_run(d: &InProcDaemon, at: &str) -> Value {
     loop {
         let s = status(d).await;
         if s["schedule"]["next_run"] == at {
-            return s;
+            // `next_run` is shown from the start (computed before the loop plans it): the
+            // loop has come round only once it has acted on the clock's reading too.
+            settle(d).await;
+            return status(d).await;
         }
         assert!(
             Instant::now() < end,
@@ -971,6 +974,39 @@ async fn a_late_fixing_replaces_a_holiday_fill() {
     assert_eq!(
         r["data"]["tables"][0]["date"], FRI,
         "no longer a holiday: {r}"
+    );
+    d.stop().await;
+}
+
+/// (issue 24) With the schedule on, `status` shows the next run while the first BoA fetch
+/// at start (the catch-up's) is still in flight: the loop has not planned a run yet
+/// (`clock_seen` is null), and the next run is still computed from the config and the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_run_is_shown_while_the_first_fetch_is_still_retrying() {
+    let f = fakes(thursday_page()).await;
+    // The first fetch hangs (well past the test) instead of answering.
+    f.boa.set_mode(Mode::Slow(Duration::from_secs(600)));
+    let clock = ManualClock::new(tirane(FRI, 12, 59, 50));
+    let toml = config(&f, true, "").replace("timeout_secs = 5", "timeout_secs = 600");
+    let d = InProcDaemon::start(&toml, clock.clone()).await;
+    wait_for("the first BoA fetch to start", 15, || f.boa.requests() > 0).await;
+    let s = status(&d).await;
+    assert_eq!(
+        s["schedule"]["clock_seen"],
+        Value::Null,
+        "the loop already runs: {}",
+        s["schedule"]
+    );
+    assert_eq!(
+        s["schedule"]["next_run"], "2026-05-22T11:00:00Z",
+        "{}",
+        s["schedule"]
+    );
+    // The CLI's readable form says it in Tirana time, ten seconds away.
+    let out = boa_exchange::cli::status::render(&s, false);
+    assert!(
+        out.contains("Next run:    Fri 22 May 13:00 Europe/Tirane (in 10 s)"),
+        "{out}"
     );
     d.stop().await;
 }
