@@ -11,9 +11,11 @@
 //! threads that would make it stable queue behind the waiting writer). Multi-record updates
 //! are ordered instead so that any durable prefix is harmless; see each method.
 
+pub mod backup;
 pub mod codec;
 pub mod keys;
 pub mod records;
+mod snapshot;
 pub mod tally;
 
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +29,7 @@ use crate::fixing::{FixingSource, FixingTable, TableKind};
 use crate::locks::lock;
 pub use codec::CodecError;
 use records::*;
+use snapshot::{Snapshots, TreeId, Writer};
 
 /// sled's page cache (its default is 1 GiB, and a sync-all touching every company keeps
 /// growing into it). The working set of a daily run is each company's record, tokens and
@@ -87,6 +90,15 @@ pub enum Error {
     /// The blocking flush did not finish (it panicked, or the runtime is shutting down).
     #[error("store flush did not complete: {0}")]
     FlushTask(String),
+    /// A backup was asked for while one runs.
+    #[error("a backup is already running; try again when it has finished")]
+    BackupRunning,
+    /// The backup's reader went away before the end.
+    #[error("the backup was cut short: its reader went away")]
+    BackupAborted,
+    /// A backup line could not be written, or a restored record converted.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl Error {
@@ -140,6 +152,8 @@ pub struct Store {
     /// (held around the sled operation, so the pass that builds it sees each write exactly
     /// once); see [`tally`].
     tally: std::sync::Mutex<tally::Tally>,
+    /// The write gate and a running backup's pre-images (see [`snapshot`]).
+    snaps: Snapshots,
 }
 
 /// A stored record that could not be decoded: skipped by scans, reported here (SPEC §9).
@@ -299,6 +313,7 @@ impl Store {
             scrapes: db.open_tree(keys::SCRAPES)?,
             oauth_states: db.open_tree(keys::OAUTH_STATES)?,
             meta: db.open_tree(keys::META)?,
+            snaps: Snapshots::open(&db)?,
             db,
             path,
             vault,
@@ -391,9 +406,9 @@ impl Store {
             .transpose()
     }
 
-    fn put<T: Serialize>(tree: &sled::Tree, name: &'static str, key: &[u8], v: &T) -> Result<()> {
-        let bytes = codec::encode(v).map_err(Error::codec(name))?;
-        tree.insert(key, bytes)?;
+    fn put<T: Serialize>(&self, id: TreeId, key: &[u8], v: &T) -> Result<()> {
+        let bytes = codec::encode(v).map_err(Error::codec(id.name()))?;
+        self.writer().insert(id, key, bytes)?;
         Ok(())
     }
 
@@ -422,7 +437,7 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub fn meta_put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
-        Self::put(&self.meta, keys::META, key.as_bytes(), v)
+        self.put(TreeId::Meta, key.as_bytes(), v)
     }
 
     /// A secret kept in meta, encrypted with the vault (e.g. the generated `SECRET_KEY`).
@@ -442,7 +457,7 @@ impl Store {
     /// sled or encrypt failure.
     pub async fn put_meta_secret(&self, key: &str, plaintext: &[u8]) -> Result<()> {
         let ct = self.vault.encrypt(plaintext)?;
-        self.meta.insert(key.as_bytes(), ct)?;
+        self.writer().insert(TreeId::Meta, key.as_bytes(), ct)?;
         self.flush().await
     }
 
@@ -607,7 +622,7 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub async fn save_company(&self, c: &Company) -> Result<()> {
-        self.insert_company(c)?;
+        self.insert_company(&self.writer(), c)?;
         self.flush().await
     }
 
@@ -647,10 +662,9 @@ impl Store {
             let mut c = before.clone();
             change(&mut c);
             let new = codec::encode(&c).map_err(Error::codec(keys::COMPANIES))?;
+            let w = self.writer();
             let mut tally = self.tally();
-            if self
-                .companies
-                .compare_and_swap(key, Some(old), Some(new))?
+            if w.compare_and_swap(TreeId::Companies, key, Some(old), Some(new))?
                 .is_ok()
             {
                 tally.change(Some(&before), Some(&c));
@@ -672,8 +686,13 @@ impl Store {
         let company = codec::encode(c).map_err(Error::codec(keys::COMPANIES))?;
         let tokens = self.seal(t)?;
         let key = c.realm_id.as_bytes();
-        self.tokens.insert(key, tokens)?;
-        self.write_company(key, Some(c), |t| t.insert(key, company))?;
+        {
+            let w = self.writer();
+            w.insert(TreeId::Tokens, key, tokens)?;
+            self.write_company(&w, key, Some(c), |w| {
+                w.insert(TreeId::Companies, key, company)
+            })?;
+        }
         self.flush().await
     }
 
@@ -698,7 +717,7 @@ impl Store {
     /// sled, encode or encrypt failure.
     pub fn put_tokens_unflushed(&self, realm: &str, t: &TokenSet) -> Result<()> {
         let ct = self.seal(t)?;
-        self.tokens.insert(realm.as_bytes(), ct)?;
+        self.writer().insert(TreeId::Tokens, realm.as_bytes(), ct)?;
         Ok(())
     }
 
@@ -731,7 +750,7 @@ impl Store {
         change: impl FnMut(&mut Company),
     ) -> Result<Option<Company>> {
         let c = self.update_company_unflushed(realm, change)?;
-        self.tokens.remove(realm.as_bytes())?;
+        self.writer().remove(TreeId::Tokens, realm.as_bytes())?;
         self.flush().await?;
         Ok(c)
     }
@@ -741,8 +760,11 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub async fn save_company_without_tokens(&self, c: &Company) -> Result<()> {
-        self.insert_company(c)?;
-        self.tokens.remove(c.realm_id.as_bytes())?;
+        {
+            let w = self.writer();
+            self.insert_company(&w, c)?;
+            w.remove(TreeId::Tokens, c.realm_id.as_bytes())?;
+        }
         self.flush().await
     }
 
@@ -754,8 +776,11 @@ impl Store {
     /// sled failure.
     pub async fn remove_company(&self, realm: &str) -> Result<()> {
         let key = realm.as_bytes();
-        self.write_company(key, None, |t| t.remove(key))?;
-        self.tokens.remove(realm.as_bytes())?;
+        {
+            let w = self.writer();
+            self.write_company(&w, key, None, |w| w.remove(TreeId::Companies, key))?;
+            w.remove(TreeId::Tokens, key)?;
+        }
         self.flush().await
     }
 
@@ -786,10 +811,10 @@ impl Store {
     }
 
     /// Writes a company record (not flushed).
-    fn insert_company(&self, c: &Company) -> Result<()> {
+    fn insert_company(&self, w: &Writer<'_>, c: &Company) -> Result<()> {
         let bytes = codec::encode(c).map_err(Error::codec(keys::COMPANIES))?;
         let key = c.realm_id.as_bytes();
-        self.write_company(key, Some(c), |t| t.insert(key, bytes))
+        self.write_company(w, key, Some(c), |w| w.insert(TreeId::Companies, key, bytes))
     }
 
     /// One write to the companies tree that replaces the record under `key` by `new` (`None`:
@@ -797,12 +822,13 @@ impl Store {
     /// the tally and the companies generation.
     fn write_company(
         &self,
+        w: &Writer<'_>,
         key: &[u8],
         new: Option<&Company>,
-        write: impl FnOnce(&sled::Tree) -> sled::Result<Option<sled::IVec>>,
+        write: impl FnOnce(&Writer<'_>) -> sled::Result<Option<sled::IVec>>,
     ) -> Result<()> {
         let mut tally = self.tally();
-        let old = write(&self.companies)?;
+        let old = write(w)?;
         if !tally.needs_pass() {
             let before = match old {
                 None => None,
@@ -831,10 +857,10 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub fn put_rates(&self, realm: &str, rates: &[CompanyRate]) -> Result<()> {
+        let w = self.writer();
         for r in rates {
             let v = codec::encode(r).map_err(Error::codec(keys::RATES))?;
-            self.rates
-                .insert(keys::rate_key(realm, r.date, r.currency), v)?;
+            w.insert(TreeId::Rates, &keys::rate_key(realm, r.date, r.currency), v)?;
         }
         Ok(())
     }
@@ -864,8 +890,8 @@ impl Store {
                 row.synced = false;
                 row.synced_at = None;
                 // Row by row, not a sled batch (batches take sled's global exclusive lock).
-                self.rates
-                    .insert(k, codec::encode(&row).map_err(Error::codec(keys::RATES))?)?;
+                let v = codec::encode(&row).map_err(Error::codec(keys::RATES))?;
+                self.writer().insert(TreeId::Rates, &k, v)?;
                 n += 1;
             }
         }
@@ -958,7 +984,7 @@ impl Store {
     /// sled or encode failure.
     pub fn append_log(&self, realm: &str, rec: &LogRecord) -> Result<()> {
         let id = self.db.generate_id()?;
-        Self::put(&self.logs, keys::LOGS, &keys::log_key(realm, id), rec)
+        self.put(TreeId::Logs, &keys::log_key(realm, id), rec)
     }
 
     /// A company's newest log records, newest first.
@@ -1024,7 +1050,7 @@ impl Store {
                     let mut rec = old;
                     rec.table.published_time = table.published_time;
                     rec.source = source.clone();
-                    Self::put(&self.fixings, keys::FIXINGS, &key, &rec)?;
+                    self.put(TreeId::Fixings, &key, &rec)?;
                 }
                 return Ok(TableOutcome::Unchanged);
             }
@@ -1042,7 +1068,7 @@ impl Store {
                 )
             }
         };
-        Self::put(&self.fixings, keys::FIXINGS, &key, &record)?;
+        self.put(TreeId::Fixings, &key, &record)?;
         Ok(outcome)
     }
 
@@ -1122,7 +1148,7 @@ impl Store {
     /// sled or encode failure.
     pub fn append_scrape(&self, rec: &ScrapeRecord) -> Result<()> {
         let id = self.db.generate_id()?;
-        Self::put(&self.scrapes, keys::SCRAPES, &id.to_be_bytes(), rec)
+        self.put(TreeId::Scrapes, &id.to_be_bytes(), rec)
     }
 
     /// Newest scrape records, newest first.
@@ -1144,7 +1170,7 @@ impl Store {
     /// # Errors
     /// sled or encode failure.
     pub async fn put_pending(&self, key: &str, p: &PendingAuth) -> Result<()> {
-        Self::put(&self.oauth_states, keys::OAUTH_STATES, key.as_bytes(), p)?;
+        self.put(TreeId::OauthStates, key.as_bytes(), p)?;
         self.flush().await
     }
 
@@ -1166,7 +1192,7 @@ impl Store {
     /// # Errors
     /// sled or decode failure.
     pub fn take_pending(&self, key: &str) -> Result<Option<PendingAuth>> {
-        match self.oauth_states.remove(key.as_bytes())? {
+        match self.writer().remove(TreeId::OauthStates, key.as_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(
                 codec::decode(&v).map_err(Error::codec(keys::OAUTH_STATES))?,
@@ -1188,7 +1214,7 @@ impl Store {
                 | PendingAuth::InvitedState { expires_at, .. } => expires_at,
             };
             if exp < now {
-                self.oauth_states.remove(k)?;
+                self.writer().remove(TreeId::OauthStates, &k)?;
                 n += 1;
             }
         }
