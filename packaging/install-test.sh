@@ -147,6 +147,8 @@ check "file list: /usr/bin/boa-exchange 0755" has_entry -rwxr-xr-x ./usr/bin/boa
 check "file list: the systemd unit" has_entry -rw-r--r-- ./usr/lib/systemd/system/boa-exchange.service
 check "file list: /etc/boa-exchange/config.toml 0640 (never world-readable)" has_entry -rw-r----- ./etc/boa-exchange/config.toml
 check "file list: boa-exchange(8)" has_entry -rw-r--r-- ./usr/share/man/man8/boa-exchange.8.gz
+check "file list: the backup service" has_entry -rw-r--r-- ./usr/lib/systemd/system/boa-exchange-backup.service
+check "file list: the backup timer" has_entry -rw-r--r-- ./usr/lib/systemd/system/boa-exchange-backup.timer
 check "file list: bash completion" has_entry -rw-r--r-- ./usr/share/bash-completion/completions/boa-exchange
 check "file list: zsh completion" has_entry -rw-r--r-- ./usr/share/zsh/vendor-completions/_boa-exchange
 check "file list: fish completion" has_entry -rw-r--r-- ./usr/share/fish/vendor_completions.d/boa-exchange.fish
@@ -236,6 +238,12 @@ fi
 verify_out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "${verify_args[@]}" "$UNIT" 2>&1) && verify_rc=0 || verify_rc=$?
 if [ -n "$verify_out" ]; then indent <<<"$verify_out"; fi
 check "systemd-analyze verify $UNIT" test "$verify_rc" -eq 0
+BACKUP_UNITS=(/usr/lib/systemd/system/boa-exchange-backup.service /usr/lib/systemd/system/boa-exchange-backup.timer)
+bverify_out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "${verify_args[@]}" "${BACKUP_UNITS[@]}" 2>&1) && bverify_rc=0 || bverify_rc=$?
+if [ -n "$bverify_out" ]; then indent <<<"$bverify_out"; fi
+check "systemd-analyze verify the backup service and timer" test "$bverify_rc" -eq 0
+check "the backup timer is not enabled on install" \
+    test ! -e /etc/systemd/system/timers.target.wants/boa-exchange-backup.timer
 
 as_user() { # USER CMD...: run CMD as USER with USER's groups, like User= does
     local u=$1
@@ -389,6 +397,21 @@ check "boa-exchange status as $MEMBER (supplementary group $SVC_GROUP): exit 0" 
 out=$(as_user "$OUTSIDER" /usr/bin/boa-exchange --socket "$SOCK" status 2>&1) && rc=0 || rc=$?
 say "as $OUTSIDER: exit $rc: $(head -n 1 <<<"$out")"
 check "boa-exchange status as $OUTSIDER (not in $SVC_GROUP) is refused: exit non-zero" test "$rc" -ne 0
+
+# A backup as the service user (what boa-exchange-backup.service runs), then a dry-run
+# restore of it against a fresh folder with the same identity.
+BK_DIR=$(mktemp -d)
+chown "$SVC_USER:$SVC_GROUP" "$BK_DIR"
+out=$(as_user "$SVC_USER" /usr/bin/boa-exchange --socket "$SOCK" backup "$BK_DIR/b.jsonl" 2>&1) && rc=0 || rc=$?
+[ "$rc" -eq 0 ] || indent <<<"$out"
+check "boa-exchange backup as $SVC_USER: exit 0" test "$rc" -eq 0
+check "the backup file is 0600 $SVC_USER" test "$(stat -c '%a %U' "$BK_DIR/b.jsonl" 2>/dev/null)" = "600 $SVC_USER"
+printf '[storage]\ndata_dir = "%s/restored"\nidentity_file = "%s/identity.txt"\n' "$BK_DIR" "$STATE_DIR" >"$BK_DIR/restore.toml"
+out=$(/usr/bin/boa-exchange restore "$BK_DIR/b.jsonl" --config "$BK_DIR/restore.toml" --dry-run 2>&1) && rc=0 || rc=$?
+[ "$rc" -eq 0 ] || indent <<<"$out"
+check "boa-exchange restore --dry-run of that backup: exit 0, nothing written" \
+    test "$rc" -eq 0 -a ! -e "$BK_DIR/restored"
+rm -rf "$BK_DIR"
 
 # SIGHUP (ExecReload=) re-reads the config; the daemon carries on
 kill -HUP "$DAEMON_PID"

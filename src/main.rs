@@ -17,6 +17,10 @@ fn main() -> ExitCode {
         Command::Demo { port, once } => boa_exchange::demo::main(port, once),
         Command::Completions { shell } => cli::print_completions(shell),
         Command::Manpage => cli::print_manpage(),
+        Command::Restore { ref file, dry_run } => {
+            logging::init_client();
+            cli::backup::restore(&args, file, dry_run)
+        }
         _ => {
             logging::init_client();
             match tokio::runtime::Builder::new_current_thread()

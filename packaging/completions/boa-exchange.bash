@@ -22,6 +22,9 @@ _boa__exchange() {
             boa__exchange,backfill)
                 cmd="boa__exchange__subcmd__backfill"
                 ;;
+            boa__exchange,backup)
+                cmd="boa__exchange__subcmd__backup"
+                ;;
             boa__exchange,check-config)
                 cmd="boa__exchange__subcmd__check__subcmd__config"
                 ;;
@@ -64,6 +67,9 @@ _boa__exchange() {
             boa__exchange,rates)
                 cmd="boa__exchange__subcmd__rates"
                 ;;
+            boa__exchange,restore)
+                cmd="boa__exchange__subcmd__restore"
+                ;;
             boa__exchange,serve)
                 cmd="boa__exchange__subcmd__serve"
                 ;;
@@ -81,6 +87,9 @@ _boa__exchange() {
                 ;;
             boa__exchange__subcmd__help,backfill)
                 cmd="boa__exchange__subcmd__help__subcmd__backfill"
+                ;;
+            boa__exchange__subcmd__help,backup)
+                cmd="boa__exchange__subcmd__help__subcmd__backup"
                 ;;
             boa__exchange__subcmd__help,check-config)
                 cmd="boa__exchange__subcmd__help__subcmd__check__subcmd__config"
@@ -124,6 +133,9 @@ _boa__exchange() {
             boa__exchange__subcmd__help,rates)
                 cmd="boa__exchange__subcmd__help__subcmd__rates"
                 ;;
+            boa__exchange__subcmd__help,restore)
+                cmd="boa__exchange__subcmd__help__subcmd__restore"
+                ;;
             boa__exchange__subcmd__help,serve)
                 cmd="boa__exchange__subcmd__help__subcmd__serve"
                 ;;
@@ -143,7 +155,7 @@ _boa__exchange() {
 
     case "${cmd}" in
         boa__exchange)
-            opts="-h -V --socket --json --config --help --version serve check-config demo status companies company sync set backfill disconnect rates fetch connect-url logs import-archive adopt import-connections completions manpage help"
+            opts="-h -V --socket --json --config --help --version serve check-config demo status companies company sync set backfill disconnect rates fetch connect-url logs import-archive adopt import-connections backup restore completions manpage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -209,6 +221,28 @@ _boa__exchange() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        boa__subcmd__exchange__subcmd__backup)
+            opts="-h --socket --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -405,7 +439,7 @@ _boa__exchange() {
             return 0
             ;;
         boa__subcmd__exchange__subcmd__help)
-            opts="serve check-config demo status companies company sync set backfill disconnect rates fetch connect-url logs import-archive adopt import-connections completions manpage help"
+            opts="serve check-config demo status companies company sync set backfill disconnect rates fetch connect-url logs import-archive adopt import-connections backup restore completions manpage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -433,6 +467,20 @@ _boa__exchange() {
             return 0
             ;;
         boa__subcmd__exchange__subcmd__help__subcmd__backfill)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        boa__subcmd__exchange__subcmd__help__subcmd__backup)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -642,6 +690,20 @@ _boa__exchange() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        boa__subcmd__exchange__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         boa__subcmd__exchange__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -809,6 +871,28 @@ _boa__exchange() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        boa__subcmd__exchange__subcmd__restore)
+            opts="-h --dry-run --socket --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

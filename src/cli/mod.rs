@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub mod backup;
 pub mod completions;
 pub mod render;
 pub mod status;
@@ -178,6 +179,20 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A consistent copy of the whole store, taken while the daemon runs (0600, written under
+    /// a temporary name and renamed when complete).
+    Backup {
+        /// The file to write, or `-` for stdout.
+        file: String,
+    },
+    /// Load a backup into an empty store, with the daemon stopped (every line checked first).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Check everything and print the counts per kind; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the shell completion script (the .deb installs bash, zsh and fish ones).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -290,7 +305,10 @@ pub fn request_for(cmd: &Command) -> Result<Option<(&'static str, Value)>, Strin
             return Err("import-archive: give FILE, --year YYYY or --list".into())
         }
         // They read stdin or a file and talk to the daemon themselves (`run_admin`).
-        Command::Adopt { .. } | Command::ImportConnections { .. } => return Ok(None),
+        Command::Adopt { .. }
+        | Command::ImportConnections { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. } => return Ok(None),
     }))
 }
 
@@ -356,6 +374,7 @@ pub async fn run_admin(cli: &Cli) -> ExitCode {
             fernet_key_file,
             dry_run,
         } => return import_connections(cli, file, fernet_key_file.as_deref(), *dry_run).await,
+        Command::Backup { file } => return backup::backup(cli, file).await,
         _ => {}
     }
     let request = match &cli.command {

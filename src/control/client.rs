@@ -67,6 +67,48 @@ impl Client {
         self.call_raw_read().await
     }
 
+    /// Sends one request without reading its answer (a streamed answer: read it with
+    /// [`Client::read_line`] and [`Client::raw_line`]).
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] on a broken connection.
+    pub async fn send(&mut self, cmd: &str, args: Value) -> Result<(), Error> {
+        let req = Request {
+            cmd: cmd.to_string(),
+            args,
+        };
+        let mut line = serde_json::to_string(&req).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Reads one answer line and parses it.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] on a broken connection or a non-JSON answer.
+    pub async fn read_line(&mut self) -> Result<(String, Response), Error> {
+        self.call_raw_read().await
+    }
+
+    /// Reads the next line of a stream as bytes, with its `\n` (`buf` is cleared first;
+    /// empty at the end), at most `max` bytes.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] on a broken connection.
+    pub async fn raw_line(&mut self, buf: &mut Vec<u8>, max: usize) -> Result<(), Error> {
+        use tokio::io::AsyncReadExt as _;
+        buf.clear();
+        (&mut self.reader)
+            .take(max as u64 + 1)
+            .read_until(b'\n', buf)
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(())
+    }
+
     /// Reads one answer line.
     async fn call_raw_read(&mut self) -> Result<(String, Response), Error> {
         let mut answer = String::new();

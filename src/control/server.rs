@@ -185,6 +185,13 @@ async fn connection(stream: UnixStream, state: Arc<Ctx>, token: CancellationToke
                         Err(e) => failed(&e),
                     }
                 }
+                Ok(req) if req.cmd == "backup" => {
+                    // A stream: an `ok` line, then the backup's own lines (SPEC §12).
+                    match send_backup(&mut w, ops::backup::stream(&state)).await {
+                        Ok(()) => continue,
+                        Err(_) => break,
+                    }
+                }
                 Ok(req) => dispatch(&state, req).await,
                 Err(e) => Response::err("bad_request", format!("not a request line ({e}); expected {{\"cmd\": \"...\", \"args\": {{...}}}}"), ops::Kind::BadInput),
             },
@@ -215,6 +222,31 @@ async fn send_pieces(
         w.write_all(piece.as_bytes()).await?;
     }
     w.write_all(b"}\n").await
+}
+
+/// `backup`: `{"ok": true, "data": {"backup": "follows"}}` and the backup's lines, header to
+/// trailer, as the store walk makes them; or one error answer (before the header: the
+/// backup did not start; after it: it stopped, and the client discards what it has).
+async fn send_backup(w: &mut OwnedWriteHalf, mut lines: ops::backup::Lines) -> std::io::Result<()> {
+    let mut started = false;
+    while let Some(item) = lines.next().await {
+        match item {
+            Ok(line) => {
+                if !started {
+                    started = true;
+                    w.write_all(b"{\"ok\":true,\"data\":{\"backup\":\"follows\"}}\n")
+                        .await?;
+                }
+                w.write_all(&line).await?;
+            }
+            Err(e) => return send(w, &failed(&e)).await,
+        }
+    }
+    if !started {
+        let e = ApiError::internal("the backup ended before its header");
+        return send(w, &failed(&e)).await;
+    }
+    Ok(())
 }
 
 /// An operation's error answer; an internal error's detail is logged once, here.

@@ -152,7 +152,10 @@ impl std::fmt::Display for ApiError {
 
 impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
-        ApiError::internal(e)
+        match e {
+            store::Error::BackupRunning => ApiError::new(409, "backup_running", e.to_string()),
+            e => ApiError::internal(e),
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`snapshot`]: the company counts behind `/health`, `/metrics` and `status`.
 
 pub mod backfill;
+pub mod backup;
 pub mod companies;
 pub mod connect;
 pub mod error;

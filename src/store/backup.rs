@@ -497,62 +497,73 @@ pub struct Contents {
     pub sha256: String,
 }
 
-/// Reads a backup from `input`, checking the header (format, a version this build reads),
-/// every line (JSON of a known kind, within [`MAX_LINE`]), and the trailer (present, last,
-/// its count and sha256 those of the lines before it); `each` sees every record in order
-/// and may refuse one (its message is reported with the line).
-///
-/// # Errors
-/// The first problem found, with its line.
-pub fn read(
-    mut input: impl BufRead,
-    mut each: impl FnMut(Record) -> std::result::Result<(), String>,
-) -> std::result::Result<Contents, ReadError> {
-    let mut hash = Sha256::new();
-    let mut buf = Vec::new();
-    let mut n = 0u64;
-    let mut next = |buf: &mut Vec<u8>, n: &mut u64| next_line(&mut input, buf, n);
-    if !next(&mut buf, &mut n)? {
-        return Err(ReadError::at(1, "the file is empty (no header)"));
+/// Checks a backup line by line as it arrives (a file being read, a stream being
+/// received): the header (format, a version this build reads), every line (JSON of a known
+/// kind), and the trailer (present, last, its count and sha256 those of the lines before it).
+/// `each` sees every record in order and may refuse one (its message is reported with the
+/// line).
+pub struct Verifier<F> {
+    each: F,
+    hash: Sha256,
+    line: u64,
+    header: Option<Header>,
+    counts: BTreeMap<&'static str, u64>,
+    records: u64,
+    done: Option<Contents>,
+}
+
+impl<F: FnMut(Record) -> std::result::Result<(), String>> Verifier<F> {
+    /// A verifier that hands each record to `each`.
+    pub fn new(each: F) -> Self {
+        Verifier {
+            each,
+            hash: Sha256::new(),
+            line: 0,
+            header: None,
+            counts: KINDS.iter().map(|k| (*k, 0)).collect(),
+            records: 0,
+            done: None,
+        }
     }
-    let header = parse_header(&buf).map_err(|e| ReadError::at(1, e))?;
-    hash.update(&buf);
-    let mut counts: BTreeMap<&'static str, u64> = KINDS.iter().map(|k| (*k, 0)).collect();
-    let mut records = 0u64;
-    loop {
-        if !next(&mut buf, &mut n)? {
+
+    /// The header, once line 1 was checked.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// True once the trailer was checked.
+    pub fn is_done(&self) -> bool {
+        self.done.is_some()
+    }
+
+    /// Checks the next line (with its `\n`).
+    ///
+    /// # Errors
+    /// What is wrong with it, with its number.
+    pub fn line(&mut self, buf: &[u8]) -> std::result::Result<(), ReadError> {
+        self.line += 1;
+        let n = self.line;
+        if self.done.is_some() {
+            return Err(ReadError::at(n, "data after the trailer"));
+        }
+        if buf.len() > MAX_LINE {
             return Err(ReadError::at(
                 n,
-                format!("the file ends after {records} records without its trailer: truncated"),
+                format!("line longer than {MAX_LINE} bytes"),
             ));
         }
         if !buf.ends_with(b"\n") {
             return Err(ReadError::at(n, "the last line is cut off: truncated"));
         }
-        let value: serde_json::Value = serde_json::from_slice(&buf)
+        let Some(_) = &self.header else {
+            self.header = Some(parse_header(buf).map_err(|e| ReadError::at(n, e))?);
+            self.hash.update(buf);
+            return Ok(());
+        };
+        let value: serde_json::Value = serde_json::from_slice(buf)
             .map_err(|e| ReadError::at(n, format!("not a JSON record: {e}")))?;
         if value.get("end").is_some() {
-            let t: Trailer = serde_json::from_value(value)
-                .map_err(|e| ReadError::at(n, format!("not a trailer: {e}")))?;
-            let sha = hex::encode(hash.finalize());
-            if !t.end {
-                return Err(ReadError::at(n, "trailer with \"end\": false"));
-            }
-            if t.records != records {
-                return Err(ReadError::at(n, format!("the trailer counts {} records, the file has {records}: records are missing or added", t.records)));
-            }
-            if t.sha256 != sha {
-                return Err(ReadError::at(n, format!("sha256 mismatch: the trailer says {}, the lines before it hash to {sha}: the file was changed or damaged", t.sha256)));
-            }
-            if next(&mut buf, &mut n)? {
-                return Err(ReadError::at(n, "data after the trailer"));
-            }
-            return Ok(Contents {
-                header,
-                counts,
-                records,
-                sha256: sha,
-            });
+            return self.trailer(value);
         }
         let kind = value
             .get("kind")
@@ -563,11 +574,90 @@ pub fn read(
         };
         let rec: Record = serde_json::from_value(value)
             .map_err(|e| ReadError::at(n, format!("bad {known} record: {e}")))?;
-        each(rec).map_err(|e| ReadError::at(n, format!("bad {known} record: {e}")))?;
-        *counts.entry(known).or_default() += 1;
-        records += 1;
-        hash.update(&buf);
+        (self.each)(rec).map_err(|e| ReadError::at(n, format!("bad {known} record: {e}")))?;
+        *self.counts.entry(known).or_default() += 1;
+        self.records += 1;
+        self.hash.update(buf);
+        Ok(())
     }
+
+    fn trailer(&mut self, value: serde_json::Value) -> std::result::Result<(), ReadError> {
+        let n = self.line;
+        let t: Trailer = serde_json::from_value(value)
+            .map_err(|e| ReadError::at(n, format!("not a trailer: {e}")))?;
+        let sha = hex::encode(self.hash.clone().finalize());
+        let records = self.records;
+        if !t.end {
+            return Err(ReadError::at(n, "trailer with \"end\": false"));
+        }
+        if t.records != records {
+            return Err(ReadError::at(n, format!("the trailer counts {} records, the file has {records}: records are missing or added", t.records)));
+        }
+        if t.sha256 != sha {
+            return Err(ReadError::at(n, format!("sha256 mismatch: the trailer says {}, the lines before it hash to {sha}: the file was changed or damaged", t.sha256)));
+        }
+        let header = self
+            .header
+            .clone()
+            .ok_or_else(|| ReadError::at(n, "no header"))?;
+        self.done = Some(Contents {
+            header,
+            counts: self.counts.clone(),
+            records,
+            sha256: sha,
+        });
+        Ok(())
+    }
+
+    /// The end of the input: what was read, when the trailer was checked.
+    ///
+    /// # Errors
+    /// An empty or truncated input.
+    pub fn finish(self) -> std::result::Result<Contents, ReadError> {
+        if let Some(c) = self.done {
+            return Ok(c);
+        }
+        let next = self.line + 1;
+        if self.header.is_none() {
+            return Err(ReadError::at(1, "the file is empty (no header)"));
+        }
+        Err(ReadError::at(
+            next,
+            format!(
+                "the file ends after {} records without its trailer: truncated",
+                self.records
+            ),
+        ))
+    }
+}
+
+/// Reads a whole backup from `input` through a [`Verifier`].
+///
+/// # Errors
+/// The first problem found, with its line.
+pub fn read(
+    mut input: impl BufRead,
+    each: impl FnMut(Record) -> std::result::Result<(), String>,
+) -> std::result::Result<Contents, ReadError> {
+    let mut v = Verifier::new(each);
+    let mut buf = Vec::new();
+    let mut n = 0;
+    while next_line(&mut input, &mut buf, &mut n)? {
+        v.line(&buf)?;
+    }
+    v.finish()
+}
+
+/// Line 1 of a backup, checked (to learn its identity before reading it all).
+///
+/// # Errors
+/// An empty input or a header that is not one this build reads.
+pub fn read_header(mut input: impl BufRead) -> std::result::Result<Header, ReadError> {
+    let (mut buf, mut n) = (Vec::new(), 0);
+    if !next_line(&mut input, &mut buf, &mut n)? {
+        return Err(ReadError::at(1, "the file is empty (no header)"));
+    }
+    parse_header(&buf).map_err(|e| ReadError::at(1, e))
 }
 
 /// Reads line `n + 1` into `buf` (with its `\n`); false at the end of the input.

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backup;
 mod boa_fetch;
 mod daemon;
 mod demo;
