@@ -223,6 +223,8 @@ impl Cluster {
     }
 
     /// A watcher that stops the cluster and removes its folder once this process is gone.
+    /// Never waited for on purpose: it outlives the test process (it exits only after).
+    #[allow(clippy::zombie_processes)]
     fn watch(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
         let stop = if self.as_postgres {
