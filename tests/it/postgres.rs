@@ -907,3 +907,58 @@ async fn a_server_restart_answers_unavailable_meanwhile_and_loses_nothing_commit
     s.save_company(&company("699")).await.unwrap();
     assert_eq!(s.companies().await.unwrap().len(), 21);
 }
+
+/// What `/health` costs at the SPEC's scale: the company counts over 100,000 companies
+/// (`cargo test --test it postgres::tally_at_scale -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement: 100,000 companies"]
+async fn tally_at_scale() {
+    let Some((url, s)) = fresh().await else {
+        return;
+    };
+    let template = serde_json::to_value(company("0")).unwrap();
+    let sql = pg::connect(&url).await;
+    let t = Instant::now();
+    // As a restore loads them: the counts made once at the end.
+    sql.batch_execute("ALTER TABLE companies DISABLE TRIGGER companies_counts")
+        .await
+        .unwrap();
+    sql.execute(
+        "INSERT INTO companies (realm, record, active, connected, reconnect_needed,
+             sync_disabled, waiting_since, last_sync_at)
+         SELECT lpad(i::text, 6, '0'), jsonb_set($1, '{realm_id}', to_jsonb(lpad(i::text, 6, '0'))),
+                true, i % 10 <> 0, i % 10 = 0, i % 7 = 0,
+                CASE WHEN i % 10 <> 0 AND i % 7 <> 0 THEN 1777622400 + i END,
+                to_timestamp(1777622400 + i)
+         FROM generate_series(1, 100000) i",
+        &[&template],
+    )
+    .await
+    .unwrap();
+    sql.batch_execute(
+        "SELECT boa_recount_companies(); ALTER TABLE companies ENABLE TRIGGER companies_counts",
+    )
+    .await
+    .unwrap();
+    eprintln!("100,000 companies inserted in {:?}", t.elapsed());
+    sql.batch_execute("VACUUM ANALYZE companies").await.unwrap();
+    // A few waiting (the usual answer), then every waiting company counted (the worst).
+    for before in ["2026-05-01T12:00:00Z", "2027-01-01T00:00:00Z"] {
+        let mut took = Vec::new();
+        let mut last = None;
+        for _ in 0..50 {
+            let t = Instant::now();
+            last = Some(s.company_tally(at(before)).await.unwrap());
+            took.push(t.elapsed());
+        }
+        took.sort();
+        let tally = last.unwrap();
+        assert_eq!(tally.total, 100_000);
+        eprintln!(
+            "company_tally at 100,000 companies, waiting before {before}: median {:?}, max {:?} ({} waiting)",
+            took[took.len() / 2],
+            took[took.len() - 1],
+            tally.waiting
+        );
+    }
+}

@@ -289,6 +289,9 @@ impl PgStore {
         if entries > 0 {
             return Err(Error::NotEmpty { entries });
         }
+        // Counted once at the end, not by the trigger row by row (see `boa_recount_companies`).
+        tx.batch_execute("ALTER TABLE companies DISABLE TRIGGER companies_counts")
+            .await?;
         let (sender, received) = std::sync::mpsc::channel::<Record>();
         let vault = &self.vault;
         let mut v = Verifier::new(move |r: Record| {
@@ -325,6 +328,11 @@ impl PgStore {
             }
         }
         let contents = v.finish().map_err(|e| Error::Backup(e.to_string()))?;
+        tx.batch_execute(
+            "SELECT boa_recount_companies();
+             ALTER TABLE companies ENABLE TRIGGER companies_counts",
+        )
+        .await?;
         tx.commit().await?;
         Ok(contents)
     }

@@ -12,6 +12,7 @@
 //! Where the server binaries are missing the tests print why and skip, unless
 //! `BOA_EXCHANGE_REQUIRE_POSTGRES=1` (set by `.ci/run`): then they fail.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -235,7 +236,9 @@ impl Cluster {
         let script = format!(
             "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf \"$4\""
         );
+        // A process group of its own: a signal to the test run's group does not take it.
         Command::new("sh")
+            .process_group(0)
             .arg("-c")
             .arg(script)
             .arg("sh")
