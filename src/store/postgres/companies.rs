@@ -377,6 +377,10 @@ impl PgStore {
     /// answer `Ok(None)`: "still good, nothing to store"); `Ok(Some(new))` is committed before
     /// this returns, so a rotated refresh token is never used before it is durable.
     ///
+    /// `refresh` must not write this realm's tokens through the store itself (that waits for
+    /// the lock it runs under): it returns them. The lock holds a pooled connection for the
+    /// length of the call.
+    ///
     /// Answers `Ok(None)` when the realm has no tokens (nothing is locked or called),
     /// `Ok(Some(Ok(tokens)))` with the tokens now in force, `Ok(Some(Err(e)))` when `refresh`
     /// failed (nothing changed).
