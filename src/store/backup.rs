@@ -38,7 +38,7 @@ pub const VERSION: u32 = 1;
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// Meta keys the store owns itself: written by the target at open, never copied.
-const OWN_META: [&str; 2] = ["schema_version", "vault_recipient"];
+pub(crate) const OWN_META: [&str; 2] = ["schema_version", "vault_recipient"];
 
 /// Line 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,16 +161,16 @@ impl Record {
 
 /// What a sealed pending entry holds.
 #[derive(Serialize, Deserialize)]
-struct SealedPending {
-    key: String,
-    pending: PendingAuth,
+pub(crate) struct SealedPending {
+    pub(crate) key: String,
+    pub(crate) pending: PendingAuth,
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn unb64(s: &str, what: &str) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn unb64(s: &str, what: &str) -> std::result::Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .map_err(|e| format!("{what} is not base64: {e}"))
@@ -418,7 +418,7 @@ impl Store {
     }
 }
 
-fn unseal(vault: &Vault, sealed: &str) -> std::result::Result<SealedPending, String> {
+pub(crate) fn unseal(vault: &Vault, sealed: &str) -> std::result::Result<SealedPending, String> {
     let ct = unb64(sealed, "sealed")?;
     let plain = vault
         .decrypt(&ct)

@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod codec;
 pub mod keys;
+pub mod postgres;
 pub mod records;
 mod snapshot;
 pub mod tally;

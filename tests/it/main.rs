@@ -17,6 +17,7 @@ mod home_currency;
 mod layers;
 mod migrate;
 mod oauth;
+mod postgres;
 mod proxy;
 mod scale;
 mod schedule;

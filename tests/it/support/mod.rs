@@ -3,4 +3,5 @@ pub mod daemon;
 pub mod fake_boa;
 pub mod fake_intuit;
 pub mod inproc;
+pub mod postgres;
 pub mod world;

@@ -1,0 +1,472 @@
+//! Companies, their tokens, the company counts, and the cross-node token lock.
+//!
+//! A company row carries, beside its record, the few facts the counts and queries need
+//! (written here from the record, in the same statement). Tokens are sealed with the vault
+//! before they leave the process: the database only ever holds the age ciphertext.
+//!
+//! The counts ([`PgStore::company_tally`]) are kept by a trigger in `company_counts`, not by
+//! scanning: five rows to read, plus an index probe for the newest sync and an index-range
+//! count for the companies waiting since an instant (the same range count the sled tally
+//! makes over its map). Counters in the database, not in the process, because several nodes
+//! write the same companies: a per-process counter would miss the others' writes. The trigger
+//! touches a counter row only when a company changes what it counts as (connects,
+//! disconnects, is switched off), so the writes of a sync-all (last sync, token expiries) take
+//! no lock on them.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::Json;
+
+use super::{Error, PgStore, Result};
+use crate::store::codec;
+use crate::store::records::{Company, Connection, TokenSet};
+use crate::store::tally::CompanyTally;
+
+/// The columns of a company row beside its record (see `0001_initial.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Facts {
+    active: bool,
+    connected: bool,
+    reconnect_needed: bool,
+    sync_disabled: bool,
+    waiting_since: Option<i64>,
+    last_sync_at: Option<DateTime<Utc>>,
+}
+
+impl Facts {
+    /// What a record counts as: the same rules as the sled store's tally.
+    fn of(c: &Company) -> Facts {
+        let active = c.is_active;
+        let connected = active && c.connection == Connection::Connected;
+        Facts {
+            active,
+            connected,
+            reconnect_needed: active && matches!(c.connection, Connection::ReconnectNeeded { .. }),
+            sync_disabled: active && !c.sync_enabled,
+            waiting_since: (connected && c.sync_enabled)
+                .then(|| c.last_sync_at.unwrap_or(c.created_at).timestamp()),
+            last_sync_at: c.last_sync_at,
+        }
+    }
+}
+
+const UPSERT_COMPANY: &str = "INSERT INTO companies
+        (realm, record, active, connected, reconnect_needed, sync_disabled, waiting_since, last_sync_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (realm) DO UPDATE SET record = EXCLUDED.record, active = EXCLUDED.active,
+        connected = EXCLUDED.connected, reconnect_needed = EXCLUDED.reconnect_needed,
+        sync_disabled = EXCLUDED.sync_disabled, waiting_since = EXCLUDED.waiting_since,
+        last_sync_at = EXCLUDED.last_sync_at";
+
+const UPSERT_TOKENS: &str = "INSERT INTO tokens (realm, ciphertext) VALUES ($1, $2)
+    ON CONFLICT (realm) DO UPDATE SET ciphertext = EXCLUDED.ciphertext";
+
+/// Writes a company row (inside the caller's transaction or on its own).
+pub(super) async fn upsert_company(
+    c: &impl tokio_postgres::GenericClient,
+    company: &Company,
+) -> Result<()> {
+    let f = Facts::of(company);
+    c.execute(
+        UPSERT_COMPANY,
+        &[
+            &company.realm_id,
+            &Json(company),
+            &f.active,
+            &f.connected,
+            &f.reconnect_needed,
+            &f.sync_disabled,
+            &f.waiting_since,
+            &f.last_sync_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes a company's ciphertext as it is (restore; [`PgStore::save_tokens`] seals first).
+pub(super) async fn upsert_ciphertext(
+    c: &impl tokio_postgres::GenericClient,
+    realm: &str,
+    ciphertext: &[u8],
+) -> Result<()> {
+    c.execute(UPSERT_TOKENS, &[&realm, &ciphertext]).await?;
+    Ok(())
+}
+
+/// Decodes a company row's record.
+fn company_of(row: &tokio_postgres::Row) -> Result<Company> {
+    let realm: String = row.try_get(0)?;
+    let v: serde_json::Value = row.try_get(1)?;
+    serde_json::from_value(v).map_err(|e| Error::record("companies", realm)(e.to_string()))
+}
+
+impl PgStore {
+    fn seal(&self, t: &TokenSet) -> Result<Vec<u8>> {
+        let plain = codec::encode(t).map_err(|e| Error::record("tokens", "")(e.to_string()))?;
+        Ok(self.vault.encrypt(&plain)?)
+    }
+
+    fn open_tokens(&self, realm: &str, ct: &[u8]) -> Result<TokenSet> {
+        let plain = self.vault.decrypt(ct)?;
+        codec::decode(&plain).map_err(|e| Error::record("tokens", realm)(e.to_string()))
+    }
+
+    /// One company.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`], [`Error::Record`].
+    pub async fn company(&self, realm: &str) -> Result<Option<Company>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT realm, record FROM companies WHERE realm = $1",
+                &[&realm],
+            )
+            .await?;
+        row.as_ref().map(company_of).transpose()
+    }
+
+    /// Every company, in realm order (a record that does not decode is logged and skipped,
+    /// as the sled store skips it).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`].
+    pub async fn companies(&self) -> Result<Vec<Company>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT realm, record FROM companies ORDER BY realm", &[])
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match company_of(row) {
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a stored record that cannot be decoded")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of companies in realm order, as [`crate::store::Store::companies_page`]:
+    /// those after `after` that `keep` accepts, at most `limit`, and the realm to continue
+    /// after when more accepted companies follow. Read in chunks by primary-key range: a page
+    /// costs its own rows (plus those `keep` skips), never a full scan.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`].
+    pub async fn companies_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&Company) -> bool,
+    ) -> Result<(Vec<Company>, Option<String>)> {
+        let c = self.client().await?;
+        let chunk = i64::try_from(limit.saturating_add(1).clamp(16, 1000)).unwrap_or(1000);
+        let mut cursor = after.map(str::to_string);
+        let mut page: Vec<Company> = Vec::new();
+        loop {
+            let rows = c
+                .query(
+                    "SELECT realm, record FROM companies
+                     WHERE $1::text IS NULL OR realm > $1::text ORDER BY realm LIMIT $2",
+                    &[&cursor, &chunk],
+                )
+                .await?;
+            let full = rows.len() as i64 == chunk;
+            for row in &rows {
+                cursor = Some(row.try_get(0)?);
+                let Ok(co) = company_of(row) else { continue };
+                if !keep(&co) {
+                    continue;
+                }
+                if page.len() == limit {
+                    let next = page.last().map(|p| p.realm_id.clone());
+                    return Ok((page, next));
+                }
+                page.push(co);
+            }
+            if !full {
+                return Ok((page, None));
+            }
+        }
+    }
+
+    /// Writes a company record, committed before returning.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`].
+    pub async fn save_company(&self, c: &Company) -> Result<()> {
+        let client = self.client().await?;
+        upsert_company(&**client, c).await
+    }
+
+    /// Changes fields of the company's current record under a row lock (so a concurrent
+    /// writer on any node is neither undone nor lost), committed before returning. `change`
+    /// runs once. `None` when the company does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`], [`Error::Record`].
+    pub async fn update_company(
+        &self,
+        realm: &str,
+        change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let c = update_in(&tx, realm, change).await?;
+        tx.commit().await?;
+        Ok(c)
+    }
+
+    /// The same as [`PgStore::update_company`] (every write here is committed; the name is
+    /// kept for callers of either backend).
+    ///
+    /// # Errors
+    /// As [`PgStore::update_company`].
+    pub async fn update_company_unflushed(
+        &self,
+        realm: &str,
+        change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        self.update_company(realm, change).await
+    }
+
+    /// Writes a company's tokens and its record in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`], [`Error::Crypto`].
+    pub async fn save_company_and_tokens(&self, c: &Company, t: &TokenSet) -> Result<()> {
+        let ct = self.seal(t)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        upsert_ciphertext(&*tx, &c.realm_id, &ct).await?;
+        upsert_company(&*tx, c).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a company's tokens (sealed), committed before returning.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`], [`Error::Crypto`].
+    pub async fn save_tokens(&self, realm: &str, t: &TokenSet) -> Result<()> {
+        let ct = self.seal(t)?;
+        let client = self.client().await?;
+        upsert_ciphertext(&**client, realm, &ct).await
+    }
+
+    /// The same as [`PgStore::save_tokens`] (kept for callers of either backend).
+    ///
+    /// # Errors
+    /// As [`PgStore::save_tokens`].
+    pub async fn put_tokens_unflushed(&self, realm: &str, t: &TokenSet) -> Result<()> {
+        self.save_tokens(realm, t).await
+    }
+
+    /// A company's tokens, decrypted.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`], [`Error::Crypto`], [`Error::Record`].
+    pub async fn tokens(&self, realm: &str) -> Result<Option<TokenSet>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT ciphertext FROM tokens WHERE realm = $1", &[&realm])
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(self.open_tokens(realm, r.try_get(0)?)?)),
+        }
+    }
+
+    /// Disconnect: changes the company's current record and deletes its tokens in one
+    /// transaction. `None` for an unknown company (its tokens, if any, are deleted).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`], [`Error::Record`].
+    pub async fn disconnect_company(
+        &self,
+        realm: &str,
+        change: impl FnMut(&mut Company),
+    ) -> Result<Option<Company>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let c = update_in(&tx, realm, change).await?;
+        tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
+            .await?;
+        tx.commit().await?;
+        Ok(c)
+    }
+
+    /// Deletes a company's tokens and saves its record, in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`].
+    pub async fn save_company_without_tokens(&self, c: &Company) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        upsert_company(&*tx, c).await?;
+        tx.execute("DELETE FROM tokens WHERE realm = $1", &[&c.realm_id])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a company's record and tokens, in one transaction (its rates and log stay,
+    /// as in sled).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`].
+    pub async fn remove_company(&self, realm: &str) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("DELETE FROM companies WHERE realm = $1", &[&realm])
+            .await?;
+        tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The company counts (see the module docs for how they are kept), with
+    /// [`CompanyTally::waiting`] counting the companies waiting since `waiting_before` or
+    /// earlier (to the second). One round trip, no scan of the records.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`].
+    pub async fn company_tally(&self, waiting_before: DateTime<Utc>) -> Result<CompanyTally> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT
+                   (SELECT n FROM company_counts WHERE name = 'total'),
+                   (SELECT n FROM company_counts WHERE name = 'active'),
+                   (SELECT n FROM company_counts WHERE name = 'connected'),
+                   (SELECT n FROM company_counts WHERE name = 'reconnect_needed'),
+                   (SELECT n FROM company_counts WHERE name = 'sync_disabled'),
+                   (SELECT max(last_sync_at) FROM companies WHERE last_sync_at IS NOT NULL),
+                   (SELECT count(*) FROM companies
+                      WHERE waiting_since IS NOT NULL AND waiting_since <= $1)",
+                &[&waiting_before.timestamp()],
+            )
+            .await?;
+        let n = |i: usize| -> Result<usize> {
+            let v: Option<i64> = row.try_get(i)?;
+            Ok(usize::try_from(v.unwrap_or(0)).unwrap_or(0))
+        };
+        let total = n(0)?;
+        let active = n(1)?;
+        Ok(CompanyTally {
+            total,
+            active,
+            connected: n(2)?,
+            reconnect_needed: n(3)?,
+            disconnected: total.saturating_sub(active),
+            sync_disabled: n(4)?,
+            last_sync: row.try_get(5)?,
+            waiting: n(6)?,
+        })
+    }
+
+    /// Runs `refresh` with the realm's tokens under a row lock that every node honours, and
+    /// commits what it returns before handing it back: one token refresh per realm at a
+    /// time across the cluster (SPEC §13). `refresh` gets the tokens in force *after* the lock
+    /// was granted (a caller that waited sees the previous holder's rotated tokens and may
+    /// answer `Ok(None)`: "still good, nothing to store"); `Ok(Some(new))` is committed before
+    /// this returns, so a rotated refresh token is never used before it is durable.
+    ///
+    /// `refresh` must not write this realm's tokens through the store itself (that waits for
+    /// the lock it runs under): it returns them. The lock holds a pooled connection for the
+    /// length of the call.
+    ///
+    /// Answers `Ok(None)` when the realm has no tokens (nothing is locked or called),
+    /// `Ok(Some(Ok(tokens)))` with the tokens now in force, `Ok(Some(Err(e)))` when `refresh`
+    /// failed (nothing changed).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (the commit may not have happened: the caller must not use the
+    /// rotated tokens), [`Error::Db`], [`Error::Crypto`].
+    pub async fn with_token_lock<F, Fut, E>(
+        &self,
+        realm: &str,
+        refresh: F,
+    ) -> Result<Option<std::result::Result<TokenSet, E>>>
+    where
+        F: FnOnce(TokenSet) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<TokenSet>, E>>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT ciphertext FROM tokens WHERE realm = $1 FOR UPDATE",
+                &[&realm],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let current = self.open_tokens(realm, row.try_get(0)?)?;
+        match refresh(current.clone()).await {
+            Err(e) => Ok(Some(Err(e))),
+            Ok(None) => {
+                tx.commit().await?;
+                Ok(Some(Ok(current)))
+            }
+            Ok(Some(new)) => {
+                let ct = self.seal(&new)?;
+                tx.execute(
+                    "UPDATE tokens SET ciphertext = $2 WHERE realm = $1",
+                    &[&realm, &ct],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Some(Ok(new)))
+            }
+        }
+    }
+}
+
+/// Reads the company row for update, applies `change`, writes it back.
+async fn update_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    realm: &str,
+    mut change: impl FnMut(&mut Company),
+) -> Result<Option<Company>> {
+    let row = tx
+        .query_opt(
+            "SELECT realm, record FROM companies WHERE realm = $1 FOR UPDATE",
+            &[&realm],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut c = company_of(&row)?;
+    change(&mut c);
+    upsert_company(&**tx, &c).await?;
+    Ok(Some(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::company;
+
+    #[test]
+    fn facts_follow_the_tally_rules() {
+        let mut c = company("1");
+        let f = Facts::of(&c);
+        assert!(f.active && f.connected && !f.reconnect_needed && !f.sync_disabled);
+        assert_eq!(f.waiting_since, Some(c.created_at.timestamp()));
+        c.sync_enabled = false;
+        let f = Facts::of(&c);
+        assert!(f.sync_disabled);
+        assert_eq!(f.waiting_since, None);
+        c.is_active = false;
+        let f = Facts::of(&c);
+        assert!(!f.active && !f.connected && !f.sync_disabled);
+    }
+}

@@ -1,0 +1,487 @@
+//! The PostgreSQL store (SPEC §13): the same records and rules as the sled store, in a
+//! database that several daemons may share.
+//!
+//! [`PgStore`] mirrors the public operations of [`crate::store::Store`] (same names,
+//! arguments and answers, but `async`); every write is one transaction, committed before the
+//! method returns, so an answer is an acknowledgement. Records are kept as the JSON the backup
+//! carries (see `migrations/0001_initial.sql`), tokens only as the vault's age ciphertext.
+//! The schema is the daemon's own and versioned ([`schema`]); the identity recorded in the
+//! database is checked before anything is migrated or written.
+//!
+//! Two versions, kept apart: [`PG_SCHEMA_VERSION`] is this backend's table layout
+//! (`schema_migrations`); the records inside are the sled store's, at
+//! [`crate::store::SCHEMA_VERSION`] (what a backup header names). A change of a record there
+//! needs a migration here too (a `jsonb` rewrite in a new `migrations/000N_….sql`).
+//!
+//! Failures keep two families apart: [`Error::Unavailable`] (the server is gone, restarting,
+//! or the pool timed out: retry later, answer 503) and everything else (a data problem).
+//! Nothing here knows about HTTP.
+//!
+//! Layout: `schema` (migrations, identity), `companies` (companies, tokens, the counts, the
+//! cross-node token lock), `data` (rates, logs, fixings, scrapes, pending, meta), `backup`
+//! (backup and restore in the backup format of [`crate::store::backup`]), `leader`
+//! (leadership by advisory lock).
+
+mod backup;
+mod companies;
+mod data;
+mod leader;
+mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::NoTls;
+
+use crate::crypto::{self, Vault};
+
+pub use leader::{Leader, Leadership};
+pub use schema::PG_SCHEMA_VERSION;
+
+/// PostgreSQL store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server cannot be reached right now (gone, restarting, refusing connections, the
+    /// pool timed out): nothing was done or committed; retry later.
+    #[error("postgres unavailable: {0}")]
+    Unavailable(String),
+    /// The server answered with an error about the data or the statement.
+    #[error("postgres: {0}")]
+    Db(String),
+    /// `postgres_url` does not parse.
+    #[error("postgres_url: {0}")]
+    Url(String),
+    /// TLS could not be set up (no system roots).
+    #[error("postgres tls: {0}")]
+    Tls(String),
+    /// The database was migrated by a newer boa-exchange.
+    #[error("the database has schema version {found}, newer than this boa-exchange supports ({supported}); upgrade boa-exchange")]
+    NewerSchema {
+        /// Version found in `schema_migrations`.
+        found: i32,
+        /// The newest version this build knows.
+        supported: i32,
+    },
+    /// The database's tokens were encrypted to another identity.
+    #[error("the database's tokens are encrypted to {expected}, but the identity in use is {found}; use the identity file the other nodes use")]
+    IdentityMismatch {
+        /// Recipient recorded in the database.
+        expected: String,
+        /// Recipient of the identity given.
+        found: String,
+    },
+    /// The database records an identity but the identity file is missing.
+    #[error("the database holds tokens encrypted to {expected} but the identity file {path} is missing; copy it from another node or your backup")]
+    MissingIdentity {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Recipient recorded in the database.
+        expected: String,
+    },
+    /// A stored record does not decode (or a record does not encode).
+    #[error("postgres record in {table} ({key}): {message}")]
+    Record {
+        /// The table.
+        table: &'static str,
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// Vault failure.
+    #[error(transparent)]
+    Crypto(#[from] crypto::Error),
+    /// A restore was asked for into a database that holds data.
+    #[error("the database is not empty ({entries} entries): restore only into an empty database")]
+    NotEmpty {
+        /// Entries found.
+        entries: u64,
+    },
+    /// The backup's reader went away before the end.
+    #[error("the backup was cut short: its reader went away")]
+    BackupAborted,
+    /// A backup line could not be written, or a restored record converted.
+    #[error("backup: {0}")]
+    Backup(String),
+}
+
+impl Error {
+    /// True for connection-level failures (see [`Error::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+
+    fn record(table: &'static str, key: impl Into<String>) -> impl FnOnce(String) -> Error {
+        let key = key.into();
+        move |message| Error::Record {
+            table,
+            key,
+            message,
+        }
+    }
+}
+
+/// SQLSTATE classes and codes that mean "the server is not there", not "your data is wrong".
+fn unavailable_state(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code == "57P01" // admin_shutdown
+        || code == "57P02" // crash_shutdown
+        || code == "57P03" // cannot_connect_now (starting up, shutting down)
+        || code == "53300" // too_many_connections
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        if let Some(code) = e.code() {
+            return if unavailable_state(code.code()) {
+                Error::Unavailable(e.to_string())
+            } else {
+                Error::Db(
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.to_string()),
+                )
+            };
+        }
+        // No SQLSTATE: the connection closed, an I/O error, a connect failure or timeout
+        // (all connection-level), or a value that did not convert (data).
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let text = e.to_string();
+        if e.is_closed() || io || text.starts_with("error connecting") || text.contains("timeout") {
+            Error::Unavailable(text)
+        } else {
+            Error::Db(text)
+        }
+    }
+}
+
+impl From<PoolError> for Error {
+    fn from(e: PoolError) -> Error {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            other => Error::Unavailable(format!("connection pool: {other}")),
+        }
+    }
+}
+
+/// PostgreSQL store result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long a caller waits for a pooled connection (or a new one) before
+/// [`Error::Unavailable`]: short, so that a database that went away answers 503 at once.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Connections in the pool: a sync-all runs 16 companies at a time, plus the API.
+const POOL_SIZE: usize = 24;
+
+/// How a connection is made: the parsed settings and the TLS choice. Kept so that
+/// [`Leadership`] opens its own session, outside the pool, the same way.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl Connector {
+    /// Parses `postgresql://user@host:port/db?sslmode=…`. `sslmode` `require`, `verify-ca`
+    /// and `verify-full` use rustls with the system roots (the certificate is always checked:
+    /// stricter than libpq's `require`); `disable`, `allow`, `prefer` or none connect
+    /// without TLS (a loopback or socket database).
+    ///
+    /// # Errors
+    /// [`Error::Url`], [`Error::Tls`].
+    pub(crate) fn parse(postgres_url: &str) -> Result<Connector> {
+        let mut url =
+            url::Url::parse(postgres_url).map_err(|e| Error::Url(format!("not a URL: {e}")))?;
+        if url.scheme() != "postgresql" && url.scheme() != "postgres" {
+            return Err(Error::Url(format!(
+                "scheme {:?}: expected postgresql://",
+                url.scheme()
+            )));
+        }
+        let mut mode = None;
+        let rest: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                if k == "sslmode" {
+                    mode = Some(v.into_owned());
+                    None
+                } else {
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        if rest.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        let tls = match mode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => false,
+            Some("require" | "verify-ca" | "verify-full") => true,
+            Some(other) => {
+                return Err(Error::Url(format!(
+                    "sslmode {other:?}: expected disable, prefer, require, verify-ca or verify-full"
+                )))
+            }
+        };
+        let mut config: tokio_postgres::Config = url
+            .as_str()
+            .parse()
+            .map_err(|e: tokio_postgres::Error| Error::Url(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_WAIT);
+        }
+        config.application_name("boa-exchange");
+        let tls = if tls {
+            config.ssl_mode(SslMode::Require);
+            Some(rustls_connect()?)
+        } else {
+            config.ssl_mode(SslMode::Disable);
+            None
+        };
+        Ok(Connector { config, tls })
+    }
+
+    fn manager(&self) -> Manager {
+        let mc = ManagerConfig {
+            // A connection the server closed (restart, terminate) is seen as closed and
+            // dropped at checkout without a round trip.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        match &self.tls {
+            Some(tls) => Manager::from_config(self.config.clone(), tls.clone(), mc),
+            None => Manager::from_config(self.config.clone(), NoTls, mc),
+        }
+    }
+
+    /// One session of its own, outside the pool; its connection task is spawned and its
+    /// handle returned, so the caller learns when the session ends.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+        match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
+                Ok((client, tokio::spawn(drive(conn))))
+            }
+            None => {
+                let (client, conn) = self.config.connect(NoTls).await?;
+                Ok((client, tokio::spawn(drive(conn))))
+            }
+        }
+    }
+}
+
+async fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "postgres session ended");
+    }
+}
+
+/// rustls with the system roots and the crypto provider reqwest uses here (ring).
+fn rustls_connect() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        // A system certificate rustls cannot parse is skipped, as reqwest does.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(Error::Tls(format!(
+            "no usable system root certificates ({} errors; is ca-certificates installed?)",
+            found.errors.len()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The daemon's PostgreSQL database.
+pub struct PgStore {
+    pool: Pool,
+    connector: Connector,
+    vault: Vault,
+    /// Where it is, without the password (for logs and answers).
+    display: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgStore({})", self.display)
+    }
+}
+
+/// `postgres_url` without its password.
+fn without_password(postgres_url: &str) -> String {
+    match url::Url::parse(postgres_url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<postgres_url>".into(),
+    }
+}
+
+impl PgStore {
+    /// Connects, checks the identity recorded in the database against `vault` (recording it
+    /// in a new database), then applies the migrations this build has and the database
+    /// lacks, all in one transaction under an advisory lock (so two nodes starting at once
+    /// migrate once).
+    ///
+    /// # Errors
+    /// [`Error::Url`], [`Error::Unavailable`], [`Error::IdentityMismatch`] (nothing
+    /// migrated), [`Error::NewerSchema`], [`Error::Db`].
+    pub async fn open(postgres_url: &str, vault: Vault) -> Result<PgStore> {
+        let connector = Connector::parse(postgres_url)?;
+        let pool = Pool::builder(connector.manager())
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Unavailable(format!("connection pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            connector,
+            vault,
+            display: without_password(postgres_url),
+        };
+        {
+            let mut client = store.client().await?;
+            schema::prepare(&mut client, &store.vault.recipient()).await?;
+        }
+        Ok(store)
+    }
+
+    /// [`PgStore::open`] with the identity at `identity_file`, as the sled store opens it:
+    /// loaded when it exists; created when it does not and the database records none.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`]; [`Error::MissingIdentity`] when the file is missing while the
+    /// database records an identity.
+    pub async fn open_with_identity_file(
+        postgres_url: &str,
+        identity_file: &std::path::Path,
+    ) -> Result<PgStore> {
+        let vault = if identity_file.exists() {
+            Vault::load(identity_file)?
+        } else {
+            let connector = Connector::parse(postgres_url)?;
+            let (client, _task) = connector.connect().await?;
+            if let Some(expected) = schema::recorded_recipient(&client).await? {
+                return Err(Error::MissingIdentity {
+                    path: identity_file.to_path_buf(),
+                    expected,
+                });
+            }
+            Vault::create(identity_file)?
+        };
+        PgStore::open(postgres_url, vault).await
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// How [`Leadership`] connects.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The record schema this build writes (the sled store's, so that backups are the same).
+    pub fn schema_version(&self) -> u32 {
+        crate::store::SCHEMA_VERSION
+    }
+
+    /// The database, without the password.
+    pub fn path(&self) -> &str {
+        &self.display
+    }
+
+    /// The identity's public key the tokens are encrypted to.
+    pub fn recipient(&self) -> String {
+        self.vault.recipient()
+    }
+
+    /// Nothing to do: every write was committed before it returned. Kept so that callers of
+    /// either backend read the same.
+    ///
+    /// # Errors
+    /// Never.
+    pub async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_picks_tls_and_is_removed_from_the_url() {
+        let c = Connector::parse("postgresql://boa@127.0.0.1:5433/boa?sslmode=disable").unwrap();
+        assert!(c.tls.is_none());
+        assert_eq!(c.config.get_ports(), &[5433]);
+        assert_eq!(c.config.get_dbname(), Some("boa"));
+        let c = Connector::parse("postgresql://boa@db.example/boa").unwrap();
+        assert!(c.tls.is_none());
+        match Connector::parse(
+            "postgresql://boa@db.example/boa?sslmode=verify-full&connect_timeout=3",
+        ) {
+            Ok(c) => {
+                assert!(c.tls.is_some());
+                assert_eq!(c.config.get_ssl_mode(), SslMode::Require);
+                assert_eq!(
+                    c.config.get_connect_timeout(),
+                    Some(&Duration::from_secs(3))
+                );
+            }
+            // A machine without ca-certificates: the refusal names the reason.
+            Err(Error::Tls(m)) => assert!(m.contains("ca-certificates"), "{m}"),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(matches!(
+            Connector::parse("mysql://x@y/z"),
+            Err(Error::Url(_))
+        ));
+        assert!(matches!(
+            Connector::parse("postgresql://x@y/z?sslmode=sometimes"),
+            Err(Error::Url(_))
+        ));
+        assert!(matches!(Connector::parse("not a url"), Err(Error::Url(_))));
+    }
+
+    #[test]
+    fn the_password_is_not_shown() {
+        let shown = without_password("postgresql://boa:hunter2@db/boa");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn connection_states_are_unavailable() {
+        for c in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(unavailable_state(c), "{c}");
+        }
+        for c in ["23505", "42P01", "40001", "22P02"] {
+            assert!(!unavailable_state(c), "{c}");
+        }
+    }
+}
