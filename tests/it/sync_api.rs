@@ -734,15 +734,28 @@ async fn a_second_sync_all_joins_the_running_one_and_another_date_is_409() {
         .collect();
     // Each call takes 200 ms: the run lasts ≥ 600 ms.
     w.intuit.set_latency(Duration::from_millis(200));
-    let later = |ms| async move { tokio::time::sleep(Duration::from_millis(ms)).await };
+    // The other callers come while the first run is at the fake (it has read something).
+    let running = || async {
+        eventually_async(
+            Duration::from_secs(10),
+            "the first sync-all's first read at the fake",
+            async || {
+                ["1001", "2002", "3003"]
+                    .iter()
+                    .zip(&reads)
+                    .any(|(r, n)| w.intuit.reads(r) > *n)
+            },
+        )
+        .await
+    };
     let (first, second, other) = tokio::join!(
         sync_all(&w, FRIDAY),
         async {
-            later(150).await;
+            running().await;
             sync_all(&w, FRIDAY).await
         },
         async {
-            later(150).await;
+            running().await;
             sync_all(&w, "2026-05-23").await
         },
     );
