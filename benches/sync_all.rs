@@ -32,7 +32,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-#[path = "../tests/it/support/fake_intuit.rs"]
+#[path = "../tests/it/support/fake_intuit/mod.rs"]
 #[allow(dead_code)]
 mod fake_intuit;
 

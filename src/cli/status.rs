@@ -76,13 +76,35 @@ fn line(out: &mut String, label: &str, value: &str) {
 /// Renders a `status` answer; `verbose` adds the internals.
 pub fn render(data: &Value, verbose: bool) -> String {
     let now = daemon_now(data);
-    let sched = &data["schedule"];
-    let tz: Tz = sched["timezone"]
+    let tz: Tz = data["schedule"]["timezone"]
         .as_str()
         .and_then(|t| t.parse().ok())
         .unwrap_or(chrono_tz::Europe::Tirane);
     let mut out = String::new();
+    let sections: [Section; 6] = [
+        health_and_uptime,
+        schedule,
+        companies,
+        last_fixing,
+        store,
+        sync_all_running,
+    ];
+    for section in sections {
+        section(&mut out, data, now, tz);
+    }
+    if verbose {
+        internals(&mut out, data, now, tz);
+    } else {
+        out.push_str("\n(internals: boa-exchange status --verbose; everything: --json)\n");
+    }
+    out
+}
 
+/// One part of the `status` text: appends its lines to `out`.
+type Section = fn(&mut String, &Value, DateTime<Utc>, Tz);
+
+/// The first line (health and why), uptime and the node's role.
+fn health_and_uptime(out: &mut String, data: &Value, _now: DateTime<Utc>, tz: Tz) {
     // First line: health and why.
     let health = data["health"]["status"].as_str().unwrap_or("unknown");
     let reasons: Vec<String> = data["health"]["reasons"]
@@ -104,7 +126,7 @@ pub fn render(data: &Value, verbose: bool) -> String {
         .map(|t| format!(" (since {})", local(t, tz)))
         .unwrap_or_default();
     line(
-        &mut out,
+        out,
         "Up",
         &format!(
             "{}{since}, {} environment",
@@ -120,9 +142,13 @@ pub fn render(data: &Value, verbose: bool) -> String {
         .or_else(|| data["store"].get("role"))
         .filter(|r| !r.is_null())
     {
-        line(&mut out, "Role", &s(role));
+        line(out, "Role", &s(role));
     }
+}
 
+/// `Schedule`: the next run and the last (and last failed) one.
+fn schedule(out: &mut String, data: &Value, now: DateTime<Utc>, tz: Tz) {
+    let sched = &data["schedule"];
     // Schedule.
     out.push_str("\nSchedule\n");
     if sched["enabled"] == Value::Bool(true) {
@@ -131,10 +157,10 @@ pub fn render(data: &Value, verbose: bool) -> String {
             Some(t) => format!("{} {} (due now)", local(t, tz), tz.name()),
             None => "-".into(),
         };
-        line(&mut out, "Next run", &next);
+        line(out, "Next run", &next);
     } else {
         line(
-            &mut out,
+            out,
             "Next run",
             &format!(
                 "none: the schedule is off (daily at {} {} when on)",
@@ -150,18 +176,21 @@ pub fn render(data: &Value, verbose: bool) -> String {
         format!("{}{when}: {}", s(&r["date"]), s(&r["outcome"]))
     };
     match &sched["last_run"] {
-        Value::Null => line(&mut out, "Last run", "none yet"),
-        r => line(&mut out, "Last run", &run(r)),
+        Value::Null => line(out, "Last run", "none yet"),
+        r => line(out, "Last run", &run(r)),
     }
     if !sched["last_failed_run"].is_null() {
-        line(&mut out, "Failed run", &run(&sched["last_failed_run"]));
+        line(out, "Failed run", &run(&sched["last_failed_run"]));
     }
+}
 
+/// `Companies`: counts and the last sync.
+fn companies(out: &mut String, data: &Value, now: DateTime<Utc>, tz: Tz) {
     // Companies.
     let c = &data["companies"];
     out.push_str("\nCompanies\n");
     line(
-        &mut out,
+        out,
         "Total",
         &format!(
             "{}, {} active, {} need reconnect, {} stale (not synced for over 24 business hours)",
@@ -175,14 +204,17 @@ pub fn render(data: &Value, verbose: bool) -> String {
         Some(t) => format!("{} ({} ago)", local(t, tz), span(now - t)),
         None => "never".into(),
     };
-    line(&mut out, "Last sync", &last_sync);
+    line(out, "Last sync", &last_sync);
+}
 
+/// `Last fixing`: each stored table's newest date.
+fn last_fixing(out: &mut String, data: &Value, _now: DateTime<Utc>, tz: Tz) {
     // Last fixing.
     out.push_str("\nLast fixing\n");
     let fixings = data["last_fixing"].as_object().filter(|m| !m.is_empty());
     match fixings {
         None => line(
-            &mut out,
+            out,
             "Main",
             "none stored (`boa-exchange fetch` scrapes BoA now)",
         ),
@@ -200,14 +232,17 @@ pub fn render(data: &Value, verbose: bool) -> String {
                     label = first.to_uppercase() + label.get(1..).unwrap_or("");
                 }
                 line(
-                    &mut out,
+                    out,
                     &label,
                     &format!("{}{published}{stored}", s(&f["date"])),
                 );
             }
         }
     }
+}
 
+/// `Store`: where it is, its size and schema.
+fn store(out: &mut String, data: &Value, _now: DateTime<Utc>, _tz: Tz) {
     // Store.
     let st = &data["store"];
     out.push_str("\nStore\n");
@@ -216,13 +251,13 @@ pub fn render(data: &Value, verbose: bool) -> String {
         .filter(|d| !d.is_null())
         .map(|d| ("Database", s(d)))
         .unwrap_or_else(|| ("Path", s(&st["path"])));
-    line(&mut out, place.0, &place.1);
+    line(out, place.0, &place.1);
     let bytes = st["size_bytes"]
         .as_u64()
         .map(size)
         .unwrap_or_else(|| "-".into());
     line(
-        &mut out,
+        out,
         "Size",
         &format!(
             "{bytes}, schema {}, {} fixing tables",
@@ -230,13 +265,16 @@ pub fn render(data: &Value, verbose: bool) -> String {
             s(&st["fixing_tables"])
         ),
     );
+}
 
+/// `Sync-all running`, only while one runs.
+fn sync_all_running(out: &mut String, data: &Value, _now: DateTime<Utc>, _tz: Tz) {
     // The sync-all running now.
     let sa = &data["sync_all"];
     if !sa["running_for"].is_null() {
         out.push_str("\nSync-all running\n");
         line(
-            &mut out,
+            out,
             "Date",
             &format!(
                 "{}: {}/{} done, {} failed",
@@ -247,51 +285,51 @@ pub fn render(data: &Value, verbose: bool) -> String {
             ),
         );
     }
+}
 
-    if verbose {
-        out.push_str("\nInternals\n");
-        line(&mut out, "Pid", &s(&data["pid"]));
-        line(&mut out, "Started at", &s(&data["started_at"]));
-        line(&mut out, "HTTP", &s(&data["http_listen"]));
-        line(&mut out, "Control", &s(&data["control_socket"]));
-        line(
-            &mut out,
-            "Schedule",
-            &format!(
-                "daily at {} {}, next run {}",
-                s(&sched["time"]),
-                s(&sched["timezone"]),
-                s(&sched["next_run"])
-            ),
-        );
-        line(&mut out, "Clock seen", &s(&sched["clock_seen"]));
-        line(
-            &mut out,
-            "In flight",
-            &format!(
-                "{} companies (sync-all limit)",
-                s(&sa["companies_in_flight"])
-            ),
-        );
-        let bad = &data["bad_records"];
-        let current = bad["current"].as_array().map_or(0, Vec::len);
-        line(
-            &mut out,
-            "Bad records",
-            &format!("{current} now, {} seen since start", s(&bad["seen"])),
-        );
-        for b in bad["current"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "    {} {}: {}\n",
-                s(&b["tree"]),
-                s(&b["key"]),
-                s(&b["error"])
-            ));
-        }
-    } else {
-        out.push_str("\n(internals: boa-exchange status --verbose; everything: --json)\n");
+/// `Internals` (`--verbose`).
+fn internals(out: &mut String, data: &Value, _now: DateTime<Utc>, _tz: Tz) {
+    let sched = &data["schedule"];
+    let sa = &data["sync_all"];
+    out.push_str("\nInternals\n");
+    line(out, "Pid", &s(&data["pid"]));
+    line(out, "Started at", &s(&data["started_at"]));
+    line(out, "HTTP", &s(&data["http_listen"]));
+    line(out, "Control", &s(&data["control_socket"]));
+    line(
+        out,
+        "Schedule",
+        &format!(
+            "daily at {} {}, next run {}",
+            s(&sched["time"]),
+            s(&sched["timezone"]),
+            s(&sched["next_run"])
+        ),
+    );
+    line(out, "Clock seen", &s(&sched["clock_seen"]));
+    line(
+        out,
+        "In flight",
+        &format!(
+            "{} companies (sync-all limit)",
+            s(&sa["companies_in_flight"])
+        ),
+    );
+    let bad = &data["bad_records"];
+    let current = bad["current"].as_array().map_or(0, Vec::len);
+    line(
+        out,
+        "Bad records",
+        &format!("{current} now, {} seen since start", s(&bad["seen"])),
+    );
+    for b in bad["current"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "    {} {}: {}\n",
+            s(&b["tree"]),
+            s(&b["key"]),
+            s(&b["error"])
+        ));
     }
-    out
 }
 
 #[cfg(test)]

@@ -47,6 +47,14 @@ pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationTo
     let limiter = Arc::new(limit::RateLimiter::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
+        if slots.available_permits() == 0 {
+            // Observable for tests: from here no connection is let in until a slot frees.
+            tracing::debug!(
+                debt = cap.debt,
+                "no connection slot is free (limit {}): new clients wait in the accept queue",
+                cap.max
+            );
+        }
         // Take a slot before accepting: when all are held, nothing is accepted.
         let slot = tokio::select! {
             _ = token.cancelled() => break,
@@ -73,6 +81,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationTo
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    tracing::debug!(%peer, "http connection accepted");
                     let timeout = Duration::from_secs(state.config().server.request_timeout_secs);
                     let st = state.clone();
                     let lim = limiter.clone();

@@ -148,18 +148,7 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let limited = !matches!(segs.as_slice(), ["health"] | ["metrics"]);
     if limited {
-        let config = state.config();
-        let per_minute = config.server.rate_limit_per_minute;
-        let client = limit::client_ip(req.peer.ip(), &req.headers, &config.server.trusted_proxies);
-        if let Err(wait) = limiter.check(client, per_minute) {
-            let mut e = ApiError::new(
-                429,
-                "rate_limited",
-                format!(
-                    "more than {per_minute} requests a minute from this address; retry in {wait} s"
-                ),
-            );
-            e.retry_after = Some(wait);
+        if let Err(e) = within_rate_limit(state, limiter, &req) {
             return error(&e);
         }
     }
@@ -173,92 +162,14 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
             Ok(data) => html(200, &pages::index(&data)),
             Err(e) => error(&e),
         },
-        ["metrics"] if m == Method::GET => {
-            // Open to local scrapers only when the TCP peer itself is local: a reverse proxy
-            // on this host forwards remote clients from a loopback address.
-            let peer = req.peer.ip().to_canonical();
-            let local = peer.is_loopback()
-                && !cidr::any_contains(&state.config().server.trusted_proxies, peer);
-            if !local {
-                if let Err(e) = admin(state, &req) {
-                    return error(&e);
-                }
-            }
-            match ops::metrics::render(state).await {
-                Ok(text) => {
-                    let mut r = Response::new(Full::new(Bytes::from(text)));
-                    r.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    r
-                }
-                Err(e) => error(&e),
-            }
-        }
+        ["metrics"] if m == Method::GET => metrics(state, &req).await,
         ["api", "v1", "rates"] if m == Method::GET => {
             answer(ops::rates::answer(state, req.query("date")))
         }
-        ["api", "v1", "oauth", "connect"] if m == Method::GET => {
-            match ops::connect::connect(state, req.query("invite")).await {
-                Ok(start) => {
-                    let mut r = Response::new(Full::new(Bytes::new()));
-                    *r.status_mut() = StatusCode::FOUND;
-                    if let (Ok(loc), Ok(cookie)) = (
-                        HeaderValue::from_str(&start.redirect),
-                        HeaderValue::from_str(&start.cookie),
-                    ) {
-                        r.headers_mut().insert(LOCATION, loc);
-                        r.headers_mut().insert(SET_COOKIE, cookie);
-                    }
-                    r
-                }
-                Err(e) => page_or_json(&req, &e, "Cannot connect to QuickBooks"),
-            }
-        }
-        ["api", "v1", "oauth", "callback"] if m == Method::GET => {
-            // Never echo what the caller put in `error=`: a bounded code reaches the
-            // operation, and a fixed sentence the page.
-            let denial = req.query("error").map(pages::oauth_error_code);
-            let p = ops::connect::CallbackParams {
-                code: req.query("code"),
-                state: req.query("state"),
-                realm_id: req.query("realmId"),
-                error: denial,
-            };
-            let cookie = req.headers.get(COOKIE).and_then(|v| v.to_str().ok());
-            match ops::connect::callback(state, &p, cookie).await {
-                Ok(c) => {
-                    if wants_json(&req) {
-                        json(
-                            200,
-                            &serde_json::json!({"success": true, "company_id": c.realm_id, "company_name": c.company_name, "home_currency": c.home_currency, "is_active": true}),
-                        )
-                    } else {
-                        html(200, &pages::connected(&c))
-                    }
-                }
-                Err(mut e) => {
-                    if let (Some(code), "access_denied") = (denial, e.code) {
-                        e.message = pages::oauth_error_message(code);
-                    }
-                    page_or_json(&req, &e, "QuickBooks connection failed")
-                }
-            }
-        }
+        ["api", "v1", "oauth", "connect"] if m == Method::GET => oauth_connect(state, &req).await,
+        ["api", "v1", "oauth", "callback"] if m == Method::GET => oauth_callback(state, &req).await,
         ["api", "v1", "oauth", "disconnect", id] if m == Method::GET => {
-            if let Err(e) = admin(state, &req) {
-                return error(&e);
-            }
-            match ops::connect::disconnect(state, id).await {
-                Ok(v) if !wants_json(&req) && accepts_html(&req) => html(
-                    200,
-                    &pages::message("Disconnected", v["message"].as_str().unwrap_or("")),
-                ),
-                other => answer(other),
-            }
+            oauth_disconnect(state, &req, id).await
         }
         ["api", "v1", "oauth", "status", id] if m == Method::GET => {
             guarded(state, &req, |st| ops::connect::status(st, id))
@@ -273,6 +184,116 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
             format!("no endpoint {} {}", req.method, req.path),
         )),
     }
+}
+
+/// `GET /metrics`: open to local scrapers, else behind the admin key.
+async fn metrics(state: &Arc<Ctx>, req: &Req) -> Response<Full<Bytes>> {
+    // Open to local scrapers only when the TCP peer itself is local: a reverse proxy
+    // on this host forwards remote clients from a loopback address.
+    let peer = req.peer.ip().to_canonical();
+    let local =
+        peer.is_loopback() && !cidr::any_contains(&state.config().server.trusted_proxies, peer);
+    if !local {
+        if let Err(e) = admin(state, req) {
+            return error(&e);
+        }
+    }
+    match ops::metrics::render(state).await {
+        Ok(text) => {
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        Err(e) => error(&e),
+    }
+}
+
+/// `GET /api/v1/oauth/connect`: a redirect to Intuit with the signed `state` cookie.
+async fn oauth_connect(state: &Arc<Ctx>, req: &Req) -> Response<Full<Bytes>> {
+    match ops::connect::connect(state, req.query("invite")).await {
+        Ok(start) => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::FOUND;
+            if let (Ok(loc), Ok(cookie)) = (
+                HeaderValue::from_str(&start.redirect),
+                HeaderValue::from_str(&start.cookie),
+            ) {
+                r.headers_mut().insert(LOCATION, loc);
+                r.headers_mut().insert(SET_COOKIE, cookie);
+            }
+            r
+        }
+        Err(e) => page_or_json(req, &e, "Cannot connect to QuickBooks"),
+    }
+}
+
+/// `GET /api/v1/oauth/callback`: the connected page (or JSON), or why not.
+async fn oauth_callback(state: &Arc<Ctx>, req: &Req) -> Response<Full<Bytes>> {
+    // Never echo what the caller put in `error=`: a bounded code reaches the
+    // operation, and a fixed sentence the page.
+    let denial = req.query("error").map(pages::oauth_error_code);
+    let p = ops::connect::CallbackParams {
+        code: req.query("code"),
+        state: req.query("state"),
+        realm_id: req.query("realmId"),
+        error: denial,
+    };
+    let cookie = req.headers.get(COOKIE).and_then(|v| v.to_str().ok());
+    match ops::connect::callback(state, &p, cookie).await {
+        Ok(c) => {
+            if wants_json(req) {
+                json(
+                    200,
+                    &serde_json::json!({"success": true, "company_id": c.realm_id, "company_name": c.company_name, "home_currency": c.home_currency, "is_active": true}),
+                )
+            } else {
+                html(200, &pages::connected(&c))
+            }
+        }
+        Err(mut e) => {
+            if let (Some(code), "access_denied") = (denial, e.code) {
+                e.message = pages::oauth_error_message(code);
+            }
+            page_or_json(req, &e, "QuickBooks connection failed")
+        }
+    }
+}
+
+/// `GET /api/v1/oauth/disconnect/{id}` (admin): revoke and soft-delete.
+async fn oauth_disconnect(state: &Arc<Ctx>, req: &Req, id: &str) -> Response<Full<Bytes>> {
+    if let Err(e) = admin(state, req) {
+        return error(&e);
+    }
+    match ops::connect::disconnect(state, id).await {
+        Ok(v) if !wants_json(req) && accepts_html(req) => html(
+            200,
+            &pages::message("Disconnected", v["message"].as_str().unwrap_or("")),
+        ),
+        other => answer(other),
+    }
+}
+
+/// The per-client rate limit of every endpoint but `/health` and `/metrics`.
+fn within_rate_limit(state: &Ctx, limiter: &RateLimiter, req: &Req) -> Result<(), ApiError> {
+    let config = state.config();
+    let per_minute = config.server.rate_limit_per_minute;
+    let client = limit::client_ip(req.peer.ip(), &req.headers, &config.server.trusted_proxies);
+    limiter.check(client, per_minute).map_err(|wait| {
+        let mut e = ApiError::new(
+            429,
+            "rate_limited",
+            format!(
+                "more than {per_minute} requests a minute from this address; retry in {wait} s"
+            ),
+        );
+        e.retry_after = Some(wait);
+        e
+    })
 }
 
 async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<Bytes>> {

@@ -126,80 +126,150 @@ pub async fn import_connections(state: &Arc<Ctx>, args: &Value) -> OpResult {
         Some(k) => Some(fernet_key(k)?),
         None => None,
     };
+    let lines = batch_lines(args)?;
+    let mut results: Vec<Option<Value>> = vec![None; lines.len()];
+    let mut work = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, &(n, text)) in lines.iter().enumerate() {
+        match plan_line(state, n, text, key.as_ref(), dry_run, &mut seen)? {
+            Planned::Answered(v) => results[i] = Some(v),
+            Planned::TakeOver(t) => work.push((i, t)),
+        }
+    }
+    take_over_all(state, work, &lines, &mut results).await;
+    let results: Vec<Value> = results
+        .into_iter()
+        .zip(&lines)
+        .map(|(r, (n, _))| {
+            r.unwrap_or_else(|| {
+                result(
+                    *n,
+                    None,
+                    "failed",
+                    Some("internal error; see the daemon's log"),
+                )
+            })
+        })
+        .collect();
+    let answer = batch_answer(dry_run, results);
+    tracing::info!(
+        lines = lines.len(),
+        dry_run,
+        "import-connections: {} imported, {} skipped, {} failed",
+        answer["imported"],
+        answer["skipped"],
+        answer["failed"]
+    );
+    Ok(answer)
+}
+
+/// The `lines` of an `import_connections` request: `(line number, text)` pairs.
+fn batch_lines(args: &Value) -> Result<Vec<(u64, &str)>, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "bad_lines",
             "\"lines\" must be a list of {\"line\": N, \"text\": \"...\"}",
         )
     };
-    let lines: Vec<(u64, &str)> = args
-        .get("lines")
+    args.get("lines")
         .and_then(Value::as_array)
         .ok_or_else(bad)?
         .iter()
         .map(|l| Some((l.get("line")?.as_u64()?, l.get("text")?.as_str()?)))
         .collect::<Option<_>>()
-        .ok_or_else(bad)?;
+        .ok_or_else(bad)
+}
 
-    let mut results: Vec<Option<Value>> = vec![None; lines.len()];
-    let mut work = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, (n, text)) in lines.iter().enumerate() {
-        let (n, text) = (*n, *text);
-        if text.len() > MAX_IMPORT_LINE {
-            results[i] = Some(result(n, None, "failed", Some(&too_long())));
-            continue;
-        }
-        let l = match parse_line(text) {
-            Ok(l) => l,
-            Err(msg) => {
-                results[i] = Some(result(n, realm_of(text).as_deref(), "failed", Some(&msg)));
-                continue;
-            }
-        };
-        let realm = Some(l.realm.as_str());
-        if !l.is_active {
-            results[i] = Some(skipped(n, realm, "is_active is false in the file"));
-            continue;
-        }
-        let token = match reveal(&l.token, key.as_ref()) {
-            Ok(t) => t,
-            Err(msg) => {
-                results[i] = Some(result(n, realm, "failed", Some(&msg)));
-                continue;
-            }
-        };
-        if !seen.insert(l.realm.clone()) {
-            results[i] = Some(skipped(n, realm, "the same realm is on an earlier line"));
-            continue;
-        }
-        if state
-            .store
-            .company(&l.realm)?
-            .is_some_and(|c| c.is_connected())
-        {
-            results[i] = Some(skipped(n, realm, "already connected here"));
-            continue;
-        }
-        if dry_run {
-            results[i] = Some(result(n, realm, "imported", None));
-            continue;
-        }
-        work.push((
-            i,
-            Takeover {
-                realm: l.realm,
-                refresh_token: token,
-                name: l.name,
-                home: l.home,
-                sync_enabled: l.sync_enabled,
-                created_at: l.created_at,
-                last_sync_at: l.last_sync_at,
-                how: "imported (connection taken over from an import file)",
-            },
-        ));
+/// What the first pass makes of one line: its result at once, or a takeover to run.
+enum Planned {
+    Answered(Value),
+    TakeOver(Takeover),
+}
+
+/// Parses, checks and decrypts one line (`seen`: the realms of earlier lines); a dry run
+/// stops here.
+fn plan_line(
+    state: &Ctx,
+    n: u64,
+    text: &str,
+    key: Option<&fernet::Fernet>,
+    dry_run: bool,
+    seen: &mut HashSet<String>,
+) -> Result<Planned, ApiError> {
+    if text.len() > MAX_IMPORT_LINE {
+        return Ok(Planned::Answered(result(
+            n,
+            None,
+            "failed",
+            Some(&too_long()),
+        )));
     }
+    let l = match parse_line(text) {
+        Ok(l) => l,
+        Err(msg) => {
+            return Ok(Planned::Answered(result(
+                n,
+                realm_of(text).as_deref(),
+                "failed",
+                Some(&msg),
+            )));
+        }
+    };
+    let realm = Some(l.realm.as_str());
+    if !l.is_active {
+        return Ok(Planned::Answered(skipped(
+            n,
+            realm,
+            "is_active is false in the file",
+        )));
+    }
+    let token = match reveal(&l.token, key) {
+        Ok(t) => t,
+        Err(msg) => {
+            return Ok(Planned::Answered(result(n, realm, "failed", Some(&msg))));
+        }
+    };
+    if !seen.insert(l.realm.clone()) {
+        return Ok(Planned::Answered(skipped(
+            n,
+            realm,
+            "the same realm is on an earlier line",
+        )));
+    }
+    if state
+        .store
+        .company(&l.realm)?
+        .is_some_and(|c| c.is_connected())
+    {
+        return Ok(Planned::Answered(skipped(
+            n,
+            realm,
+            "already connected here",
+        )));
+    }
+    if dry_run {
+        return Ok(Planned::Answered(result(n, realm, "imported", None)));
+    }
+    Ok(Planned::TakeOver(Takeover {
+        realm: l.realm,
+        refresh_token: token,
+        name: l.name,
+        home: l.home,
+        sync_enabled: l.sync_enabled,
+        created_at: l.created_at,
+        last_sync_at: l.last_sync_at,
+        how: "imported (connection taken over from an import file)",
+    }))
+}
 
+/// Runs the takeovers, at most `quickbooks.max_concurrent_companies` at a time; each fills
+/// its line's result.
+async fn take_over_all(
+    state: &Arc<Ctx>,
+    work: Vec<(usize, Takeover)>,
+    lines: &[(u64, &str)],
+    results: &mut [Option<Value>],
+) {
     let limit = state.config().quickbooks.max_concurrent_companies.max(1);
     let permits = Arc::new(tokio::sync::Semaphore::new(limit));
     let mut set = tokio::task::JoinSet::new();
@@ -232,30 +302,6 @@ pub async fn import_connections(state: &Arc<Ctx>, args: &Value) -> OpResult {
             }
         });
     }
-    let results: Vec<Value> = results
-        .into_iter()
-        .zip(&lines)
-        .map(|(r, (n, _))| {
-            r.unwrap_or_else(|| {
-                result(
-                    *n,
-                    None,
-                    "failed",
-                    Some("internal error; see the daemon's log"),
-                )
-            })
-        })
-        .collect();
-    let answer = batch_answer(dry_run, results);
-    tracing::info!(
-        lines = lines.len(),
-        dry_run,
-        "import-connections: {} imported, {} skipped, {} failed",
-        answer["imported"],
-        answer["skipped"],
-        answer["failed"]
-    );
-    Ok(answer)
 }
 
 fn skipped(line: u64, realm: Option<&str>, reason: &str) -> Value {

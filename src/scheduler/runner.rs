@@ -341,88 +341,22 @@ impl Scheduler {
             }
             have = self.archive.has_main(date);
         }
-        let mut no_fixing = false;
-        let mut unread = false;
+        let mut found = if have { Fixing::Stored } else { Fixing::NotYet };
         if business && !have {
-            loop {
-                let config = self.config();
-                if polling_deadline_passed(
-                    self.now(),
-                    config.schedule.give_up_at,
-                    config.schedule.timezone,
-                ) {
-                    let by = config.schedule.give_up_at.format("%H:%M");
-                    if page_read {
-                        tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
-                        if let Err(e) = self.archive.mark_holiday(date) {
-                            tracing::error!(error = %e, "recording the holiday failed");
-                        }
-                    } else {
-                        tracing::error!(date = %date, "the BoA page could not be read on {date} by {by}; not treating it as a holiday");
-                        unread = true;
-                    }
-                    no_fixing = true;
-                    break;
-                }
-                let give_up =
-                    local_instant(date, config.schedule.give_up_at, config.schedule.timezone);
-                let retry = self.now()
-                    + chrono::Duration::minutes(i64::from(config.schedule.retry_every_minutes));
-                if !self.wait_until(token, retry.min(give_up)).await {
-                    return;
-                }
-                if self.now() < give_up {
-                    match watched(token, self.archive.fetch(true)).await {
-                        None => return,
-                        Some(Err(e)) => tracing::warn!(error = %e, "BoA poll failed"),
-                        Some(Ok(_)) => page_read = true,
-                    }
-                }
-                if self.archive.has_main(date) {
-                    have = true;
-                    break;
-                }
+            match self.poll_for_fixing(token, date, page_read).await {
+                Some(f) => found = f,
+                None => return,
             }
         }
-        let scope = if have {
+        let scope = if found == Fixing::Stored {
             Scope::All
         } else {
             Scope::FillNonBusinessDays
         };
-        let mut done = true;
-        let outcome = match watched(token, self.engine.sync_all(date, scope)).await {
-            None => return,
-            Some(Ok(report)) if !report.bad_records.is_empty() => {
-                done = false;
-                format!(
-                    "failed: {} company records cannot be decoded ({}); Synced {}/{} companies successfully",
-                    report.bad_records.len(),
-                    report.bad_records.join(", "),
-                    report.successful,
-                    report.total
-                )
-            }
-            Some(Ok(report)) => {
-                let prefix = if unread {
-                    "no fixing today (the BoA page could not be read); "
-                } else if no_fixing {
-                    "no fixing today; "
-                } else if !business {
-                    "non-business day; "
-                } else {
-                    ""
-                };
-                format!(
-                    "{prefix}Synced {}/{} companies successfully",
-                    report.successful, report.total
-                )
-            }
-            Some(Err(e)) => {
-                // Not done: catch-up tries the date again.
-                done = false;
-                format!("sync-all refused: {e}")
-            }
+        let Some(result) = watched(token, self.engine.sync_all(date, scope)).await else {
+            return;
         };
+        let (outcome, done) = run_outcome(result, business, found);
         let rec = RunRecord {
             date,
             started_at,
@@ -441,6 +375,52 @@ impl Scheduler {
         tracing::info!(date = %date, "daily run finished: {outcome}");
         notify::status(&format!("last run {date}: {outcome}"));
         let _ = watched(token, self.catch_up_all()).await;
+    }
+
+    /// On a business day without the fixing: polls BoA every `retry_every_minutes` until it
+    /// is stored or `give_up_at` passes (then it is a holiday, provided the page could be read
+    /// at least once in this run: `page_read`). `None` when shutdown interrupted it.
+    async fn poll_for_fixing(
+        &self,
+        token: &CancellationToken,
+        date: NaiveDate,
+        mut page_read: bool,
+    ) -> Option<Fixing> {
+        loop {
+            let config = self.config();
+            if polling_deadline_passed(
+                self.now(),
+                config.schedule.give_up_at,
+                config.schedule.timezone,
+            ) {
+                let by = config.schedule.give_up_at.format("%H:%M");
+                if page_read {
+                    tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
+                    if let Err(e) = self.archive.mark_holiday(date) {
+                        tracing::error!(error = %e, "recording the holiday failed");
+                    }
+                    return Some(Fixing::NoneToday);
+                }
+                tracing::error!(date = %date, "the BoA page could not be read on {date} by {by}; not treating it as a holiday");
+                return Some(Fixing::Unread);
+            }
+            let give_up = local_instant(date, config.schedule.give_up_at, config.schedule.timezone);
+            let retry = self.now()
+                + chrono::Duration::minutes(i64::from(config.schedule.retry_every_minutes));
+            if !self.wait_until(token, retry.min(give_up)).await {
+                return None;
+            }
+            if self.now() < give_up {
+                match watched(token, self.archive.fetch(true)).await {
+                    None => return None,
+                    Some(Err(e)) => tracing::warn!(error = %e, "BoA poll failed"),
+                    Some(Ok(_)) => page_read = true,
+                }
+            }
+            if self.archive.has_main(date) {
+                return Some(Fixing::Stored);
+            }
+        }
     }
 
     /// Syncs every active company's missing dates (up to 31 days back), oldest first.
@@ -520,5 +500,56 @@ impl Scheduler {
             }
         }
         Ok(n)
+    }
+}
+
+/// What a daily run knows of its date's fixing before it syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fixing {
+    /// Stored: every company gets it.
+    Stored,
+    /// Not stored and not polled for (a non-business day).
+    NotYet,
+    /// None by `give_up_at` although the page was read: a holiday.
+    NoneToday,
+    /// None by `give_up_at`, and the page could not be read at all.
+    Unread,
+}
+
+/// The recorded outcome of a daily run's sync-all, and whether the date counts as done
+/// (else catch-up tries it again).
+fn run_outcome(
+    result: Result<Arc<crate::sync::RunReport>, Error>,
+    business: bool,
+    found: Fixing,
+) -> (String, bool) {
+    match result {
+        Ok(report) if !report.bad_records.is_empty() => (
+            format!(
+                "failed: {} company records cannot be decoded ({}); Synced {}/{} companies successfully",
+                report.bad_records.len(),
+                report.bad_records.join(", "),
+                report.successful,
+                report.total
+            ),
+            false,
+        ),
+        Ok(report) => {
+            let prefix = match found {
+                Fixing::Unread => "no fixing today (the BoA page could not be read); ",
+                Fixing::NoneToday => "no fixing today; ",
+                _ if !business => "non-business day; ",
+                _ => "",
+            };
+            (
+                format!(
+                    "{prefix}Synced {}/{} companies successfully",
+                    report.successful, report.total
+                ),
+                true,
+            )
+        }
+        // Not done: catch-up tries the date again.
+        Err(e) => (format!("sync-all refused: {e}"), false),
     }
 }

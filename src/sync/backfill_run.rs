@@ -152,56 +152,12 @@ impl SyncEngine {
         if !company.multicurrency {
             return Err(Error::MulticurrencyOff);
         }
-        // What we want on every date, and where each rate came from.
-        let mut wants: Vec<Want> = Vec::new();
-        let mut fixings: HashMap<(NaiveDate, Currency), (TableKind, NaiveDate)> = HashMap::new();
-        for (day, in_force) in &days {
-            match company_rates(in_force, company.home_currency, &company.active_currencies) {
-                Ok(list) => {
-                    for w in list {
-                        let fixing = in_force.rate(w.currency).map_or_else(
-                            || (TableKind::Main, in_force.main_date.unwrap_or(*day)),
-                            |r| (r.table, r.fixing_date),
-                        );
-                        fixings.insert((*day, w.currency), fixing);
-                        wants.push(Want {
-                            date: *day,
-                            currency: w.currency,
-                            rate: w.rate,
-                        });
-                    }
-                }
-                Err(e) => report.skipped.push(Skipped {
-                    date: *day,
-                    reason: e.to_string(),
-                }),
-            }
-        }
+        let (wants, fixings) = wanted_rates(company, &days, report);
         report.skipped.sort_by_key(|s| s.date);
         let mut codes: Vec<Currency> = wants.iter().map(|w| w.currency).collect();
         codes.sort();
         codes.dedup();
-
-        // Reads: one range query per 31-day window that has a date to write.
-        let mut holdings = Holdings::new();
-        for (wf, wt) in backfill::windows(report.from, report.to) {
-            if !wants.iter().any(|w| w.date >= wf && w.date <= wt) {
-                continue;
-            }
-            let h = session.read_range(wf, wt, &codes).await.map_err(|e| {
-                if e.is_fault() {
-                    Error::RangeQueryRefused {
-                        from: wf,
-                        to: wt,
-                        message: e.to_string(),
-                    }
-                } else {
-                    upstream(&e, "reading QuickBooks exchange rates")
-                }
-            })?;
-            report.reads += 1;
-            holdings.extend(h);
-        }
+        let holdings = read_windows(session, report, &wants, &codes).await?;
         let steps = plan::plan(&realm, &wants, &holdings);
         report.plan.clone_from(&steps);
         if report.dry_run {
@@ -254,4 +210,73 @@ impl SyncEngine {
         };
         Ok(())
     }
+}
+
+/// Where a backfilled rate came from: the table and its fixing date, by (date, currency).
+type Sources = HashMap<(NaiveDate, Currency), (TableKind, NaiveDate)>;
+
+/// What we want on every date, and where each rate came from; a date without rates for the
+/// company is recorded in `report.skipped` with the reason.
+fn wanted_rates(
+    company: &Company,
+    days: &[(NaiveDate, InForce)],
+    report: &mut Backfill,
+) -> (Vec<Want>, Sources) {
+    // What we want on every date, and where each rate came from.
+    let mut wants: Vec<Want> = Vec::new();
+    let mut fixings: Sources = HashMap::new();
+    for (day, in_force) in days {
+        match company_rates(in_force, company.home_currency, &company.active_currencies) {
+            Ok(list) => {
+                for w in list {
+                    let fixing = in_force.rate(w.currency).map_or_else(
+                        || (TableKind::Main, in_force.main_date.unwrap_or(*day)),
+                        |r| (r.table, r.fixing_date),
+                    );
+                    fixings.insert((*day, w.currency), fixing);
+                    wants.push(Want {
+                        date: *day,
+                        currency: w.currency,
+                        rate: w.rate,
+                    });
+                }
+            }
+            Err(e) => report.skipped.push(Skipped {
+                date: *day,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    (wants, fixings)
+}
+
+/// Reads what QuickBooks holds: one range query per 31-day window that has a date to
+/// write (counted in `report.reads`).
+async fn read_windows(
+    session: &Session<'_>,
+    report: &mut Backfill,
+    wants: &[Want],
+    codes: &[Currency],
+) -> Result<Holdings, Error> {
+    // Reads: one range query per 31-day window that has a date to write.
+    let mut holdings = Holdings::new();
+    for (wf, wt) in backfill::windows(report.from, report.to) {
+        if !wants.iter().any(|w| w.date >= wf && w.date <= wt) {
+            continue;
+        }
+        let h = session.read_range(wf, wt, codes).await.map_err(|e| {
+            if e.is_fault() {
+                Error::RangeQueryRefused {
+                    from: wf,
+                    to: wt,
+                    message: e.to_string(),
+                }
+            } else {
+                upstream(&e, "reading QuickBooks exchange rates")
+            }
+        })?;
+        report.reads += 1;
+        holdings.extend(h);
+    }
+    Ok(holdings)
 }

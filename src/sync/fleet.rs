@@ -375,27 +375,7 @@ impl SyncEngine {
         scope: Scope,
     ) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
-        // Only what the run needs of each company (the records are re-read one by one), and
-        // one record decoded at a time: never every record at once.
-        let mut entries = RunEntries::default();
-        let bad = self.store.each_company(|c| {
-            if c.is_active
-                && c.sync_enabled
-                && c.is_connected()
-                && (scope == Scope::All || c.fill_non_business_days)
-            {
-                entries.push(&c.realm_id, &c.company_name);
-            }
-        })?;
-        let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
-        for key in &bad_records {
-            self.alerts.raise(
-                &format!("bad_record:{key}"),
-                "bad_record",
-                None,
-                &format!("the company record {key} cannot be decoded; it is skipped (restore it from a backup or reconnect the company)"),
-            );
-        }
+        let (mut entries, bad_records) = self.list_run(scope)?;
         let total = entries.listed();
         let p = &self.progress;
         p.total.store(total, Relaxed);
@@ -467,6 +447,56 @@ impl SyncEngine {
         }
         failed += bad_records.len();
         let seconds = started.elapsed().as_secs_f64();
+        let finished_at = self.record_run_end(date, ok, failed, total, seconds);
+        Ok(RunReport {
+            date,
+            finished_at,
+            total,
+            successful: ok,
+            failed,
+            seconds,
+            entries,
+            bad_records,
+        })
+    }
+
+    /// The companies a run of `scope` syncs: only what the run needs of each (the records
+    /// are re-read one by one), one record decoded at a time, never every record at once.
+    /// Undecodable records are alerted and returned by key.
+    fn list_run(&self, scope: Scope) -> Result<(RunEntries, Vec<String>), Error> {
+        let mut entries = RunEntries::default();
+        let bad = self.store.each_company(|c| {
+            if c.is_active
+                && c.sync_enabled
+                && c.is_connected()
+                && (scope == Scope::All || c.fill_non_business_days)
+            {
+                entries.push(&c.realm_id, &c.company_name);
+            }
+        })?;
+        let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
+        for key in &bad_records {
+            self.alerts.raise(
+                &format!("bad_record:{key}"),
+                "bad_record",
+                None,
+                &format!("the company record {key} cannot be decoded; it is skipped (restore it from a backup or reconnect the company)"),
+            );
+        }
+        Ok((entries, bad_records))
+    }
+
+    /// Records a finished run: `last_run`, the duration metric, the log line, and the
+    /// `sync_failures` alert (raised from two failed companies, else cleared). Returns when
+    /// it finished.
+    fn record_run_end(
+        &self,
+        date: NaiveDate,
+        ok: usize,
+        failed: usize,
+        total: usize,
+        seconds: f64,
+    ) -> DateTime<Utc> {
         let finished_at = self.clock.now();
         *lock(&self.last_run) = Some(LastRun {
             date,
@@ -488,16 +518,7 @@ impl SyncEngine {
         } else {
             self.alerts.clear(&key);
         }
-        Ok(RunReport {
-            date,
-            finished_at,
-            total,
-            successful: ok,
-            failed,
-            seconds,
-            entries,
-            bad_records,
-        })
+        finished_at
     }
 
     pub(super) fn set_level(&self, level: usize) {

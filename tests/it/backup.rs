@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::support::daemon::TestDaemon;
+use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::CompanySpec;
 use crate::support::world::{World, ADMIN_KEY};
 
@@ -120,14 +121,12 @@ async fn a_backup_during_a_rotating_sync_all_restores_and_every_company_syncs_wi
             .await
             .unwrap()
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while w.intuit.token_calls() <= refreshes_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "phase B refreshes did not begin"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually_async(
+        Duration::from_secs(60),
+        "phase B refreshes to begin",
+        async || w.intuit.token_calls() > refreshes_before,
+    )
+    .await;
     let file = w.daemon.dir.path().join("backups/boa.jsonl");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     let (code, out, err) =

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::{TestDaemon, BIN};
+use crate::support::eventually::{eventually, lazy};
 use serde_json::{json, Value};
 
 fn get_json(url: &str) -> (u16, Value) {
@@ -23,22 +24,18 @@ fn get_json(url: &str) -> (u16, Value) {
 fn health_is_degraded_without_a_fixing_while_the_schedule_runs() {
     // The BoA URL points at a closed port: the start-up scrape fails, nothing is stored.
     let d = TestDaemon::start("[boa]\nurl = \"http://127.0.0.1:9/\"\ntimeout_secs = 1\n");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = get_json(&d.url("/health"));
-        assert_eq!(status, 200);
-        assert_eq!(body["status"], "degraded");
-        let reasons = body["reasons"].to_string();
-        assert!(reasons.contains("no BoA fixing is stored"), "{body}");
-        if reasons.contains("last BoA scrape failed") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the failed start-up scrape never showed: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the failed start-up scrape to show in /health",
+        || {
+            let (status, body) = get_json(&d.url("/health"));
+            assert_eq!(status, 200);
+            assert_eq!(body["status"], "degraded");
+            let reasons = body["reasons"].to_string();
+            assert!(reasons.contains("no BoA fixing is stored"), "{body}");
+            reasons.contains("last BoA scrape failed")
+        },
+    );
 }
 
 #[test]
@@ -213,15 +210,11 @@ fn sighup_keeps_old_config_when_new_one_is_bad() {
     d.signal(libc::SIGHUP);
     assert!(d.notifications_until(|m| m.contains("READY=1"), Duration::from_secs(10)));
     assert_eq!(d.control("status", json!({}))["ok"], true);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.stderr().contains("reload refused") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged: {}",
-            d.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(10),
+        lazy(|| format!("\"reload refused\" in the log: {}", d.stderr())),
+        || d.stderr().contains("reload refused"),
+    );
     assert!(d.stderr().contains("schedule.time"), "{}", d.stderr());
 }
 

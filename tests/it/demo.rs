@@ -5,6 +5,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support::eventually::eventually;
+
 const BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
 
 fn free_port() -> u16 {
@@ -34,17 +36,17 @@ fn demo(args: &[&str]) -> Command {
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
+    /// Kills the demo when the wait fails, so it does not outlive the test.
+    struct KillOnPanic<'a>(&'a mut Child);
+    impl Drop for KillOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = self.0.kill();
+            }
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the demo did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
+    let guard = KillOnPanic(child);
+    eventually(within, "the demo to exit", || guard.0.try_wait().unwrap())
 }
 
 fn read_all(r: Option<impl Read>) -> String {

@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::CompanySpec;
 use crate::support::world::{Answer, World};
 use chrono::NaiveDate;
@@ -421,9 +422,12 @@ async fn bad_backfill_requests_are_refused() {
         .set_realm_latency("1001", std::time::Duration::from_millis(600));
     let before = w.intuit.reads("1001");
     let (s, b) = tokio::join!(sync(&w, "1001", FRIDAY), async {
-        while w.intuit.reads("1001") == before {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        eventually_async(
+            std::time::Duration::from_secs(10),
+            "the sync's first read at the fake",
+            async || w.intuit.reads("1001") != before,
+        )
+        .await;
         backfill(&w, "1001", &format!("from={FRIDAY}&to={SUNDAY}")).await
     });
     assert_eq!(s["success"], true);

@@ -24,6 +24,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::support::eventually::eventually_async;
 use crate::support::fake_boa::{fixture, FRIDAY};
 use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 
@@ -226,14 +227,12 @@ async fn a_company_disconnected_during_its_sync_ends_as_disconnected() {
     let engine = b.engine.clone();
     let sync = tokio::spawn(async move { engine.sync_company("8010", friday()).await });
     // Wait until the read is at the fake, then disconnect.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.intuit.requests_for("8010").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no call reached the fake"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually_async(
+        Duration::from_secs(10),
+        "a call for 8010 at the fake",
+        async || !b.intuit.requests_for("8010").is_empty(),
+    )
+    .await;
     b.store
         .disconnect_company("8010", |c| c.is_active = false)
         .await

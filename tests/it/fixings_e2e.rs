@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::eventually::{eventually_async, lazy};
 use crate::support::fake_boa::{self, Mode, FRIDAY, SUNDAY, WORKBOOK_2024};
 use crate::support::world::World;
 use serde_json::{json, Value};
@@ -604,11 +605,17 @@ async fn a_page_slower_than_the_timeout_fails_and_keeps_the_stored_fixing() {
     )
     .expect("write config");
     w.daemon.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w.daemon.stderr().contains("configuration reloaded") {
-        assert!(Instant::now() < deadline, "{}", w.daemon.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(
+        Duration::from_secs(10),
+        lazy(|| {
+            format!(
+                "\"configuration reloaded\" in the log: {}",
+                w.daemon.stderr()
+            )
+        }),
+        async || w.daemon.stderr().contains("configuration reloaded"),
+    )
+    .await;
 
     w.boa.set_mode(Mode::Slow(Duration::from_secs(30)));
     let started = Instant::now();

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::TestDaemon;
+use crate::support::eventually::{eventually, lazy};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -310,6 +311,29 @@ fn answers_carry_security_headers_and_the_callback_echoes_no_error_text() {
     });
 }
 
+/// Waits until the daemon's log holds at least `times` lines that contain each of `parts`.
+fn wait_logged(d: &TestDaemon, parts: &[&str], times: usize) {
+    eventually(
+        Duration::from_secs(10),
+        lazy(|| format!("{times} log lines with {parts:?}: {}", d.stderr())),
+        || {
+            let stderr = d.stderr();
+            let lines = stderr.lines();
+            lines
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count()
+                >= times
+        },
+    );
+}
+
+/// Whether the daemon logged accepting a connection from `ip`.
+fn accepted(d: &TestDaemon, ip: &str) -> bool {
+    d.stderr()
+        .lines()
+        .any(|l| l.contains("http connection accepted") && l.contains(&format!("peer={ip}:")))
+}
+
 /// Reads until the daemon closes the connection; when that happened (`None` if it did not
 /// within `within`). Whatever the daemon answered first (a 408) is returned too.
 async fn closed_after(mut s: TcpStream, within: Duration) -> Option<(Instant, Vec<u8>)> {
@@ -410,8 +434,8 @@ fn connections_over_max_connections_wait_for_a_free_slot() {
         for _ in 0..4 {
             held.push(connect_from("127.0.0.6", to).await);
         }
-        // Give the daemon a moment to accept all four (their slots are then taken).
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The daemon has accepted all four: their slots are taken.
+        wait_logged(&d, &["no connection slot is free (limit 4)"], 1);
         let t = Instant::now();
         let a = get("127.0.0.7", to, "/health", &[]).await;
         let waited = t.elapsed();
@@ -442,20 +466,17 @@ fn max_connections_changes_on_sighup() {
         )
         .unwrap();
         d.signal(libc::SIGHUP);
-        let line = format!("server.max_connections is now {n}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !d.stderr().contains(&line) {
-            assert!(Instant::now() < deadline, "not applied: {}", d.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_logged(&d, &[&format!("server.max_connections is now {n}")], 1);
     };
     rt().block_on(async {
         let a = connect_from("127.0.0.8", to).await;
         let b = connect_from("127.0.0.8", to).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Both accepted, and the accept loop waits for a slot: nobody else gets in now.
+        let full = "no connection slot is free (limit 2)";
+        tokio::task::block_in_place(|| wait_logged(&d, &[full], 1));
         let waiting = tokio::spawn(async move { get("127.0.0.9", to, "/health", &[]).await });
-        tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(!waiting.is_finished(), "a third connection was let in at 2");
+        assert!(!accepted(&d, "127.0.0.9"), "{}", d.stderr());
         tokio::task::block_in_place(|| reload(3));
         let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
@@ -464,15 +485,20 @@ fn max_connections_changes_on_sighup() {
         assert_eq!(answered.status, 200);
 
         tokio::task::block_in_place(|| reload(1));
-        let waiting = tokio::spawn(async move { get("127.0.0.9", to, "/health", &[]).await });
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Two open over a limit of one: the loop takes the free slot out of use and waits.
+        let full = "no connection slot is free (limit 1)";
+        tokio::task::block_in_place(|| wait_logged(&d, &[full], 1));
+        let waiting = tokio::spawn(async move { get("127.0.0.10", to, "/health", &[]).await });
         assert!(!waiting.is_finished(), "let in over the new limit");
         drop(a);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // `a`'s slot came back and paid the rest of the debt (none is owed now); the loop
+        // waits again with `b` holding the one slot.
+        tokio::task::block_in_place(|| wait_logged(&d, &[full, "debt=0"], 1));
         assert!(
             !waiting.is_finished(),
             "one connection is still open: at the limit of 1"
         );
+        assert!(!accepted(&d, "127.0.0.10"), "{}", d.stderr());
         drop(b);
         let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await

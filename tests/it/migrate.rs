@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::contains;
+use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::CompanySpec;
 use crate::support::world::World;
 use chrono::NaiveDate;
@@ -616,12 +617,13 @@ async fn with_the_schedule_on_taken_over_companies_are_synced_at_once() {
     assert_eq!(a["ok"], true, "{a}");
     assert_eq!(a["data"]["imported"], 1, "{a}");
     let day = NaiveDate::from_str(FRIDAY).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
     for realm in ["9301", "9302"] {
-        while intuit.exchange_rate(realm, "USD", day).is_none() {
-            assert!(Instant::now() < deadline, "{realm} not synced at once");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually_async(
+            Duration::from_secs(30),
+            format!("{realm}'s USD rate on {day} (synced at once)"),
+            async || intuit.exchange_rate(realm, "USD", day).is_some(),
+        )
+        .await;
         assert_eq!(
             intuit.exchange_rate(realm, "USD", day).map(|r| r.rate),
             Some(dec("0.862055"))

@@ -22,6 +22,7 @@ use reqwest::header::{
 use serde_json::{json, Value};
 
 use crate::support::daemon::{contains, TestDaemon};
+use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use crate::support::inproc::InProcDaemon;
 use crate::support::world::{Answer, World, ADMIN_KEY, REDIRECT};
@@ -191,13 +192,12 @@ fn last_refresh_sent(intuit: &FakeIntuit) -> String {
 
 /// Waits until the fake has received an accounting call for `realm` (a sync is in flight).
 async fn wait_for_api_call(intuit: &FakeIntuit, realm: &str) {
-    for _ in 0..500 {
-        if !intuit.requests_for(realm).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no QuickBooks call for {realm} within 5 s");
+    eventually_async(
+        Duration::from_secs(5),
+        format!("a QuickBooks call for {realm}"),
+        async || !intuit.requests_for(realm).is_empty(),
+    )
+    .await;
 }
 
 /// SIGTERM, and wait for a clean exit.
@@ -1832,20 +1832,17 @@ async fn a_browser_that_leaves_mid_callback_loses_no_grant() {
         .send()
         .await;
     assert!(gave_up.is_err(), "the browser left before the answer");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = w
-            .admin_get("/api/v1/oauth/status/4620816365210001")
-            .await
-            .json();
-        if s["connected"] == true {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the grant was lost with the request: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_async(
+        Duration::from_secs(20),
+        "the connection to be kept after the browser left (the grant lost with the request?)",
+        async || {
+            let s = w
+                .admin_get("/api/v1/oauth/status/4620816365210001")
+                .await
+                .json();
+            s["connected"] == true
+        },
+    )
+    .await;
     assert_eq!(w.intuit.token_calls(), 1, "one code exchange, no refresh");
 }

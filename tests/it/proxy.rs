@@ -10,11 +10,12 @@
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 
+use crate::support::eventually::{eventually, lazy};
 use crate::support::fake_intuit::CompanySpec;
 use crate::support::world::{World, REDIRECT};
 use crate::toolbox::tool;
@@ -74,18 +75,21 @@ impl Nginx {
             .spawn()
             .expect("spawn nginx");
         let mut n = Nginx { dir, child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let listening = |n: &mut Nginx| {
             if let Ok(Some(st)) = n.child.try_wait() {
                 panic!("nginx exited ({st}): {}", n.error_log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen: {}",
-                n.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        };
+        let log = n.dir.path().join("error.log");
+        eventually(
+            Duration::from_secs(20),
+            lazy(|| {
+                let errors = std::fs::read_to_string(&log).unwrap_or_default();
+                format!("nginx to listen on {port}: {errors}")
+            }),
+            || listening(&mut n),
+        );
         n
     }
 

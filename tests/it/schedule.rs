@@ -16,6 +16,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
+use crate::support::eventually::eventually_async;
 use crate::support::fake_boa::{self, FakeBoa, Mode, FRIDAY};
 use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
 use crate::support::inproc::InProcDaemon;
@@ -169,13 +170,9 @@ async fn add_and_connect(d: &InProcDaemon, intuit: &FakeIntuit, realm: &str) {
     connect(d, intuit, realm).await;
 }
 
-/// Polls `check` every 50 ms until it holds; panics with `what` after `secs` seconds.
+/// Polls `check` until it holds; panics with `what` after `secs` seconds.
 async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(Duration::from_secs(secs), what, async || check()).await;
 }
 
 /// The EUR rate the fake QuickBooks company holds for `date`.
@@ -198,41 +195,45 @@ async fn status(d: &InProcDaemon) -> Value {
     a["data"].clone()
 }
 
+/// Waits until `realm` has been synced (its sync status shows a `last_sync_at`).
+async fn wait_synced(d: &InProcDaemon, realm: &str) {
+    eventually_async(
+        Duration::from_secs(15),
+        format!("a finished sync of {realm} (last_sync_at in its sync status)"),
+        async || {
+            let a = d.control("company", json!({"realm": realm})).await;
+            assert_eq!(a["ok"], true, "{a}");
+            a["data"]["last_sync_at"].is_string()
+        },
+    )
+    .await;
+}
+
 /// Waits until `status` shows a finished daily run for `date`; returns the status.
 async fn wait_last_run(d: &InProcDaemon, date: &str) -> Value {
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = status(d).await;
-        if s["schedule"]["last_run"]["date"] == date {
-            return s;
-        }
-        assert!(
-            Instant::now() < end,
-            "no daily run for {date}: {}",
-            s["schedule"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(
+        Duration::from_secs(15),
+        format!("a finished daily run for {date} in status"),
+        async || {
+            let s = status(d).await;
+            (s["schedule"]["last_run"]["date"] == date).then_some(s)
+        },
+    )
+    .await
 }
 
 /// Waits until `status` shows the next run at `at` (RFC 3339 UTC).
 async fn wait_next_run(d: &InProcDaemon, at: &str) -> Value {
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = status(d).await;
-        if s["schedule"]["next_run"] == at {
-            // `next_run` is shown from the start (computed before the loop plans it): the
-            // loop has come round only once it has acted on the clock's reading too.
-            settle(d).await;
-            return status(d).await;
-        }
-        assert!(
-            Instant::now() < end,
-            "next run never became {at}: {}",
-            s["schedule"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(
+        Duration::from_secs(15),
+        format!("the next run at {at} in status"),
+        async || status(d).await["schedule"]["next_run"] == at,
+    )
+    .await;
+    // `next_run` is shown from the start (computed before the loop plans it): the loop has
+    // come round only once it has acted on the clock's reading too.
+    settle(d).await;
+    status(d).await
 }
 
 /// Waits until the scheduler has fully acted on the clock's current reading (`status` →
@@ -243,19 +244,12 @@ async fn settle(d: &InProcDaemon) {
         .clock
         .now()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = status(d).await;
-        if s["schedule"]["clock_seen"] == now.as_str() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "the scheduler never settled at {now}: {}",
-            s["schedule"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(
+        Duration::from_secs(15),
+        format!("the scheduler to settle at {now} (status: schedule.clock_seen)"),
+        async || status(d).await["schedule"]["clock_seen"] == now.as_str(),
+    )
+    .await;
 }
 
 /// Waits until the daemon has recorded a scrape stamped with the clock's current time (the
@@ -266,15 +260,15 @@ async fn wait_scrape(d: &InProcDaemon) {
         .clock
         .now()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let a = d.control("scrapes", json!({"limit": 1})).await;
-        if a["data"][0]["at"] == at.as_str() {
-            break;
-        }
-        assert!(Instant::now() < end, "no scrape at {at}: {a}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(
+        Duration::from_secs(15),
+        format!("a scrape recorded at {at}"),
+        async || {
+            let a = d.control("scrapes", json!({"limit": 1})).await;
+            a["data"][0]["at"] == at.as_str()
+        },
+    )
+    .await;
     settle(d).await;
 }
 
@@ -354,7 +348,10 @@ async fn syncs_on_its_own_at_the_scheduled_instant() {
     // Connecting syncs at once: Thursday's fixing is the newest, so Thursday's date.
     add_and_connect(&d, &f.intuit, "1001").await;
     wait_eur(&f.intuit, "1001", THU, "95.30").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // That sync is over (its `last_sync_at` is set after its last write) and the scheduler
+    // has acted on the clock: whatever either would write is written.
+    wait_synced(&d, "1001").await;
+    settle(&d).await;
     assert_eq!(eur(&f.intuit, "1001", FRI), None, "nothing for Friday yet");
 
     // BoA publishes; a second before 13:00 the daemon still waits.
@@ -459,7 +456,9 @@ async fn gives_up_at_six_and_fills_the_holiday() {
     assert!(outcome.contains("no fixing today"), "{outcome}");
 
     wait_eur(&f.intuit, "3001", FRI, "95.30").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The loop marks the clock seen again only after the run and the catch-up that follows
+    // it: neither can still write the holiday to 3002.
+    settle(&d).await;
     assert_eq!(
         eur(&f.intuit, "3002", FRI),
         None,

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::{CompanySpec, RecordedRequest};
 use crate::support::world::{Answer, World};
 use chrono::NaiveDate;
@@ -98,11 +99,7 @@ fn body_json(r: &RecordedRequest) -> Value {
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually_async(Duration::from_secs(30), what, async || cond()).await;
 }
 
 /// Runs a single sync of `realm` for `date` and, while its first exchange-rate write is
@@ -737,15 +734,28 @@ async fn a_second_sync_all_joins_the_running_one_and_another_date_is_409() {
         .collect();
     // Each call takes 200 ms: the run lasts ≥ 600 ms.
     w.intuit.set_latency(Duration::from_millis(200));
-    let later = |ms| async move { tokio::time::sleep(Duration::from_millis(ms)).await };
+    // The other callers come while the first run is at the fake (it has read something).
+    let running = || async {
+        eventually_async(
+            Duration::from_secs(10),
+            "the first sync-all's first read at the fake",
+            async || {
+                ["1001", "2002", "3003"]
+                    .iter()
+                    .zip(&reads)
+                    .any(|(r, n)| w.intuit.reads(r) > *n)
+            },
+        )
+        .await
+    };
     let (first, second, other) = tokio::join!(
         sync_all(&w, FRIDAY),
         async {
-            later(150).await;
+            running().await;
             sync_all(&w, FRIDAY).await
         },
         async {
-            later(150).await;
+            running().await;
             sync_all(&w, "2026-05-23").await
         },
     );
@@ -1494,18 +1504,18 @@ async fn a_client_that_goes_away_mid_refresh_loses_nothing() {
         .await;
     assert!(aborted.is_err(), "the client gave up before the answer");
     // The sync goes on without its client and records its attempt.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = w.control("logs", json!({"realm": "1001", "limit": 100}))["data"]["logs"]
-            .as_array()
-            .unwrap()
-            .len();
-        if n >= logs_before + 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the attempt was never recorded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_async(
+        Duration::from_secs(20),
+        "the abandoned sync's attempt in 1001's logs",
+        async || {
+            let n = w.control("logs", json!({"realm": "1001", "limit": 100}))["data"]["logs"]
+                .as_array()
+                .unwrap()
+                .len();
+            n >= logs_before + 2
+        },
+    )
+    .await;
     w.intuit.set_latency(Duration::ZERO);
     assert_eq!(w.intuit.refreshes("1001"), refreshes + 1);
     assert_eq!(rate(&w, "1001", "USD", FRIDAY), Some(dec("82.24")));

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::eventually::{eventually, lazy};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_boa-exchange");
 
 /// A running daemon (or one that was stopped and can be restarted on the same data).
@@ -136,24 +138,27 @@ impl TestDaemon {
             .spawn()
             .expect("spawn boa-exchange");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.notifications_until(|m| m.contains("READY=1"), Duration::from_millis(200)) {
-                break;
-            }
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("daemon exited before READY ({st}): {}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no READY=1 within 20 s: {}",
-                self.stderr()
-            );
-        }
+        let stderr = self.stderr_path.clone();
+        eventually(
+            Duration::from_secs(20),
+            lazy(|| {
+                let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+                format!("READY=1 from the daemon: {log}")
+            }),
+            || {
+                if self.notifications_until(|m| m.contains("READY=1"), Duration::from_millis(200)) {
+                    return true;
+                }
+                if let Some(st) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("daemon exited before READY ({st}): {}", self.stderr());
+                }
+                false
+            },
+        );
         let st = self.control("status", json!({}));
         assert_eq!(st["ok"], true, "{st}");
         self.http = format!(
@@ -201,19 +206,12 @@ impl TestDaemon {
 
     /// Waits for the process to exit (at most `within`).
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
         let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let st = eventually(within, "the daemon to exit", || {
+            child.try_wait().expect("try_wait")
+        });
+        self.child = None;
+        st
     }
 
     pub fn kill9(&mut self) {

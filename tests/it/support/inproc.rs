@@ -13,6 +13,8 @@ use boa_exchange::time::clock::ManualClock;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::eventually::eventually_async;
+
 pub struct InProcDaemon {
     pub dir: tempfile::TempDir,
     pub clock: ManualClock,
@@ -62,13 +64,13 @@ impl InProcDaemon {
             toml: toml.to_string(),
         };
         // Ready when the control socket answers.
-        for _ in 0..200 {
-            if d.try_control("status", json!({})).await.is_some() {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("in-process daemon did not become ready");
+        eventually_async(
+            Duration::from_secs(10),
+            "the in-process daemon's control socket to answer",
+            async || d.try_control("status", json!({})).await.is_some(),
+        )
+        .await;
+        d
     }
 
     async fn try_control(&self, cmd: &str, args: Value) -> Option<Value> {

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod daemon;
+pub mod eventually;
 pub mod fake_boa;
 pub mod fake_intuit;
 pub mod inproc;
