@@ -147,6 +147,14 @@ pub async fn run(
     log: Option<LogHandle>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    if let crate::config::Backend::Postgres { .. } = config.storage.backend {
+        // The PostgreSQL store, its migrations, backup and restore exist (store::postgres);
+        // the daemon's services do not run on it yet (issue 23).
+        anyhow::bail!(
+            "storage.backend = \"postgres\": this version restores a backup into PostgreSQL \
+             (`boa-exchange restore FILE`) but serves only from sled; keep backend = \"sled\" to run"
+        );
+    }
     let store = Store::open(&config.storage.data_dir, &config.storage.identity_file)
         .context("opening the store")?;
     let store = Arc::new(store);

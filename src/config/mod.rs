@@ -28,8 +28,8 @@ pub use secrets::Secret;
 use secrets::*;
 use server::*;
 pub use server::{Enrollment, ServerConfig};
-pub use storage::StorageConfig;
 use storage::*;
+pub use storage::{Backend, StorageConfig};
 
 use std::collections::HashMap;
 use std::fmt;

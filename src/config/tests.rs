@@ -258,3 +258,35 @@ fn fixture_configs() {
         assert!(n > 0, "no fixtures in {sub}");
     }
 }
+
+#[test]
+fn storage_backend_and_postgres_url() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.storage.backend, Backend::Sled);
+    assert_eq!(c.storage.leader_lease, std::time::Duration::from_secs(15));
+
+    let pg = "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgresql://u@h/db\"\n";
+    let c = load(pg, &[]).unwrap();
+    let Backend::Postgres { url } = &c.storage.backend else {
+        panic!("not postgres: {:?}", c.storage.backend);
+    };
+    assert_eq!(url.expose(), "postgresql://u@h/db");
+    assert!(!format!("{c:?}").contains("u@h/db"), "the URL is a secret");
+
+    let c = load(pg, &[("DATABASE_URL", "postgres://env@h/db")]).unwrap();
+    assert_eq!(
+        c.storage.backend,
+        Backend::Postgres {
+            url: Secret::new("postgres://env@h/db")
+        }
+    );
+
+    let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+    assert!(err("[storage]\nbackend = \"postgres\"\n").contains("storage.postgres_url"));
+    assert!(err("[storage]\nbackend = \"mysql\"\n").contains("storage.backend"));
+    assert!(
+        err("[storage]\nbackend = \"postgres\"\npostgres_url = \"mysql://x\"\n")
+            .contains("not a PostgreSQL URL")
+    );
+    assert!(err("[storage]\nleader_lease_secs = 0\n").contains("storage.leader_lease_secs"));
+}

@@ -109,6 +109,14 @@ pub enum RestoreError {
         /// Entries found.
         entries: u64,
     },
+    /// PostgreSQL refused or failed (nothing is written: the restore is one transaction).
+    #[error("{target}: {message} (nothing was written)")]
+    Postgres {
+        /// The database, password hidden.
+        target: String,
+        /// Why.
+        message: String,
+    },
     /// Writing failed after it began: the target holds part of the backup.
     #[error("the restore failed after writing began ({reason}); the store in {path} holds part of the backup: remove that folder and restore again")]
     Partial {
@@ -176,6 +184,13 @@ pub fn restore(config: &Config, file: &Path, dry_run: bool) -> Result<RestoreAns
     let vault = identity(config, &header)?;
     let checked =
         backup::read(open_file(file)?, |r| backup::check_record(&vault, &r)).map_err(bad)?;
+    if let crate::config::Backend::Postgres { url } = &config.storage.backend {
+        let target = redacted(url.expose());
+        if !dry_run {
+            restore_postgres(url.expose(), vault, file, &checked.sha256, &target)?;
+        }
+        return Ok(answer(file, checked, dry_run, target));
+    }
     let data_dir = &config.storage.data_dir;
     let store = if dry_run && !data_dir.join("db").exists() {
         None
@@ -205,7 +220,17 @@ pub fn restore(config: &Config, file: &Path, dry_run: bool) -> Result<RestoreAns
         s.flush_blocking().map_err(|e| partial(e.to_string()))?;
         tracing::info!(records = written.records, "backup restored");
     }
-    Ok(RestoreAnswer {
+    Ok(answer(
+        file,
+        checked,
+        dry_run,
+        data_dir.display().to_string(),
+    ))
+}
+
+/// What `restore` answers once the file is checked (and, unless a dry run, written).
+fn answer(file: &Path, checked: Contents, dry_run: bool, target: String) -> RestoreAnswer {
+    RestoreAnswer {
         backup_created_at: checked.header.created_at,
         counts: checked
             .counts
@@ -217,6 +242,62 @@ pub fn restore(config: &Config, file: &Path, dry_run: bool) -> Result<RestoreAns
         file: file.display().to_string(),
         records: checked.records,
         sha256: checked.sha256,
-        target: data_dir.display().to_string(),
+        target,
+    }
+}
+
+/// A PostgreSQL URL without its password, to name the target.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "the configured PostgreSQL database".into(),
+    }
+}
+
+/// Restore into an empty PostgreSQL database: the whole file is checked again inside one
+/// transaction, committed only after its trailer checks, so a failure writes nothing.
+fn restore_postgres(
+    url: &str,
+    vault: Vault,
+    file: &Path,
+    sha256: &str,
+    target: &str,
+) -> Result<(), RestoreError> {
+    use crate::store::postgres::{Error as PgError, PgStore};
+    let failed = |e: PgError| RestoreError::Postgres {
+        target: target.to_string(),
+        message: e.to_string(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RestoreError::Postgres {
+            target: target.to_string(),
+            message: format!("cannot start the runtime: {e}"),
+        })?;
+    rt.block_on(async {
+        let pg = PgStore::open(url, vault).await.map_err(failed)?;
+        let entries = pg.entries().await.map_err(failed)?;
+        if entries > 0 {
+            return Err(RestoreError::NotEmpty {
+                path: PathBuf::from(target),
+                entries,
+            });
+        }
+        let input = open_file(file)?;
+        let written = pg.restore(input).await.map_err(failed)?;
+        if written.sha256 != sha256 {
+            return Err(RestoreError::Postgres {
+                target: target.to_string(),
+                message: "the file changed while it was read".into(),
+            });
+        }
+        tracing::info!(records = written.records, "backup restored into PostgreSQL");
+        Ok(())
     })
 }

@@ -417,3 +417,68 @@ async fn every_bad_input_is_exit_1_naming_the_reason_and_writes_nothing() {
         .starts_with("{\"end\":true"));
     assert!(err.contains("records"), "{err}");
 }
+
+/// The move from sled to PostgreSQL (SPEC §12): the CLI's `restore` with `backend =
+/// "postgres"` loads a sled backup into an empty database with the tokens still the same
+/// ciphertext that decrypts with the identity; a second restore into the now non-empty
+/// database is exit 1 writing nothing, a password in the URL is never printed, and `serve`
+/// on PostgreSQL says plainly that this version serves only from sled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_backup_restores_into_postgres_from_the_cli() {
+    let Some(cluster) = crate::support::postgres::shared() else {
+        return;
+    };
+    let (mut w, file) = backed_up().await;
+    stop(&mut w.daemon);
+    let identity = w.daemon.data_dir().join("identity.txt");
+    let url = cluster.fresh_db().await;
+    let with_password = url.replace("postgres@", "postgres:hunter2@");
+    let cfg = w.daemon.dir.path().join("restore-pg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nbackend = \"postgres\"\npostgres_url = \"{with_password}\"\nidentity_file = \"{}\"\n",
+            identity.display()
+        ),
+    )
+    .unwrap();
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            file.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        w.daemon.cli(&args)
+    };
+
+    let (code, out, err) = restore(&["--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = restore(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("hunter2"),
+        "password printed: {out}{err}"
+    );
+
+    let pg = boa_exchange::store::postgres::PgStore::open_with_identity_file(&url, &identity)
+        .await
+        .unwrap();
+    let companies = pg.companies().await.unwrap();
+    assert_eq!(companies.len(), 1, "{companies:?}");
+    assert_eq!(companies[0].realm_id, "9400");
+    let from_file = backed_up_refresh_tokens(&file, &identity);
+    let tokens = pg.tokens("9400").await.unwrap().expect("tokens restored");
+    assert_eq!(Some(&tokens.refresh_token), from_file.get("9400"));
+
+    let (code, out, err) = restore(&[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not empty"), "{err}");
+    assert!(!err.contains("hunter2"), "password printed: {err}");
+    assert_eq!(pg.companies().await.unwrap().len(), 1);
+
+    let (code, out, err) = w.daemon.cli(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("serves only from sled"), "{err}");
+}
