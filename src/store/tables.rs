@@ -2,6 +2,44 @@
 
 use super::*;
 
+/// The rule of both backends for a scraped or imported table against what is stored for its
+/// date: the record to write (`None`: nothing) and what it did. New date → stored; same rates
+/// → nothing, unless a scrape confirms an imported table (the page becomes the source);
+/// different rates → a new revision, the old one kept; a workbook row for a stored date →
+/// never overwrites.
+pub(crate) fn revise(
+    existing: Option<StoredTable>,
+    table: &FixingTable,
+    source: &FixingSource,
+    now: DateTime<Utc>,
+) -> (Option<StoredTable>, TableOutcome) {
+    let revision = |previous| StoredTable {
+        table: table.clone(),
+        source: source.clone(),
+        stored_at: now,
+        previous,
+    };
+    match existing {
+        None => (Some(revision(Vec::new())), TableOutcome::New),
+        Some(_) if matches!(source, FixingSource::Workbook { .. }) => (None, TableOutcome::Skipped),
+        Some(old) if old.table.rates == table.rates => {
+            if old.table.published_time.is_none() && table.published_time.is_some() {
+                let mut rec = old;
+                rec.table.published_time = table.published_time;
+                rec.source = source.clone();
+                (Some(rec), TableOutcome::Unchanged)
+            } else {
+                (None, TableOutcome::Unchanged)
+            }
+        }
+        Some(old) => {
+            let mut previous = old.previous;
+            previous.push((old.table, old.source, old.stored_at));
+            (Some(revision(previous)), TableOutcome::Revised)
+        }
+    }
+}
+
 impl Store {
     // ---------------------------------------------------------------- BoA fixings
     /// Stores a scraped table: new date → stored; same rates → nothing; different rates → a
@@ -17,43 +55,10 @@ impl Store {
     ) -> Result<TableOutcome> {
         let key = keys::fixing_key(table.kind, table.date);
         let existing: Option<StoredTable> = Self::get(&self.fixings, keys::FIXINGS, &key)?;
-        let imported = matches!(source, FixingSource::Workbook { .. });
-        let (record, outcome) = match existing {
-            None => (
-                StoredTable {
-                    table: table.clone(),
-                    source: source.clone(),
-                    stored_at: now,
-                    previous: Vec::new(),
-                },
-                TableOutcome::New,
-            ),
-            Some(_) if imported => return Ok(TableOutcome::Skipped),
-            Some(old) if old.table.rates == table.rates => {
-                if old.table.published_time.is_none() && table.published_time.is_some() {
-                    // A scrape confirms an imported table: keep the page as the source.
-                    let mut rec = old;
-                    rec.table.published_time = table.published_time;
-                    rec.source = source.clone();
-                    self.put(TreeId::Fixings, &key, &rec)?;
-                }
-                return Ok(TableOutcome::Unchanged);
-            }
-            Some(old) => {
-                let mut previous = old.previous;
-                previous.push((old.table, old.source, old.stored_at));
-                (
-                    StoredTable {
-                        table: table.clone(),
-                        source: source.clone(),
-                        stored_at: now,
-                        previous,
-                    },
-                    TableOutcome::Revised,
-                )
-            }
-        };
-        self.put(TreeId::Fixings, &key, &record)?;
+        let (write, outcome) = revise(existing, table, source, now);
+        if let Some(record) = write {
+            self.put(TreeId::Fixings, &key, &record)?;
+        }
         Ok(outcome)
     }
 

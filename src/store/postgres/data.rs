@@ -371,44 +371,11 @@ impl PgStore {
         let existing: Option<StoredTable> = row
             .map(|r| decode(&r, "fixings", || lock_key.clone()))
             .transpose()?;
-        let imported = matches!(source, FixingSource::Workbook { .. });
-        let (record, outcome) = match existing {
-            None => (
-                StoredTable {
-                    table: table.clone(),
-                    source: source.clone(),
-                    stored_at: now,
-                    previous: Vec::new(),
-                },
-                TableOutcome::New,
-            ),
-            Some(_) if imported => return Ok(TableOutcome::Skipped),
-            Some(old) if old.table.rates == table.rates => {
-                if old.table.published_time.is_none() && table.published_time.is_some() {
-                    let mut rec = old;
-                    rec.table.published_time = table.published_time;
-                    rec.source = source.clone();
-                    upsert_table(&*tx, &rec).await?;
-                    tx.commit().await?;
-                }
-                return Ok(TableOutcome::Unchanged);
-            }
-            Some(old) => {
-                let mut previous = old.previous;
-                previous.push((old.table, old.source, old.stored_at));
-                (
-                    StoredTable {
-                        table: table.clone(),
-                        source: source.clone(),
-                        stored_at: now,
-                        previous,
-                    },
-                    TableOutcome::Revised,
-                )
-            }
-        };
-        upsert_table(&*tx, &record).await?;
-        tx.commit().await?;
+        let (write, outcome) = crate::store::tables::revise(existing, table, source, now);
+        if let Some(record) = write {
+            upsert_table(&*tx, &record).await?;
+            tx.commit().await?;
+        }
         Ok(outcome)
     }
 
