@@ -59,6 +59,21 @@ pub struct Header {
     pub backend: String,
 }
 
+impl Header {
+    /// The header this daemon writes for a backup of `backend` taken at `now`.
+    pub(crate) fn ours(now: DateTime<Utc>, identity_recipient: String, backend: &str) -> Header {
+        Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            created_at: now,
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            schema_version: SCHEMA_VERSION,
+            identity_recipient,
+            backend: backend.into(),
+        }
+    }
+}
+
 /// The last line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trailer {
@@ -231,15 +246,7 @@ impl Store {
             emit,
             hash: Sha256::new(),
         };
-        sink.line(&Header {
-            format: FORMAT.into(),
-            version: VERSION,
-            created_at: now,
-            daemon_version: env!("CARGO_PKG_VERSION").into(),
-            schema_version: SCHEMA_VERSION,
-            identity_recipient: self.vault.recipient(),
-            backend: "sled".into(),
-        })?;
+        sink.line(&Header::ours(now, self.vault.recipient(), "sled"))?;
         let trees = TreeId::ALL.map(|id| self.tree(id));
         let (mut records, mut skipped) = (0u64, 0u64);
         loop {

@@ -21,10 +21,9 @@ use super::data::{
 use super::{Error, PgStore, Result};
 use crate::store::backup::{
     b64, check_record, unb64, unseal, Contents, Header, Record, SealedPending, Trailer, Verifier,
-    Written, FORMAT, MAX_LINE, OWN_META, VERSION,
+    Written, MAX_LINE, OWN_META,
 };
 use crate::store::records::PendingAuth;
-use crate::store::SCHEMA_VERSION;
 
 /// Rows fetched per round trip while a backup walks a table.
 const BATCH: i32 = 256;
@@ -192,16 +191,8 @@ impl PgStore {
             emit,
             hash: Sha256::new(),
         };
-        sink.line(&Header {
-            format: FORMAT.into(),
-            version: VERSION,
-            created_at: now,
-            daemon_version: env!("CARGO_PKG_VERSION").into(),
-            schema_version: SCHEMA_VERSION,
-            identity_recipient: self.vault.recipient(),
-            backend: "postgres".into(),
-        })
-        .await?;
+        sink.line(&Header::ours(now, self.vault.recipient(), "postgres"))
+            .await?;
         let own: Vec<String> = OWN_META.iter().map(|s| (*s).to_string()).collect();
         let (mut records, mut skipped) = (0u64, 0u64);
         for (table, sql) in WALK {
