@@ -154,6 +154,7 @@ impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
         match e {
             store::Error::BackupRunning => ApiError::new(409, "backup_running", e.to_string()),
+            e if e.is_unavailable() => ApiError::new(503, "store_unavailable", e.to_string()),
             e => ApiError::internal(e),
         }
     }
@@ -168,6 +169,7 @@ impl From<archive::Error> for ApiError {
             E::BadWorkbook(_) => 400,
             E::NoWorkbook(_) => 404,
             E::Store(_) => return ApiError::internal(e),
+            E::StoreUnavailable(_) => 503,
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -184,6 +186,7 @@ impl From<crate::connections::Error> for ApiError {
             E::Upstream { .. } => 502,
             E::NotConfigured => 503,
             E::Store(_) => return ApiError::internal(e),
+            E::StoreUnavailable(_) => 503,
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -207,6 +210,7 @@ impl From<sync::Error> for ApiError {
             E::Upstream { .. } | E::WriteFailed { .. } | E::RangeQueryRefused { .. } => 502,
             E::ShuttingDown => 503,
             E::Store(_) => return ApiError::internal(e),
+            E::StoreUnavailable(_) => 503,
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -215,6 +219,13 @@ impl From<sync::Error> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the PostgreSQL store answers while its server is away.
+    fn gone() -> store::Error {
+        store::Error::Postgres(store::postgres::Error::Unavailable(
+            "connection refused".into(),
+        ))
+    }
 
     #[test]
     fn domain_errors_map_to_statuses_and_kinds() {
@@ -296,6 +307,31 @@ mod tests {
                 "internal_error",
                 Kind::Internal,
             ),
+            (
+                sync::Error::from(gone()).into(),
+                503,
+                "store_unavailable",
+                Kind::Unavailable,
+            ),
+            (
+                crate::connections::Error::from(gone()).into(),
+                503,
+                "store_unavailable",
+                Kind::Unavailable,
+            ),
+            (
+                archive::Error::from(gone()).into(),
+                503,
+                "store_unavailable",
+                Kind::Unavailable,
+            ),
+            (gone().into(), 503, "store_unavailable", Kind::Unavailable),
+            (
+                store::Error::Postgres(store::postgres::Error::Db("bad row".into())).into(),
+                500,
+                "internal_error",
+                Kind::Internal,
+            ),
         ];
         for (e, status, code, kind) in cases {
             assert_eq!((e.status, e.code, e.kind()), (status, code, kind), "{e}");
@@ -308,6 +344,7 @@ mod tests {
         assert_eq!(internal.detail.as_deref(), Some("store: disk full"));
         assert_eq!(Kind::BadInput.exit_code(), 2);
         assert_eq!(Kind::Upstream.exit_code(), 1);
+        assert_eq!(Kind::Unavailable.exit_code(), 1, "SPEC §13: CLI exit 1");
         for k in [Kind::BadInput, Kind::Internal, Kind::NoFixing] {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }

@@ -375,7 +375,7 @@ impl SyncEngine {
         scope: Scope,
     ) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
-        let (mut entries, bad_records) = self.list_run(scope)?;
+        let (mut entries, bad_records) = self.list_run(scope).await?;
         let total = entries.listed();
         let p = &self.progress;
         p.total.store(total, Relaxed);
@@ -463,17 +463,20 @@ impl SyncEngine {
     /// The companies a run of `scope` syncs: only what the run needs of each (the records
     /// are re-read one by one), one record decoded at a time, never every record at once.
     /// Undecodable records are alerted and returned by key.
-    fn list_run(&self, scope: Scope) -> Result<(RunEntries, Vec<String>), Error> {
+    async fn list_run(&self, scope: Scope) -> Result<(RunEntries, Vec<String>), Error> {
         let mut entries = RunEntries::default();
-        let bad = self.store.each_company(|c| {
-            if c.is_active
-                && c.sync_enabled
-                && c.is_connected()
-                && (scope == Scope::All || c.fill_non_business_days)
-            {
-                entries.push(&c.realm_id, &c.company_name);
-            }
-        })?;
+        let bad = self
+            .store
+            .each_company(|c| {
+                if c.is_active
+                    && c.sync_enabled
+                    && c.is_connected()
+                    && (scope == Scope::All || c.fill_non_business_days)
+                {
+                    entries.push(&c.realm_id, &c.company_name);
+                }
+            })
+            .await?;
         let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
         for key in &bad_records {
             self.alerts.raise(

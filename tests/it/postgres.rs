@@ -556,12 +556,15 @@ async fn sled_with_data(store: &Store) {
                     rate("2026-05-04", "USD", "92.10", false),
                 ],
             )
+            .await
             .unwrap();
         store
             .append_log(&realm, &log(LogKind::Syncing, true, "synced"))
+            .await
             .unwrap();
         store
             .append_log(&realm, &log(LogKind::Connection, true, "connected"))
+            .await
             .unwrap();
     }
     let mut off = company("499");
@@ -573,6 +576,7 @@ async fn sled_with_data(store: &Store) {
             &page(),
             now,
         )
+        .await
         .unwrap();
     store
         .put_table(
@@ -580,9 +584,11 @@ async fn sled_with_data(store: &Store) {
             &page(),
             now,
         )
+        .await
         .unwrap();
     store
         .put_table(&table(TableKind::Minor, "2026-05-01", "3.1"), &page(), now)
+        .await
         .unwrap();
     store
         .append_scrape(&ScrapeRecord {
@@ -592,6 +598,7 @@ async fn sled_with_data(store: &Store) {
             fixing_dates: vec![(TableKind::Main, d("2026-05-04"))],
             outcome: "new".into(),
         })
+        .await
         .unwrap();
     store
         .put_pending(
@@ -614,7 +621,10 @@ async fn sled_with_data(store: &Store) {
         )
         .await
         .unwrap();
-    store.meta_put("last_daily_run", &d("2026-05-04")).unwrap();
+    store
+        .meta_put("last_daily_run", &d("2026-05-04"))
+        .await
+        .unwrap();
     store.put_meta_secret("secret_key", b"k3y").await.unwrap();
 }
 
@@ -664,14 +674,18 @@ async fn a_sled_backup_restores_into_postgres_and_backs_up_to_the_same_records()
     };
     let dir = tempfile::tempdir().unwrap();
     let id = dir.path().join("identity.txt");
-    let sled = Store::open(&dir.path().join("data"), &id).unwrap();
+    let sled = Store::open_sled(&dir.path().join("data"), &id).unwrap();
     sled_with_data(&sled).await;
-    let mut from_sled = Vec::new();
-    sled.backup(at("2026-05-05T00:00:00Z"), |line| {
-        from_sled.extend_from_slice(&line);
-        true
-    })
-    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let collect = async {
+        let mut all = Vec::new();
+        while let Some(line) = rx.recv().await {
+            all.extend_from_slice(&line);
+        }
+        all
+    };
+    let (written, from_sled) = tokio::join!(sled.backup(at("2026-05-05T00:00:00Z"), tx), collect);
+    written.unwrap();
     let vault = Vault::load(&id).unwrap();
 
     let url = c.fresh_db().await;
