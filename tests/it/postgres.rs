@@ -369,6 +369,193 @@ async fn companies_and_tokens_round_trip_with_counts_and_no_plaintext_in_the_dat
     assert!(e.is_err());
 }
 
+/// Inserts companies `prefix` + `000`..`n-1` straight into the table (as another node or a
+/// bulk load would: the trigger counts them, this store's generation does not move).
+async fn insert_companies(sql: &tokio_postgres::Client, prefix: &str, n: i32) {
+    let template = serde_json::to_value(company("0")).unwrap();
+    sql.execute(
+        "INSERT INTO companies (realm, record, active, connected, reconnect_needed,
+             sync_disabled, waiting_since, last_sync_at)
+         SELECT $2 || lpad(i::text, 3, '0'),
+                jsonb_set($1, '{realm_id}', to_jsonb($2 || lpad(i::text, 3, '0'))),
+                true, true, false, false, 1777622400, NULL
+         FROM generate_series(0, $3 - 1) i",
+        &[&template, &prefix, &n],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn full_scans_stream_in_realm_order_and_report_undecodable_rows_as_sled_does() {
+    let Some((url, s)) = fresh().await else {
+        return;
+    };
+    let sql = pg::connect(&url).await;
+    // More than one batch of the portal (256 rows).
+    insert_companies(&sql, "c", 600).await;
+    // Two rows whose record is JSON but not a company.
+    sql.batch_execute(
+        "INSERT INTO companies (realm, record, active, connected, reconnect_needed,
+             sync_disabled, waiting_since, last_sync_at)
+         VALUES ('c100x', '{\"realm_id\": 5}', true, true, false, false, NULL, NULL),
+                ('zz', '{}', true, true, false, false, NULL, NULL)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.bad_records_seen(), 0);
+
+    let mut seen = Vec::new();
+    let bad = s.each_company(|c| seen.push(c.realm_id)).await.unwrap();
+    assert_eq!(seen.len(), 600);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "realm order");
+    assert_eq!((seen[0].as_str(), seen[599].as_str()), ("c000", "c599"));
+    assert_eq!(
+        bad.iter()
+            .map(|b| (b.tree, b.key_display()))
+            .collect::<Vec<_>>(),
+        [("companies", "c100x".into()), ("companies", "zz".into())]
+    );
+    assert!(bad.iter().all(|b| !b.error.is_empty()));
+    assert_eq!(s.bad_records(), bad);
+    assert_eq!(s.bad_records_seen(), 2);
+
+    // Every full scan reports them; a record met again is not counted again.
+    let (good, bad2) = s.companies_scan().await.unwrap();
+    assert_eq!((good.len(), bad2), (600, bad.clone()));
+    assert_eq!(s.companies().await.unwrap().len(), 600);
+    assert_eq!(s.bad_records_seen(), 2);
+    // A page skips them silently, the one record is an error.
+    let mut paged = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let (p, next) = s
+            .companies_page(after.as_deref(), 100, |_| true)
+            .await
+            .unwrap();
+        paged += p.len();
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(paged, 600);
+    assert!(matches!(
+        s.company("zz").await,
+        Err(Error::Record {
+            table: "companies",
+            ..
+        })
+    ));
+    assert!(s.update_company("zz", |_| {}).await.is_err());
+
+    // Rewritten: no longer bad, at once and at the next scan; removed: the same.
+    s.save_company(&company("zz")).await.unwrap();
+    assert_eq!(s.bad_records().len(), 1);
+    s.remove_company("c100x").await.unwrap();
+    assert!(s.bad_records().is_empty());
+    let (good, bad) = s.companies_scan().await.unwrap();
+    assert_eq!((good.len(), bad.len()), (601, 0));
+    assert_eq!(s.bad_records_seen(), 2, "monotonic");
+
+    // A bad row that appears later is counted once more.
+    sql.batch_execute("UPDATE companies SET record = '[]' WHERE realm = 'c007'")
+        .await
+        .unwrap();
+    let bad = s.each_company(|_| {}).await.unwrap();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].key, b"c007");
+    assert_eq!(s.bad_records_seen(), 3);
+}
+
+#[tokio::test]
+async fn the_companies_generation_moves_after_every_company_write_and_only_then() {
+    let Some((url, s)) = fresh().await else {
+        return;
+    };
+    let g = || s.companies_generation();
+    let start = g();
+    let mut a = company("301");
+    s.save_company(&a).await.unwrap();
+    let after_save = g();
+    assert!(after_save > start);
+    // Reads do not move it.
+    s.company("301").await.unwrap();
+    s.companies().await.unwrap();
+    s.companies_page(None, 10, |_| true).await.unwrap();
+    s.company_tally(Utc::now()).await.unwrap();
+    s.tokens("301").await.unwrap();
+    assert_eq!(g(), after_save);
+    // Tokens alone are not a company write.
+    s.save_tokens("301", &tokens("AT", "RT")).await.unwrap();
+    assert_eq!(g(), after_save);
+
+    let mut last = g();
+    let mut moved = |what: &str| {
+        let now = s.companies_generation();
+        assert!(now > last, "{what} moves the generation");
+        last = now;
+    };
+    s.update_company("301", |c| c.last_sync_at = Some(Utc::now()))
+        .await
+        .unwrap();
+    moved("update_company");
+    s.update_company_unflushed("301", |c| c.sync_enabled = false)
+        .await
+        .unwrap();
+    moved("update_company_unflushed");
+    a.company_name = "renamed".into();
+    s.save_company_and_tokens(&a, &tokens("AT2", "RT2"))
+        .await
+        .unwrap();
+    moved("save_company_and_tokens");
+    s.save_company_without_tokens(&a).await.unwrap();
+    moved("save_company_without_tokens");
+    s.disconnect_company("301", |c| c.is_active = false)
+        .await
+        .unwrap();
+    moved("disconnect_company");
+    s.remove_company("301").await.unwrap();
+    moved("remove_company");
+
+    // Another node's writes do not move this node's counter (the snapshot's age limit
+    // covers them), but its counts see them at once.
+    let sql = pg::connect(&url).await;
+    let before = g();
+    insert_companies(&sql, "o", 3).await;
+    assert_eq!(g(), before);
+    assert_eq!(s.company_tally(Utc::now()).await.unwrap().total, 3);
+}
+
+#[tokio::test]
+async fn size_on_disk_and_path_describe_the_database_without_its_password() {
+    let Some(c) = pg::shared() else {
+        return;
+    };
+    let url = c.fresh_db().await;
+    // The test cluster trusts loopback: a password in the URL is accepted and ignored.
+    let s = PgStore::open(&format!("{url}&password=hunter2"), Vault::generate())
+        .await
+        .unwrap();
+    assert!(!s.path().contains("hunter2"), "{}", s.path());
+    assert!(!format!("{s:?}").contains("hunter2"));
+    assert!(s.path().contains("127.0.0.1"), "{}", s.path());
+    let with_auth = c
+        .fresh_db()
+        .await
+        .replacen("postgres@", "postgres:hunter2@", 1);
+    let s2 = PgStore::open(&with_auth, Vault::generate()).await.unwrap();
+    assert!(!s2.path().contains("hunter2"), "{}", s2.path());
+    assert!(s2.path().contains("postgres:***@"), "{}", s2.path());
+    let empty = s.size_on_disk().await;
+    // pg_database_size of a fresh database: several megabytes of catalogue.
+    assert!(empty > 1_000_000, "{empty}");
+    let sql = pg::connect(&url).await;
+    insert_companies(&sql, "s", 999).await;
+    sql.batch_execute("CHECKPOINT").await.unwrap();
+    assert!(s.size_on_disk().await > empty);
+}
+
 #[tokio::test]
 async fn rates_logs_fixings_scrapes_pending_and_meta_round_trip() {
     let Some((_url, s)) = fresh().await else {
@@ -883,6 +1070,7 @@ async fn a_server_restart_answers_unavailable_meanwhile_and_loses_nothing_commit
         "answers promptly: {:?}",
         t.elapsed()
     );
+    assert_eq!(s.size_on_disk().await, 0, "0 when it cannot be read");
     cluster.resume();
     // The pool reconnects by itself.
     let mut back = None;

@@ -325,6 +325,8 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
+        // Companies were written (the database was empty: none was known bad).
+        self.companies_changed();
         Ok(contents)
     }
 }
