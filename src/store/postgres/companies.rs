@@ -4,14 +4,17 @@
 //! (written here from the record, in the same statement). Tokens are sealed with the vault
 //! before they leave the process: the database only ever holds the age ciphertext.
 //!
-//! The counts ([`PgStore::company_tally`]) are kept by a trigger in `company_counts`, not by
-//! scanning: five rows to read, plus an index probe for the newest sync and an index-range
-//! count for the companies waiting since an instant (the same range count the sled tally
-//! makes over its map). Counters in the database, not in the process, because several nodes
-//! write the same companies: a per-process counter would miss the others' writes. The trigger
-//! touches a counter row only when a company changes what it counts as (connects,
-//! disconnects, is switched off), so the writes of a sync-all (last sync, token expiries) take
-//! no lock on them.
+//! The counts ([`PgStore::company_tally`]) are kept by a trigger, not by scanning: five rows
+//! of `company_counts`, an index probe for the newest sync, and the companies waiting since
+//! an instant from `company_waiting` (per-minute counts: the minutes wholly before the
+//! instant summed, plus an index-range count within the instant's own minute; see
+//! `0002_waiting_buckets.sql`). Counters in the database, not in the process, because several
+//! nodes write the same companies: a per-process counter would miss the others' writes. The
+//! trigger touches a `company_counts` row only when a company changes what it counts as
+//! (connects, disconnects, is switched off), so the writes of a sync-all take no lock there;
+//! a sync does move its company to the current minute of `company_waiting`, spread over four
+//! stripe rows so that concurrent syncs seldom wait for each other's commit (the row is the
+//! last thing each transaction writes before it commits).
 //!
 //! Undecodable records are handled as the sled store handles them (SPEC §9): a full scan
 //! ([`PgStore::each_company`], [`PgStore::companies_scan`], [`PgStore::companies`]) skips
@@ -477,7 +480,9 @@ impl PgStore {
 
     /// The company counts (see the module docs for how they are kept), with
     /// [`CompanyTally::waiting`] counting the companies waiting since `waiting_before` or
-    /// earlier (to the second). One round trip, no scan of the records.
+    /// earlier (to the second). One round trip, one snapshot, no scan of the records: the
+    /// per-minute counts before `waiting_before`'s minute, plus the index entries of that
+    /// minute up to `waiting_before`.
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
@@ -492,8 +497,11 @@ impl PgStore {
                    (SELECT n FROM company_counts WHERE name = 'reconnect_needed'),
                    (SELECT n FROM company_counts WHERE name = 'sync_disabled'),
                    (SELECT max(last_sync_at) FROM companies WHERE last_sync_at IS NOT NULL),
-                   (SELECT count(*) FROM companies
-                      WHERE waiting_since IS NOT NULL AND waiting_since <= $1)",
+                   (SELECT coalesce(sum(n), 0)::bigint FROM company_waiting
+                      WHERE bucket < boa_waiting_bucket($1))
+                   + (SELECT count(*) FROM companies
+                      WHERE waiting_since IS NOT NULL
+                        AND waiting_since >= boa_waiting_bucket($1) AND waiting_since <= $1)",
                 &[&waiting_before.timestamp()],
             )
             .await?;
