@@ -216,6 +216,28 @@ impl From<sync::Error> for ApiError {
     }
 }
 
+/// The exit code of a `serve` that could not start: 2 when the store was written by a newer
+/// boa-exchange (SPEC §13: refused, exit 2), else 1.
+pub fn start_failure_exit_code(e: &anyhow::Error) -> u8 {
+    let newer = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<store::Error>(),
+            Some(
+                store::Error::NewerSchema { .. }
+                    | store::Error::Postgres(store::postgres::Error::NewerSchema { .. })
+            )
+        ) || matches!(
+            cause.downcast_ref::<store::postgres::Error>(),
+            Some(store::postgres::Error::NewerSchema { .. })
+        )
+    });
+    if newer {
+        2
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +247,24 @@ mod tests {
         store::Error::Postgres(store::postgres::Error::Unavailable(
             "connection refused".into(),
         ))
+    }
+
+    #[test]
+    fn a_newer_store_exits_2_and_other_start_failures_1() {
+        let pg = store::Error::Postgres(store::postgres::Error::NewerSchema {
+            found: 9,
+            supported: 2,
+        });
+        let e = anyhow::Error::new(pg).context("opening the store");
+        assert_eq!(start_failure_exit_code(&e), 2);
+        let sled = store::Error::NewerSchema {
+            path: "/x".into(),
+            found: 9,
+            supported: 2,
+        };
+        assert_eq!(start_failure_exit_code(&anyhow::Error::new(sled)), 2);
+        let other = anyhow::Error::new(gone()).context("opening the store");
+        assert_eq!(start_failure_exit_code(&other), 1);
     }
 
     #[test]

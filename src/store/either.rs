@@ -86,6 +86,16 @@ impl Store {
         both!(self, _s => None, p => Some(super::postgres::Leadership::new(p, lease)))
     }
 
+    /// Waits until no other node holds `name`, then holds it until the answer is dropped
+    /// (SPEC §13: one sync-all per date and scope across the cluster). `None` on sled: one
+    /// node, whose own bookkeeping is the only one needed.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub async fn exclusive(&self, name: &str) -> Result<Option<super::postgres::Exclusive>> {
+        both!(self, _s => Ok(None), p => Ok(Some(p.exclusive(name).await?)))
+    }
+
     /// `"sled"` or `"postgres"` (status, backups).
     pub fn backend(&self) -> &'static str {
         both!(self, _s => "sled", _p => "postgres")
@@ -111,17 +121,17 @@ impl Store {
 
     /// Bytes the data takes, roughly.
     pub async fn size_on_disk(&self) -> u64 {
-        both!(self, s => s.size_on_disk(), _p => 0)
+        both!(self, s => s.size_on_disk(), p => p.size_on_disk().await)
     }
 
     /// Undecodable records found by the last scans (SPEC §9).
     pub fn bad_records(&self) -> Vec<BadRecord> {
-        both!(self, s => s.bad_records(), _p => Vec::new())
+        both!(self, s => s.bad_records(), p => p.bad_records())
     }
 
     /// Distinct undecodable records met since start.
     pub fn bad_records_seen(&self) -> u64 {
-        both!(self, s => s.bad_records_seen(), _p => 0)
+        both!(self, s => s.bad_records_seen(), p => p.bad_records_seen())
     }
 
     // ------------------------------------------------------------------ companies
@@ -147,7 +157,7 @@ impl Store {
     /// # Errors
     /// Store failure.
     pub async fn companies_scan(&self) -> Result<(Vec<Company>, Vec<BadRecord>)> {
-        both!(self, s => s.companies_scan(), p => Ok((p.companies().await?, Vec::new())))
+        both!(self, s => s.companies_scan(), p => Ok(p.companies_scan().await?))
     }
 
     /// Visits every company in realm order without holding them all; answers the records
@@ -155,13 +165,8 @@ impl Store {
     ///
     /// # Errors
     /// Store failure.
-    pub async fn each_company(&self, mut visit: impl FnMut(Company)) -> Result<Vec<BadRecord>> {
-        both!(self, s => s.each_company(visit), p => {
-            for c in p.companies().await? {
-                visit(c);
-            }
-            Ok(Vec::new())
-        })
+    pub async fn each_company(&self, visit: impl FnMut(Company)) -> Result<Vec<BadRecord>> {
+        both!(self, s => s.each_company(visit), p => Ok(p.each_company(visit).await?))
     }
 
     /// One page of companies in realm order after `after`, keeping those `keep` accepts.
@@ -179,9 +184,10 @@ impl Store {
             p => Ok(p.companies_page(after, limit, keep).await?))
     }
 
-    /// Moves on after every company write made through this store.
+    /// Moves on after every company write made through this store (PostgreSQL: writes by
+    /// other nodes are not seen here; the snapshot's 5 s age limit covers them).
     pub fn companies_generation(&self) -> u64 {
-        both!(self, s => s.companies_generation(), _p => 0)
+        both!(self, s => s.companies_generation(), p => p.companies_generation())
     }
 
     /// Stores a company record (durable before it returns).

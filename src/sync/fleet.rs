@@ -351,7 +351,7 @@ impl SyncEngine {
                         // Cleared however the run ends (a panic too), so a later sync-all is
                         // never refused for a run that is gone.
                         let _clear = ClearRunning(&engine.running);
-                        let result = engine.run_fleet(date, scope).await.map(Arc::new);
+                        let result = engine.run_fleet_once(date, scope).await.map(Arc::new);
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -366,6 +366,25 @@ impl SyncEngine {
                 return Err(Error::ShuttingDown);
             }
         }
+    }
+
+    /// Runs the sync-all once across every node sharing the store: a run for the same date
+    /// and scope on another node is waited for first (it ends, or its node dies and the
+    /// database frees its hold), and this run then finds its rates already written and
+    /// writes nothing twice.
+    async fn run_fleet_once(
+        self: &Arc<Self>,
+        date: NaiveDate,
+        scope: Scope,
+    ) -> Result<RunReport, Error> {
+        let name = format!("sync-all {date} {scope:?}");
+        let hold = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            h = self.store.exclusive(&name) => h?,
+        };
+        let report = self.run_fleet(date, scope).await;
+        drop(hold);
+        report
     }
 
     /// Runs one sync-all to completion (bounded, adaptive concurrency; failures isolated).

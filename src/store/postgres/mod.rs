@@ -37,7 +37,7 @@ use tokio_postgres::NoTls;
 
 use crate::crypto::{self, Vault};
 
-pub use leader::{Leader, Leadership};
+pub use leader::{Exclusive, Leader, Leadership};
 pub use schema::PG_SCHEMA_VERSION;
 
 /// PostgreSQL store failures.
