@@ -201,7 +201,9 @@ pub fn restore(config: &Config, file: &Path, dry_run: bool) -> Result<RestoreAns
         backup::read(open_file(file)?, |r| backup::check_record(&vault, &r)).map_err(bad)?;
     if let crate::config::Backend::Postgres { url } = &config.storage.backend {
         let target = redacted(url.expose());
-        if !dry_run {
+        if dry_run {
+            ensure_postgres_empty(url.expose(), &target)?;
+        } else {
             restore_postgres(url.expose(), vault, file, &checked.sha256, &target)?;
         }
         return Ok(answer(file, checked, dry_run, target));
@@ -272,6 +274,29 @@ fn redacted(url: &str) -> String {
         }
         Err(_) => "the configured PostgreSQL database".into(),
     }
+}
+
+/// The check a `--dry-run` into PostgreSQL makes of its target: empty (or without the
+/// daemon's tables), read without creating or migrating anything.
+fn ensure_postgres_empty(url: &str, target: &str) -> Result<(), RestoreError> {
+    let failed = |message: String| RestoreError::Postgres {
+        target: target.to_string(),
+        message,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
+    let entries = rt
+        .block_on(crate::store::postgres::PgStore::entries_at(url))
+        .map_err(|e| failed(e.to_string()))?;
+    if entries > 0 {
+        return Err(RestoreError::NotEmpty {
+            path: PathBuf::from(target),
+            entries,
+        });
+    }
+    Ok(())
 }
 
 /// Restore into an empty PostgreSQL database: the whole file is checked again inside one

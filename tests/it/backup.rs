@@ -477,6 +477,10 @@ async fn a_sled_backup_restores_into_postgres_from_the_cli() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("not empty"), "{err}");
     assert!(!err.contains("hunter2"), "password printed: {err}");
+    // A dry run checks the target too (reading only).
+    let (code, out, err) = restore(&["--dry-run"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not empty"), "{err}");
     assert_eq!(pg.companies().await.unwrap().len(), 1);
 
     drop(pg);

@@ -247,6 +247,30 @@ impl PgStore {
         entries_in(&**c).await
     }
 
+    /// [`PgStore::entries`] of the database at `postgres_url` without opening it as a store:
+    /// nothing is created or migrated (a database without the daemon's tables holds 0), so a
+    /// `restore --dry-run` writes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Url`], [`Error::Tls`], [`Error::Unavailable`], [`Error::Db`].
+    pub async fn entries_at(postgres_url: &str) -> Result<u64> {
+        let (client, conn) = super::Connector::parse(postgres_url)?.connect().await?;
+        let counted = async {
+            let ours: bool = client
+                .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+                .await?
+                .try_get(0)?;
+            if ours {
+                entries_in(&client).await
+            } else {
+                Ok(0)
+            }
+        }
+        .await;
+        conn.abort();
+        counted
+    }
+
     /// True when the database holds nothing but its own meta keys.
     ///
     /// # Errors
