@@ -55,6 +55,27 @@ impl RoleCell {
     }
 }
 
+/// Waits to become leader, pinging systemd's watchdog meanwhile (on the leader the
+/// scheduler's loop pings it; a standby is alive too). `None` when `token` is cancelled.
+async fn standby(
+    leadership: &crate::store::postgres::Leadership,
+    token: &CancellationToken,
+) -> Option<crate::store::postgres::Leader> {
+    let acquire = leadership.acquire();
+    tokio::pin!(acquire);
+    let mut tick = tokio::time::interval(WATCHDOG_TICK);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return None,
+            l = &mut acquire => return Some(l),
+            _ = tick.tick() => crate::notify::watchdog(),
+        }
+    }
+}
+
+/// How often a standby pings the watchdog (it sends at most every half interval).
+const WATCHDOG_TICK: Duration = Duration::from_secs(1);
+
 /// Runs `scheduler` for as long as this node leads, until `token` is cancelled.
 pub async fn run(
     scheduler: Arc<Scheduler>,
@@ -70,9 +91,9 @@ pub async fn run(
         return;
     };
     loop {
-        let mut leader = tokio::select! {
-            _ = token.cancelled() => return,
-            l = leadership.acquire() => l,
+        let mut leader = match standby(&leadership, &token).await {
+            Some(l) => l,
+            None => return,
         };
         role.set(Role::Leader);
         tracing::info!(
