@@ -93,7 +93,10 @@ pub async fn sync_one(ctx: &Arc<Ctx>, realm: &str, date: Option<&str>) -> OpResu
 /// 400 bad date; 409 a run for another date is in progress.
 pub async fn sync_all(ctx: &Ctx, date: Option<&str>) -> Result<AllAnswerText, ApiError> {
     let date = target_date(ctx, date).await?;
-    let report = ctx.engine.sync_all(date, Scope::All).await?;
+    let report = ctx
+        .engine
+        .sync_all(date, Scope::All, crate::sync::Elsewhere::Refuse)
+        .await?;
     Ok(AllAnswerText(report))
 }
 

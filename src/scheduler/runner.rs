@@ -359,7 +359,13 @@ impl Scheduler {
         } else {
             Scope::FillNonBusinessDays
         };
-        let Some(result) = watched(token, self.engine.sync_all(date, scope)).await else {
+        let Some(result) = watched(
+            token,
+            self.engine
+                .sync_all(date, scope, crate::sync::Elsewhere::Wait),
+        )
+        .await
+        else {
             return;
         };
         let (outcome, done) = run_outcome(result, business, found);

@@ -23,6 +23,17 @@ use super::tally::CompanyTally;
 use super::{BadRecord, Error, Result, SledStore, TableOutcome};
 use crate::fixing::{FixingSource, FixingTable, TableKind};
 
+/// What [`Store::exclusive`] got.
+#[derive(Debug)]
+pub enum Exclusive {
+    /// sled: this node is the only one.
+    OneNode,
+    /// Held across the cluster until dropped.
+    Held(super::postgres::Exclusive),
+    /// Another node holds it now.
+    HeldElsewhere,
+}
+
 /// The daemon's store, on one of its two backends.
 #[derive(Debug)]
 pub enum Store {
@@ -86,14 +97,21 @@ impl Store {
         both!(self, _s => None, p => Some(super::postgres::Leadership::new(p, lease)))
     }
 
-    /// Waits until no other node holds `name`, then holds it until the answer is dropped
-    /// (SPEC §13: one sync-all per date and scope across the cluster). `None` on sled: one
-    /// node, whose own bookkeeping is the only one needed.
+    /// Holds `name` across every node sharing the store until the answer is dropped (SPEC
+    /// §13: one sync-all per date and scope across the cluster). With `wait`, waits for
+    /// another node's hold to end; without, answers [`Exclusive::HeldElsewhere`] at once. On
+    /// sled there is one node, whose own bookkeeping is the only one needed.
     ///
     /// # Errors
     /// The database cannot be reached.
-    pub async fn exclusive(&self, name: &str) -> Result<Option<super::postgres::Exclusive>> {
-        both!(self, _s => Ok(None), p => Ok(Some(p.exclusive(name).await?)))
+    pub async fn exclusive(&self, name: &str, wait: bool) -> Result<Exclusive> {
+        match self {
+            Store::Sled(_) => Ok(Exclusive::OneNode),
+            Store::Postgres(p) => Ok(match p.exclusive(name, wait).await? {
+                Some(hold) => Exclusive::Held(hold),
+                None => Exclusive::HeldElsewhere,
+            }),
+        }
     }
 
     /// `"sled"` or `"postgres"` (status, backups).

@@ -48,7 +48,7 @@ use crate::crypto::{self, Vault};
 use crate::fixing::{FixingSource, FixingTable, TableKind};
 use crate::locks::lock;
 pub use codec::CodecError;
-pub use either::Store;
+pub use either::{Exclusive, Store};
 pub use open::{prepare_data_dir, LOCK_WAIT};
 use records::*;
 use snapshot::{Snapshots, TreeId, Writer};

@@ -327,6 +327,15 @@ pub(super) fn is_pressure(e: Option<&Error>) -> bool {
     )
 }
 
+/// What a sync-all does while another node runs the same one (PostgreSQL, SPEC §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// Answer [`Error::InProgress`] (an operator's or a client's request: 409).
+    Refuse,
+    /// Wait for it to end, then run (the daily schedule: the day must be finished).
+    Wait,
+}
+
 impl SyncEngine {
     /// Runs (or joins) the one sync-all for `date`. A second call for the same date joins
     /// the run in flight; the run goes on when the caller goes away.
@@ -335,7 +344,12 @@ impl SyncEngine {
     /// [`Error::InProgress`] when a run for another date is in progress;
     /// [`Error::ShuttingDown`] when the daemon stops meanwhile; store failure listing
     /// companies.
-    pub async fn sync_all(self: &Arc<Self>, date: NaiveDate, scope: Scope) -> RunResult {
+    pub async fn sync_all(
+        self: &Arc<Self>,
+        date: NaiveDate,
+        scope: Scope,
+        elsewhere: Elsewhere,
+    ) -> RunResult {
         let mut rx = {
             let mut running = lock(&self.running);
             match running.as_ref() {
@@ -351,7 +365,10 @@ impl SyncEngine {
                         // Cleared however the run ends (a panic too), so a later sync-all is
                         // never refused for a run that is gone.
                         let _clear = ClearRunning(&engine.running);
-                        let result = engine.run_fleet_once(date, scope).await.map(Arc::new);
+                        let result = engine
+                            .run_fleet_once(date, scope, elsewhere)
+                            .await
+                            .map(Arc::new);
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -368,20 +385,25 @@ impl SyncEngine {
         }
     }
 
-    /// Runs the sync-all once across every node sharing the store: a run for the same date
-    /// and scope on another node is waited for first (it ends, or its node dies and the
-    /// database frees its hold), and this run then finds its rates already written and
-    /// writes nothing twice.
+    /// Runs the sync-all once across every node sharing the store (SPEC §13). While another
+    /// node runs it for the same date and scope: an asked-for run answers
+    /// [`Error::InProgress`] (409) at once; a scheduled one ([`Elsewhere::Wait`]) waits until
+    /// that run ends, or its node dies and the database frees its hold, then runs and finds
+    /// the rates written (it writes nothing twice: it finishes a day a dead node left).
     async fn run_fleet_once(
         self: &Arc<Self>,
         date: NaiveDate,
         scope: Scope,
+        elsewhere: Elsewhere,
     ) -> Result<RunReport, Error> {
         let name = format!("sync-all {date} {scope:?}");
         let hold = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
-            h = self.store.exclusive(&name) => h?,
+            h = self.store.exclusive(&name, elsewhere == Elsewhere::Wait) => h?,
         };
+        if let crate::store::Exclusive::HeldElsewhere = hold {
+            return Err(Error::InProgress(date));
+        }
         let report = self.run_fleet(date, scope).await;
         drop(hold);
         report

@@ -20,4 +20,4 @@ mod session;
 
 pub use engine::{Outcome, SyncEngine};
 pub use error::Error;
-pub use fleet::{LastRun, Progress, RunEntries, RunEntry, RunReport, Scope};
+pub use fleet::{Elsewhere, LastRun, Progress, RunEntries, RunEntry, RunReport, Scope};

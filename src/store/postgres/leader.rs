@@ -189,26 +189,38 @@ impl Drop for Exclusive {
 }
 
 impl PgStore {
-    /// Waits until no other session of any node holds `name`, then holds it until the
-    /// answer is dropped.
+    /// Holds `name` across the cluster until the answer is dropped. With `wait`, waits until
+    /// no other session of any node holds it; without, answers `None` at once when one does.
     ///
     /// # Errors
     /// [`super::Error::Unavailable`]: the database cannot be reached.
-    pub async fn exclusive(&self, name: &str) -> Result<Exclusive> {
+    pub async fn exclusive(&self, name: &str, wait: bool) -> Result<Option<Exclusive>> {
         let (client, conn) = self.connector().connect().await?;
-        let held = client
-            .execute(
-                "SELECT pg_advisory_lock($1::int4, hashtext($2::text))",
-                &[&EXCLUSIVE_CLASS, &name],
-            )
-            .await;
-        if let Err(e) = held {
-            conn.abort();
-            return Err(e.into());
+        let sql = if wait {
+            "SELECT true FROM (SELECT pg_advisory_lock($1::int4, hashtext($2::text))) AS held"
+        } else {
+            "SELECT pg_try_advisory_lock($1::int4, hashtext($2::text))"
+        };
+        let held: Result<bool> = async {
+            Ok(client
+                .query_one(sql, &[&EXCLUSIVE_CLASS, &name])
+                .await?
+                .try_get(0)?)
         }
-        Ok(Exclusive {
-            _client: client,
-            conn,
-        })
+        .await;
+        match held {
+            Ok(true) => Ok(Some(Exclusive {
+                _client: client,
+                conn,
+            })),
+            Ok(false) => {
+                conn.abort();
+                Ok(None)
+            }
+            Err(e) => {
+                conn.abort();
+                Err(e)
+            }
+        }
     }
 }
