@@ -165,12 +165,18 @@ async fn connect_all(w: &World, realms: &[String]) {
     }
 }
 
-/// Two nodes whose companies were connected with the schedule off, then restarted with the
-/// schedule on (today's run due at once) and `extra`. The first node is started again first.
-async fn scheduled_pair(cfg: FakeIntuitConfig, realms: &[String], extra: &str) -> Option<Nodes> {
-    let mut n = Nodes::start(cfg, &[extra]).await?;
+/// Two nodes whose companies were connected with the schedule off, then (after `before`
+/// has set up the fakes for the run) restarted with the schedule on, so today's run is due
+/// at once, and `extra`. The first node is started again first.
+async fn scheduled_pair(
+    realms: &[String],
+    extra: &str,
+    before: impl FnOnce(&Nodes),
+) -> Option<Nodes> {
+    let mut n = Nodes::start(FakeIntuitConfig::default(), &[extra]).await?;
     n.set_page(page_dated(today()));
     connect_all(&n.nodes[0], realms).await;
+    before(&n);
     let w = &mut n.nodes[0];
     tokio::task::block_in_place(|| {
         w.daemon.signal(libc::SIGTERM);
@@ -198,7 +204,7 @@ async fn scheduled_pair(cfg: FakeIntuitConfig, realms: &[String], extra: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_have_one_leader_and_only_it_runs_the_daily_schedule() {
     let companies = realms(4, 3101);
-    let Some(n) = scheduled_pair(FakeIntuitConfig::default(), &companies, "").await else {
+    let Some(n) = scheduled_pair(&companies, "", |_| {}).await else {
         return;
     };
     let date = today();
@@ -326,31 +332,19 @@ async fn an_oauth_flow_started_on_one_node_completes_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_a_killed_leaders_daily_run_and_finishes_the_day() {
     let companies = realms(24, 3301);
-    let cfg = FakeIntuitConfig::default();
     let extra = "[quickbooks]\nmax_concurrent_companies = 2\n";
-    // Connected with the schedule off; then the run's conditions; then the restart.
-    let Some(mut n) = Nodes::start(cfg, &[extra]).await else {
+    let Some(mut n) = scheduled_pair(&companies, extra, |n| {
+        for r in &companies {
+            n.intuit.rotate_now(r);
+            n.intuit.expire_access_tokens(r);
+        }
+        n.intuit.set_latency(Duration::from_millis(150));
+    })
+    .await
+    else {
         return;
     };
     let date = today();
-    n.set_page(page_dated(date));
-    connect_all(&n.nodes[0], &companies).await;
-    for r in &companies {
-        n.intuit.rotate_now(r);
-        n.intuit.expire_access_tokens(r);
-    }
-    n.intuit.set_latency(Duration::from_millis(150));
-    {
-        let w = &mut n.nodes[0];
-        tokio::task::block_in_place(|| {
-            w.daemon.signal(libc::SIGTERM);
-            let st = w.daemon.wait_exit(Duration::from_secs(25));
-            assert!(st.success(), "exit {st}: {}", w.daemon.stderr());
-        });
-        w.edit_config(SCHEDULE_OFF, SCHEDULE_ON);
-        tokio::task::block_in_place(|| w.daemon.spawn_and_wait_ready());
-    }
-    n.add(&format!("{extra}\n{SCHEDULE_ON}")).await;
     let li = {
         let nodes: Vec<&World> = n.nodes.iter().collect();
         one_leader(&nodes, Duration::from_secs(LEASE_SECS * 3)).await
