@@ -575,6 +575,7 @@ async fn a_database_restart_answers_store_unavailable_then_goes_on_losing_nothin
     // A sync in flight when the server goes away.
     w.intuit
         .set_realm_latency("3503", Duration::from_millis(1500));
+    let calls_before = w.intuit.requests_for("3503").len();
     let in_flight = {
         let http = w.http.clone();
         let url = w.url(&format!(
@@ -593,7 +594,7 @@ async fn a_database_restart_answers_store_unavailable_then_goes_on_losing_nothin
     eventually_async(
         Duration::from_secs(10),
         "the in-flight sync's first call at QuickBooks",
-        async || !w.intuit.requests_for("3503").is_empty(),
+        async || w.intuit.requests_for("3503").len() > calls_before,
     )
     .await;
     tokio::task::block_in_place(|| cluster.stop());
@@ -651,7 +652,10 @@ async fn a_database_restart_answers_store_unavailable_then_goes_on_losing_nothin
         h.0,
         h.1
     );
-    let (st, text) = in_flight.await.expect("join");
+    let (st, text) = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .expect("an answer to the sync in flight within 30 s of the database going away")
+        .expect("join");
     assert!(
         st == 200 || st == 503,
         "the sync in flight is acknowledged or refused as unavailable: {st} {text}"
