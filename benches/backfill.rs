@@ -76,7 +76,7 @@ async fn main() {
     spec.home_currency = "ALL".into();
     spec.active_currencies = codes.iter().map(|c| c.to_string()).collect();
     let (at, rt) = intuit.add_connected_company(spec);
-    let store = Store::open(&data, &data.join("identity.txt")).expect("open store");
+    let store = Store::open_sled(&data, &data.join("identity.txt")).expect("open store");
     let now = Utc::now();
     let expiry = TokenExpiry {
         access_expires_at: now + chrono::Duration::hours(1),
@@ -129,13 +129,16 @@ async fn main() {
             for r in &mut t.rates {
                 r.published += bump;
             }
-            store.put_table(&t, &source, now).expect("put table");
+            store.put_table(&t, &source, now).await.expect("put table");
             tables += 1;
         }
         day = day.succ_opt().unwrap();
     }
     for t in page.tables.iter().filter(|t| t.kind == TableKind::Minor) {
-        store.put_table(t, &source, now).expect("put minor table");
+        store
+            .put_table(t, &source, now)
+            .await
+            .expect("put minor table");
     }
     store.flush().await.expect("flush");
     drop(store);

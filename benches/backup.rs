@@ -48,7 +48,7 @@ fn realm(i: usize) -> String {
 fn seed(data: &Path, n: usize) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = Arc::new(Store::open(data, &data.join("identity.txt")).expect("open"));
+        let store = Arc::new(Store::open_sled(data, &data.join("identity.txt")).expect("open"));
         let now = Utc::now();
         let date = NaiveDate::from_ymd_opt(2026, 5, 22).expect("date");
         let mut saves = tokio::task::JoinSet::new();
@@ -80,9 +80,10 @@ fn seed(data: &Path, n: usize) {
                         synced_at: Some(now),
                     })
                     .collect();
-                store.put_rates(&r, &rates).expect("rates");
+                store.put_rates(&r, &rates).await.expect("rates");
                 store
                     .append_log(&r, &LogRecord::connection(now, true, "connected", vec![]))
+                    .await
                     .expect("log");
             });
             if saves.len() >= 64 {
@@ -101,7 +102,7 @@ fn seed(data: &Path, n: usize) {
             fetched_at: now,
         };
         for t in &page.tables {
-            store.put_table(t, &source, now).expect("table");
+            store.put_table(t, &source, now).await.expect("table");
         }
         store.flush().await.expect("flush");
     });

@@ -121,7 +121,7 @@ fn main() {
         || Store::open_temporary().expect("store"),
         |store| {
             for t in &tables {
-                black_box(store.put_table(t, &source, now).expect("put"));
+                black_box(rt.block_on(store.put_table(t, &source, now)).expect("put"));
             }
             rt.block_on(store.flush()).expect("flush");
         },

@@ -234,7 +234,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     // Seed: companies at the fake, the same companies and their tokens in the store (many
     // saves in flight: each flushes, and concurrent flushes share sled's fsync).
     let t_seed = Instant::now();
-    let store = Arc::new(Store::open(&data, &data.join("identity.txt")).expect("open store"));
+    let store = Arc::new(Store::open_sled(&data, &data.join("identity.txt")).expect("open store"));
     let now = Utc::now();
     let expired = std::env::var("BENCH_EXPIRED_TOKENS").is_ok_and(|v| v == "1");
     let mut saves = tokio::task::JoinSet::new();
@@ -296,7 +296,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         fetched_at: now,
     };
     for t in &page.tables {
-        store.put_table(t, &source, now).expect("put table");
+        store.put_table(t, &source, now).await.expect("put table");
     }
     store.flush().await.expect("flush");
     drop(store);

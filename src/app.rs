@@ -89,7 +89,7 @@ pub async fn build(
     }));
     let hmac_key = match &c.secret_key {
         Some(k) => k.expose().as_bytes().to_vec(),
-        None => match store.meta_secret("secret_key")? {
+        None => match store.meta_secret("secret_key").await? {
             Some(k) => k,
             None => {
                 let k: [u8; 32] = rand::random();
@@ -112,6 +112,7 @@ pub async fn build(
         archive,
         engine,
         scheduler,
+        role: Arc::new(crate::scheduler::lead::RoleCell::new()),
         tokens,
         connections,
         alerts,
@@ -147,16 +148,15 @@ pub async fn run(
     log: Option<LogHandle>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    if let crate::config::Backend::Postgres { .. } = config.storage.backend {
-        // The PostgreSQL store, its migrations, backup and restore exist (store::postgres);
-        // the daemon's services do not run on it yet (issue 23).
-        anyhow::bail!(
-            "storage.backend = \"postgres\": this version restores a backup into PostgreSQL \
-             (`boa-exchange restore FILE`) but serves only from sled; keep backend = \"sled\" to run"
-        );
+    let store = match &config.storage.backend {
+        crate::config::Backend::Sled => {
+            Store::open_sled(&config.storage.data_dir, &config.storage.identity_file)
+        }
+        crate::config::Backend::Postgres { url } => {
+            Store::open_postgres(url.expose(), &config.storage.identity_file).await
+        }
     }
-    let store = Store::open(&config.storage.data_dir, &config.storage.identity_file)
-        .context("opening the store")?;
+    .context("opening the store")?;
     let store = Arc::new(store);
     let http_addr = listeners.http.local_addr()?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
@@ -172,15 +172,19 @@ pub async fn run(
         state.clone(),
         state.shutdown.child_token(),
     ));
-    state
-        .tasks
-        .spawn(state.scheduler.clone().run(state.shutdown.child_token()));
+    state.tasks.spawn(crate::scheduler::lead::run(
+        state.scheduler.clone(),
+        state.store.clone(),
+        state.config().storage.leader_lease,
+        state.role.clone(),
+        state.shutdown.child_token(),
+    ));
 
     // The company tally's one pass over the records (store::tally), made now off the request
     // path, so the first /health or status after start does not wait for it.
     let warm = state.clone();
-    state.tasks.spawn_blocking(move || {
-        if let Err(e) = warm.store.company_tally(warm.now()) {
+    state.tasks.spawn(async move {
+        if let Err(e) = warm.store.company_tally(warm.now()).await {
             tracing::warn!(error = %e, "counting the companies failed; the first answer that needs the counts retries");
         }
     });

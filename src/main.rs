@@ -71,7 +71,7 @@ fn serve(args: &Cli) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("boa-exchange: {e:#}");
-            ExitCode::from(cli::EXIT_FAILED)
+            ExitCode::from(boa_exchange::ops::error::start_failure_exit_code(&e))
         }
     }
 }

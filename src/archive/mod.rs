@@ -108,6 +108,10 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The store cannot be reached right now (the PostgreSQL server is away): nothing was
+    /// done; retry later.
+    #[error("the store is unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 impl From<FetchError> for Error {
@@ -127,6 +131,9 @@ impl From<boa::ValidationError> for Error {
 }
 impl From<store::Error> for Error {
     fn from(e: store::Error) -> Self {
+        if e.is_unavailable() {
+            return Error::StoreUnavailable(e.to_string());
+        }
         Error::Store(e.to_string())
     }
 }
@@ -272,7 +279,7 @@ impl Archive {
             // HTML parsing is CPU work: off the async workers.
             let parsed = boa::parse_page_blocking(page.body).await?;
             for table in &parsed.tables {
-                let prev = self.previous_table(table.kind, table.date)?;
+                let prev = self.previous_table(table.kind, table.date).await?;
                 let single = boa::ParsedPage { tables: vec![table.clone()] };
                 let lookup = |code| prev.as_ref().and_then(|p| p.table.rate(code)).map(|r| r.published);
                 boa::validate(&single, today, &lookup, config.boa.max_jump_percent)?;
@@ -280,11 +287,11 @@ impl Archive {
             let source = FixingSource::Page { url: page.url.clone(), sha256: page.sha256.clone(), fetched_at: now };
             let mut tables = Vec::new();
             for table in &parsed.tables {
-                let o = self.store.put_table(table, &source, now)?;
+                let o = self.store.put_table(table, &source, now).await?;
                 if o == TableOutcome::Revised {
                     tracing::warn!(fixing_date = %table.date, table = table.kind.as_str(), "BoA published different rates for an already stored fixing; kept as a new revision");
                 }
-                self.supersede(table, &o, today)?;
+                self.supersede(table, &o, today).await?;
                 tables.push((table.kind, table.date, o));
             }
             Ok::<_, Error>(FetchReport { tables, url: page.url, sha256: page.sha256 })
@@ -311,7 +318,7 @@ impl Archive {
                 outcome: e.to_string(),
             },
         };
-        self.store.append_scrape(&record)?;
+        self.store.append_scrape(&record).await?;
         self.store.flush().await?;
         match &outcome {
             Ok(r) => {
@@ -325,18 +332,18 @@ impl Archive {
     /// The fixing a new table's jumps are checked against: the previous fixing of its kind,
     /// or, when none is stored before its date, the stored fixing of that same date (a
     /// revision of the only stored fixing must not skip the check).
-    fn previous_table(
+    async fn previous_table(
         &self,
         kind: TableKind,
         date: NaiveDate,
     ) -> Result<Option<StoredTable>, store::Error> {
         let before = match date.pred_opt() {
-            Some(d) => self.store.table_on_or_before(kind, d)?,
+            Some(d) => self.store.table_on_or_before(kind, d).await?,
             None => None,
         };
         match before {
             Some(t) => Ok(Some(t)),
-            None => self.store.table(kind, date),
+            None => self.store.table(kind, date).await,
         }
     }
 
@@ -344,7 +351,7 @@ impl Archive {
     /// a day already filled as a holiday), makes company rates computed without it stale.
     /// They are marked not synced and the scheduler re-syncs them, so no superseded rate
     /// stays in a ledger.
-    fn supersede(
+    async fn supersede(
         &self,
         table: &FixingTable,
         outcome: &TableOutcome,
@@ -353,9 +360,9 @@ impl Archive {
         let revised = *outcome == TableOutcome::Revised;
         let mut late = false;
         if *outcome == TableOutcome::New && table.kind == TableKind::Main {
-            let mut h = self.holidays()?;
+            let mut h = self.holidays().await?;
             if h.remove(&table.date) {
-                self.store.meta_put(META_HOLIDAYS, &h)?;
+                self.store.meta_put(META_HOLIDAYS, &h).await?;
                 late = true;
             }
         }
@@ -367,7 +374,8 @@ impl Archive {
         }
         let n = self
             .store
-            .invalidate_rates(table.kind, table.date, revised)?;
+            .invalidate_rates(table.kind, table.date, revised)
+            .await?;
         if n > 0 {
             tracing::warn!(fixing_date = %table.date, table = table.kind.as_str(), rates = n, "{n} synced company rates are superseded by the {} fixing of {}; they will be re-synced", table.kind.as_str(), table.date);
             self.resync_needed.store(true, Ordering::Relaxed);
@@ -379,57 +387,60 @@ impl Archive {
     ///
     /// # Errors
     /// Store failure.
-    pub fn holidays(&self) -> Result<BTreeSet<NaiveDate>, store::Error> {
+    pub async fn holidays(&self) -> Result<BTreeSet<NaiveDate>, store::Error> {
         Ok(self
             .store
-            .meta_get::<BTreeSet<NaiveDate>>(META_HOLIDAYS)?
+            .meta_get::<BTreeSet<NaiveDate>>(META_HOLIDAYS)
+            .await?
             .unwrap_or_default())
     }
 
-    fn add_holidays(&self, days: &[NaiveDate]) -> Result<(), store::Error> {
+    async fn add_holidays(&self, days: &[NaiveDate]) -> Result<(), store::Error> {
         if days.is_empty() {
             return Ok(());
         }
-        let mut h = self.holidays()?;
+        let mut h = self.holidays().await?;
         h.extend(days.iter().copied());
-        self.store.meta_put(META_HOLIDAYS, &h)
+        self.store.meta_put(META_HOLIDAYS, &h).await
     }
 
     /// Records that business day `day` had no fixing (the poll gave up).
     ///
     /// # Errors
     /// Store failure.
-    pub fn mark_holiday(&self, day: NaiveDate) -> Result<(), store::Error> {
-        self.add_holidays(&[day])
+    pub async fn mark_holiday(&self, day: NaiveDate) -> Result<(), store::Error> {
+        self.add_holidays(&[day]).await
     }
 
     /// Whether the main fixing of `date` is stored.
-    pub fn has_main(&self, date: NaiveDate) -> bool {
-        matches!(self.store.table(TableKind::Main, date), Ok(Some(_)))
+    pub async fn has_main(&self, date: NaiveDate) -> bool {
+        matches!(self.store.table(TableKind::Main, date).await, Ok(Some(_)))
     }
 
     /// The fixing in force on `date` (SPEC §5 "Rate in force").
     ///
     /// # Errors
     /// [`Error::NoFixing`] when none is; [`Error::Store`] when the store fails.
-    pub fn resolve(&self, date: NaiveDate) -> Result<Resolved, Error> {
+    pub async fn resolve(&self, date: NaiveDate) -> Result<Resolved, Error> {
         let no = |why| Error::NoFixing { date, why };
         let today = self.today();
         let main_le = |d| self.store.table_on_or_before(TableKind::Main, d);
         if date > today {
-            let nearest = main_le(today)?.map(|t| t.table.date);
+            let nearest = main_le(today).await?.map(|t| t.table.date);
             return Err(no(NoFixing::Future { nearest }));
         }
-        let Some(main) = main_le(date)? else {
-            return Err(no(match self.store.table_after(TableKind::Main, date)? {
-                Some(t) => NoFixing::BeforeHistory {
-                    oldest: t.table.date,
+        let Some(main) = main_le(date).await? else {
+            return Err(no(
+                match self.store.table_after(TableKind::Main, date).await? {
+                    Some(t) => NoFixing::BeforeHistory {
+                        oldest: t.table.date,
+                    },
+                    None => NoFixing::Empty,
                 },
-                None => NoFixing::Empty,
-            }));
+            ));
         };
         if main.table.date != date {
-            let holidays = self.holidays()?;
+            let holidays = self.holidays().await?;
             let config = self.config();
             let mut d = main.table.date;
             while d < date {
@@ -461,7 +472,10 @@ impl Archive {
                 }));
             }
         }
-        let minor = self.store.table_on_or_before(TableKind::Minor, date)?;
+        let minor = self
+            .store
+            .table_on_or_before(TableKind::Minor, date)
+            .await?;
         Ok(Resolved { date, main, minor })
     }
 
@@ -470,12 +484,19 @@ impl Archive {
     ///
     /// # Errors
     /// Store failure.
-    pub fn latest(&self) -> Result<Option<Resolved>, store::Error> {
+    pub async fn latest(&self) -> Result<Option<Resolved>, store::Error> {
         let today = self.today();
-        let Some(main) = self.store.table_on_or_before(TableKind::Main, today)? else {
+        let Some(main) = self
+            .store
+            .table_on_or_before(TableKind::Main, today)
+            .await?
+        else {
             return Ok(None);
         };
-        let minor = self.store.table_on_or_before(TableKind::Minor, today)?;
+        let minor = self
+            .store
+            .table_on_or_before(TableKind::Minor, today)
+            .await?;
         Ok(Some(Resolved {
             date: today,
             main,
@@ -485,9 +506,9 @@ impl Archive {
 
     /// The default rate date: today, or the newest fixing's date while today's is not yet
     /// published.
-    pub fn default_date(&self) -> NaiveDate {
+    pub async fn default_date(&self) -> NaiveDate {
         let today = self.today();
-        match self.resolve(today) {
+        match self.resolve(today).await {
             Err(Error::NoFixing {
                 why: NoFixing::NotYetPublished { nearest },
                 ..
@@ -535,7 +556,7 @@ impl Archive {
         let mut dates: BTreeSet<NaiveDate> = BTreeSet::new();
         for t in tables {
             dates.insert(t.date);
-            match self.store.put_table(t, &source, now)? {
+            match self.store.put_table(t, &source, now).await? {
                 TableOutcome::New => imported += 1,
                 _ => skipped += 1,
             }
@@ -546,14 +567,14 @@ impl Archive {
             while d < last {
                 if is_business_day(d)
                     && !dates.contains(&d)
-                    && self.store.table(TableKind::Main, d)?.is_none()
+                    && self.store.table(TableKind::Main, d).await?.is_none()
                 {
                     gaps.push(d);
                 }
                 d = d.succ_opt().unwrap_or(last);
             }
         }
-        self.add_holidays(&gaps)?;
+        self.add_holidays(&gaps).await?;
         self.store.flush().await?;
         tracing::info!(file, imported, skipped, "imported BoA workbook");
         Ok(ImportReport {
@@ -620,8 +641,8 @@ impl Archive {
     ///
     /// # Errors
     /// Store failure.
-    pub fn scrapes(&self, limit: usize) -> Result<Vec<ScrapeRecord>, store::Error> {
-        self.store.scrapes(limit)
+    pub async fn scrapes(&self, limit: usize) -> Result<Vec<ScrapeRecord>, store::Error> {
+        self.store.scrapes(limit).await
     }
 }
 
@@ -640,6 +661,7 @@ impl Error {
             Error::BadWorkbook(_) => "bad_workbook",
             Error::NoWorkbook(_) => "no_workbook",
             Error::Store(_) => "internal_error",
+            Error::StoreUnavailable(_) => "store_unavailable",
         }
     }
 }

@@ -116,14 +116,14 @@ impl Connections {
             };
             // Checked here, consumed only when the connection succeeds: an abandoned flow
             // does not burn the link.
-            match self.store.pending(&format!("invite:{code}"))? {
+            match self.store.pending(&format!("invite:{code}")).await? {
                 Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
                 _ => return Err(Error::InvalidInvite),
             }
         }
         // Anyone may start a flow and most abandoned ones are never seen again: drop expired
         // states and invites here so the store does not grow without bound.
-        if let Err(e) = self.store.purge_expired_pending(now) {
+        if let Err(e) = self.store.purge_expired_pending(now).await {
             tracing::warn!(error = %e, "purging expired OAuth states failed");
         }
         let st = random_token();
@@ -165,7 +165,7 @@ impl Connections {
         cookie_header: Option<&str>,
     ) -> Result<Company, Error> {
         let now = self.now();
-        let invite = self.verify_state(p, cookie_header)?;
+        let invite = self.verify_state(p, cookie_header).await?;
         let (Some(code), Some(realm)) = (
             p.code.filter(|c| !c.is_empty()),
             p.realm_id.filter(|r| !r.is_empty()),
@@ -183,7 +183,7 @@ impl Connections {
         }
         // An invite used meanwhile by another flow: refused before the code is exchanged.
         if let Some(code) = &invite {
-            match self.store.pending(&format!("invite:{code}"))? {
+            match self.store.pending(&format!("invite:{code}")).await? {
                 Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
                 _ => return Err(Error::InvalidInvite),
             }
@@ -208,7 +208,7 @@ impl Connections {
             })?;
         let read = self.read_company(realm, &tokens.access_token).await?;
         if let Some(code) = invite {
-            match self.store.take_pending(&format!("invite:{code}"))? {
+            match self.store.take_pending(&format!("invite:{code}")).await? {
                 Some(PendingAuth::Invite { expires_at, .. }) if expires_at > now => {}
                 _ => return Err(Error::InvalidInvite),
             }
@@ -221,7 +221,7 @@ impl Connections {
 
     /// Checks the callback's `state` against the browser's signed cookie and consumes it.
     /// Returns the invite that started the flow, if any.
-    fn verify_state(
+    async fn verify_state(
         &self,
         p: &CallbackParams<'_>,
         cookie_header: Option<&str>,
@@ -245,7 +245,7 @@ impl Connections {
                 .and_then(|b| b.split_once('.'))
                 .is_some_and(|(s, _)| s == st)
             {
-                let _ = self.store.take_pending(&format!("state:{st}"))?;
+                let _ = self.store.take_pending(&format!("state:{st}")).await?;
             }
             return Err(refuse("access_denied", &denial_message(err)));
         }
@@ -265,7 +265,7 @@ impl Connections {
             ));
         }
         let (expires_at, browser_nonce, invite) =
-            match self.store.take_pending(&format!("state:{st}"))? {
+            match self.store.take_pending(&format!("state:{st}")).await? {
                 Some(PendingAuth::State {
                     expires_at,
                     browser_nonce,

@@ -78,6 +78,10 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The store cannot be reached right now (the PostgreSQL server is away): nothing was
+    /// done; retry later.
+    #[error("the store is unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 impl Error {
@@ -101,12 +105,16 @@ impl Error {
             Error::UnknownCompany(_) => "company_not_found",
             Error::TokenNotForRealm(_) => "token_not_for_realm",
             Error::Store(_) => "internal_error",
+            Error::StoreUnavailable(_) => "store_unavailable",
         }
     }
 }
 
 impl From<crate::store::Error> for Error {
     fn from(e: crate::store::Error) -> Self {
+        if e.is_unavailable() {
+            return Error::StoreUnavailable(e.to_string());
+        }
         Error::Store(e.to_string())
     }
 }
@@ -261,7 +269,7 @@ impl Connections {
         let config = self.config();
         let lock = self.tokens.lock_for(realm);
         let _held = lock.lock().await;
-        let existing = self.store.company(realm)?;
+        let existing = self.store.company(realm).await?;
         let reconnect = existing.is_some();
         let mut company = existing.unwrap_or_else(|| {
             Company::connected(realm, &read.name, config.quickbooks.sandbox, now)
@@ -281,10 +289,12 @@ impl Connections {
             (None, true) => "reconnected to QuickBooks",
             (None, false) => "connected to QuickBooks",
         };
-        self.store.append_log(
-            realm,
-            &LogRecord::connection(now, true, message, tid.into_iter().collect()),
-        )?;
+        self.store
+            .append_log(
+                realm,
+                &LogRecord::connection(now, true, message, tid.into_iter().collect()),
+            )
+            .await?;
         self.store.save_company_and_tokens(&company, tokens).await?;
         tracing::info!(
             realm_id = realm,
@@ -306,10 +316,10 @@ impl Connections {
         // reconnect waits and then stores its new grant over the disconnected record.
         let lock = self.tokens.lock_for(realm);
         let _held = lock.lock().await;
-        if self.store.company(realm)?.is_none() {
+        if self.store.company(realm).await?.is_none() {
             return Err(Error::UnknownCompany(realm.to_string()));
         }
-        if let Some(tokens) = self.store.tokens(realm)? {
+        if let Some(tokens) = self.store.tokens(realm).await? {
             self.tokens
                 .oauth()
                 .revoke(&tokens.refresh_token)
@@ -322,10 +332,12 @@ impl Connections {
                 })?;
         }
         let now = self.now();
-        self.store.append_log(
-            realm,
-            &LogRecord::connection(now, true, "disconnected (grant revoked at Intuit)", vec![]),
-        )?;
+        self.store
+            .append_log(
+                realm,
+                &LogRecord::connection(now, true, "disconnected (grant revoked at Intuit)", vec![]),
+            )
+            .await?;
         let c = self
             .store
             .disconnect_company(realm, |c| {

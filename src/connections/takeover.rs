@@ -374,9 +374,9 @@ impl Connections {
             .map_err(|e| refused(&t.realm, &e))?;
         let now = self.now();
         // Before anything else: from here on only the new refresh token may be alive.
-        let existing = self.store.company(&t.realm)?;
+        let existing = self.store.company(&t.realm).await?;
         let previous_tokens = match existing {
-            Some(_) => self.store.tokens(&t.realm)?,
+            Some(_) => self.store.tokens(&t.realm).await?,
             None => None,
         };
         let company = self.provisional(existing.clone(), t, &tokens, now);
@@ -432,15 +432,17 @@ impl Connections {
                      company from QuickBooks failed ({}); it is read again before its first sync",
                     e
                 );
-                self.store.append_log(
-                    &t.realm,
-                    &LogRecord::connection(
-                        self.now(),
-                        true,
-                        format!("{}; {warning}", t.how),
-                        tid.into_iter().collect(),
-                    ),
-                )?;
+                self.store
+                    .append_log(
+                        &t.realm,
+                        &LogRecord::connection(
+                            self.now(),
+                            true,
+                            format!("{}; {warning}", t.how),
+                            tid.into_iter().collect(),
+                        ),
+                    )
+                    .await?;
                 tracing::warn!(realm_id = %t.realm, "Company {}: {warning}", t.realm);
                 Ok(Taken {
                     company,

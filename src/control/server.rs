@@ -311,9 +311,9 @@ async fn run(state: &Arc<Ctx>, req: &Request) -> ops::OpResult {
     let a = &req.args;
     let limit = || a.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize;
     match req.cmd.as_str() {
-        "status" => data(ops::status(state)),
-        "companies" => data(ops::companies::list(state, &list_query(a)?)),
-        "company" => data(ops::companies::sync_status(state, arg_str(a, "realm")?)),
+        "status" => data(ops::status(state).await),
+        "companies" => data(ops::companies::list(state, &list_query(a)?).await),
+        "company" => data(ops::companies::sync_status(state, arg_str(a, "realm")?).await),
         "sync" => {
             let realm = arg_str(a, "realm")?;
             data(ops::sync::sync_one(state, realm, arg_opt(a, "date")).await)
@@ -330,11 +330,11 @@ async fn run(state: &Arc<Ctx>, req: &Request) -> ops::OpResult {
             data(ops::companies::update_settings(state, realm, &settings).await)
         }
         "disconnect" => ops::connect::disconnect(state, arg_str(a, "realm")?).await,
-        "rates" => data(ops::rates::answer(state, arg_opt(a, "date"))),
+        "rates" => data(ops::rates::answer(state, arg_opt(a, "date")).await),
         "fetch" => data(ops::rates::fetch(state).await),
-        "scrapes" => data(ops::rates::scrapes(state, limit())),
+        "scrapes" => data(ops::rates::scrapes(state, limit()).await),
         "connect_url" => ops::connect::connect_url(state).await,
-        "logs" => data(ops::companies::logs(state, arg_str(a, "realm")?, limit())),
+        "logs" => data(ops::companies::logs(state, arg_str(a, "realm")?, limit()).await),
         "import_tables" => data(import(state, a).await),
         "adopt" => {
             let (realm, token) = (arg_str(a, "realm")?, arg_str(a, "refresh_token")?);

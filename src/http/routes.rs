@@ -158,22 +158,23 @@ async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response
             let (status, body) = ops::health(state).await;
             json(status, &body)
         }
-        [""] if m == Method::GET => match ops::landing::landing(state) {
+        [""] if m == Method::GET => match ops::landing::landing(state).await {
             Ok(data) => html(200, &pages::index(&data)),
             Err(e) => error(&e),
         },
         ["metrics"] if m == Method::GET => metrics(state, &req).await,
         ["api", "v1", "rates"] if m == Method::GET => {
-            answer(ops::rates::answer(state, req.query("date")))
+            answer(ops::rates::answer(state, req.query("date")).await)
         }
         ["api", "v1", "oauth", "connect"] if m == Method::GET => oauth_connect(state, &req).await,
         ["api", "v1", "oauth", "callback"] if m == Method::GET => oauth_callback(state, &req).await,
         ["api", "v1", "oauth", "disconnect", id] if m == Method::GET => {
             oauth_disconnect(state, &req, id).await
         }
-        ["api", "v1", "oauth", "status", id] if m == Method::GET => {
-            guarded(state, &req, |st| ops::connect::status(st, id))
-        }
+        ["api", "v1", "oauth", "status", id] if m == Method::GET => match admin(state, &req) {
+            Ok(()) => answer(ops::connect::status(state, id).await),
+            Err(e) => error(&e),
+        },
         ["api", "v1", "companies", ..] => companies(state, &req, &segs[3..]).await,
         ["health"] | ["metrics"] | [""] | ["api", "v1", "rates"] | ["api", "v1", "oauth", ..] => {
             error(&method_not_allowed())
@@ -303,7 +304,7 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
     let m = &req.method;
     match rest {
         ["list"] if m == Method::GET => match list_query(req) {
-            Ok(q) => answer(ops::companies::list(state, &q)),
+            Ok(q) => answer(ops::companies::list(state, &q).await),
             Err(e) => error(&e),
         },
         ["sync-all"] if m == Method::POST => {
@@ -316,7 +317,7 @@ async fn companies(state: &Arc<Ctx>, req: &Req, rest: &[&str]) -> Response<Full<
             answer(ops::sync::sync_one(state, id, req.query("target_date")).await)
         }
         [id, "sync", "status"] if m == Method::GET => {
-            answer(ops::companies::sync_status(state, id))
+            answer(ops::companies::sync_status(state, id).await)
         }
         [id, "backfill"] if m == Method::POST => {
             match ops::backfill::parse_dry_run(req.query("dry_run")) {
@@ -425,17 +426,6 @@ fn admin(state: &Ctx, req: &Req) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(401, "unauthorized", "invalid admin API key"))
-    }
-}
-
-fn guarded<T: Serialize>(
-    state: &Ctx,
-    req: &Req,
-    f: impl FnOnce(&Ctx) -> ops::OpResult<T>,
-) -> Response<Full<Bytes>> {
-    match admin(state, req) {
-        Ok(()) => answer(f(state)),
-        Err(e) => error(&e),
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn backfill(
     to: Option<&str>,
     dry_run: bool,
 ) -> OpResult<BackfillAnswer> {
-    if ctx.store.company(realm)?.is_none() {
+    if ctx.store.company(realm).await?.is_none() {
         return Err(ApiError::unknown_company(realm));
     }
     let date = |name: &str, v: Option<&str>| match v.filter(|s| !s.trim().is_empty()) {

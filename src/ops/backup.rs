@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{ApiError, Ctx};
 use crate::config::Config;
 use crate::crypto::Vault;
-use crate::store::{self, backup, Store};
+use crate::store::{self, backup};
 
 pub use crate::store::backup::{Contents, ReadError, Verifier, MAX_LINE};
 
@@ -34,20 +34,35 @@ pub fn stream(ctx: &Ctx) -> Lines {
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let store = ctx.store.clone();
     let now = ctx.clock.now();
-    ctx.tasks.spawn_blocking(move || {
+    ctx.tasks.spawn(async move {
         let started = std::time::Instant::now();
-        match store.backup(now, |line| tx.blocking_send(Ok(line)).is_ok()) {
+        let (lines, mut from_store) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+        let forward = {
+            let tx = tx.clone();
+            async move {
+                while let Some(line) = from_store.recv().await {
+                    if tx.send(Ok(line)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(store.backup(now, lines), forward);
+        match result {
             Ok(w) => tracing::info!(
                 records = w.records,
                 skipped = w.skipped,
                 secs = started.elapsed().as_secs_f64(),
                 "backup sent"
             ),
-            Err(store::Error::BackupAborted) => {
+            Err(
+                store::Error::BackupAborted
+                | store::Error::Postgres(store::postgres::Error::BackupAborted),
+            ) => {
                 tracing::warn!("backup cut short: the client went away");
             }
             Err(e) => {
-                let _ = tx.blocking_send(Err(ApiError::from(e)));
+                let _ = tx.send(Err(ApiError::from(e))).await;
             }
         }
     });
@@ -195,7 +210,7 @@ pub fn restore(config: &Config, file: &Path, dry_run: bool) -> Result<RestoreAns
     let store = if dry_run && !data_dir.join("db").exists() {
         None
     } else {
-        let s = Store::open(data_dir, &config.storage.identity_file)?;
+        let s = store::SledStore::open(data_dir, &config.storage.identity_file)?;
         let entries = s.entries()?;
         if entries > 0 {
             return Err(RestoreError::NotEmpty {

@@ -291,7 +291,7 @@ pub fn check_limit(limit: u64) -> Result<usize, ApiError> {
 ///
 /// # Errors
 /// 400 `bad_parameter` for a limit outside 1 to 1000; store failure.
-pub fn list(ctx: &Ctx, q: &ListQuery) -> OpResult<ListAnswer> {
+pub async fn list(ctx: &Ctx, q: &ListQuery) -> OpResult<ListAnswer> {
     let limit = match q.limit {
         Some(l) => check_limit(l)?,
         None => usize::MAX,
@@ -299,7 +299,8 @@ pub fn list(ctx: &Ctx, q: &ListQuery) -> OpResult<ListAnswer> {
     let active_only = q.active_only;
     let (page, next_after) = ctx
         .store
-        .companies_page(q.after.as_deref(), limit, |c| !active_only || c.is_active)?;
+        .companies_page(q.after.as_deref(), limit, |c| !active_only || c.is_active)
+        .await?;
     let companies: Vec<CompanyEntry> = page.iter().map(entry).collect();
     Ok(ListAnswer {
         count: companies.len(),
@@ -309,9 +310,10 @@ pub fn list(ctx: &Ctx, q: &ListQuery) -> OpResult<ListAnswer> {
     })
 }
 
-fn company(ctx: &Ctx, realm: &str) -> Result<Company, ApiError> {
+async fn company(ctx: &Ctx, realm: &str) -> Result<Company, ApiError> {
     ctx.store
-        .company(realm)?
+        .company(realm)
+        .await?
         .ok_or_else(|| ApiError::unknown_company(realm))
 }
 
@@ -319,11 +321,11 @@ fn company(ctx: &Ctx, realm: &str) -> Result<Company, ApiError> {
 ///
 /// # Errors
 /// 404 unknown company.
-pub fn sync_status(ctx: &Ctx, realm: &str) -> OpResult<SyncStatusAnswer> {
-    let c = company(ctx, realm)?;
-    let rates = ctx.store.rate_counts(realm)?;
-    let scraping = ctx.store.log_counts(realm, LogKind::Scraping)?;
-    let syncing = ctx.store.log_counts(realm, LogKind::Syncing)?;
+pub async fn sync_status(ctx: &Ctx, realm: &str) -> OpResult<SyncStatusAnswer> {
+    let c = company(ctx, realm).await?;
+    let rates = ctx.store.rate_counts(realm).await?;
+    let scraping = ctx.store.log_counts(realm, LogKind::Scraping).await?;
+    let syncing = ctx.store.log_counts(realm, LogKind::Syncing).await?;
     Ok(SyncStatusAnswer::of(&c, rates, scraping, syncing))
 }
 
@@ -358,7 +360,7 @@ async fn apply_settings(ctx: &Ctx, realm: &str, body: &Value) -> OpResult<Settin
     };
     // Validate on a copy first (a bad field changes nothing), then apply to the current
     // record atomically, so a sync or token refresh finishing meanwhile is not undone.
-    let held = company(ctx, realm)?;
+    let held = company(ctx, realm).await?;
     let mut checked = held.clone();
     apply(&mut checked, obj)?;
     // SPEC §5 "Home currency is QuickBooks'": a home currency other than the one we hold
@@ -446,9 +448,9 @@ fn type_err(k: &str, want: &str) -> ApiError {
 ///
 /// # Errors
 /// 404 unknown company.
-pub fn logs(ctx: &Ctx, realm: &str, limit: usize) -> OpResult<LogsAnswer> {
-    let c = company(ctx, realm)?;
-    let recs = ctx.store.logs(realm, limit.clamp(1, 10_000))?;
+pub async fn logs(ctx: &Ctx, realm: &str, limit: usize) -> OpResult<LogsAnswer> {
+    let c = company(ctx, realm).await?;
+    let recs = ctx.store.logs(realm, limit.clamp(1, 10_000)).await?;
     Ok(LogsAnswer {
         company_id: c.realm_id,
         logs: recs.iter().map(LogEntry::of).collect(),

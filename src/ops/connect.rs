@@ -78,10 +78,11 @@ pub async fn callback(
 ///
 /// # Errors
 /// 404 unknown company.
-pub fn status(ctx: &Ctx, realm: &str) -> OpResult {
+pub async fn status(ctx: &Ctx, realm: &str) -> OpResult {
     let c = ctx
         .store
-        .company(realm)?
+        .company(realm)
+        .await?
         .ok_or_else(|| ApiError::unknown_company(realm))?;
     let now = ctx.now();
     let t = c.tokens.as_ref();

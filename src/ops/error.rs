@@ -154,6 +154,7 @@ impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
         match e {
             store::Error::BackupRunning => ApiError::new(409, "backup_running", e.to_string()),
+            e if e.is_unavailable() => ApiError::new(503, "store_unavailable", e.to_string()),
             e => ApiError::internal(e),
         }
     }
@@ -168,6 +169,7 @@ impl From<archive::Error> for ApiError {
             E::BadWorkbook(_) => 400,
             E::NoWorkbook(_) => 404,
             E::Store(_) => return ApiError::internal(e),
+            E::StoreUnavailable(_) => 503,
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -184,6 +186,7 @@ impl From<crate::connections::Error> for ApiError {
             E::Upstream { .. } => 502,
             E::NotConfigured => 503,
             E::Store(_) => return ApiError::internal(e),
+            E::StoreUnavailable(_) => 503,
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -207,14 +210,62 @@ impl From<sync::Error> for ApiError {
             E::Upstream { .. } | E::WriteFailed { .. } | E::RangeQueryRefused { .. } => 502,
             E::ShuttingDown => 503,
             E::Store(_) => return ApiError::internal(e),
+            E::StoreUnavailable(_) => 503,
         };
         ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+/// The exit code of a `serve` that could not start: 2 when the store was written by a newer
+/// boa-exchange (SPEC §13: refused, exit 2), else 1.
+pub fn start_failure_exit_code(e: &anyhow::Error) -> u8 {
+    let newer = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<store::Error>(),
+            Some(
+                store::Error::NewerSchema { .. }
+                    | store::Error::Postgres(store::postgres::Error::NewerSchema { .. })
+            )
+        ) || matches!(
+            cause.downcast_ref::<store::postgres::Error>(),
+            Some(store::postgres::Error::NewerSchema { .. })
+        )
+    });
+    if newer {
+        2
+    } else {
+        1
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the PostgreSQL store answers while its server is away.
+    fn gone() -> store::Error {
+        store::Error::Postgres(store::postgres::Error::Unavailable(
+            "connection refused".into(),
+        ))
+    }
+
+    #[test]
+    fn a_newer_store_exits_2_and_other_start_failures_1() {
+        let pg = store::Error::Postgres(store::postgres::Error::NewerSchema {
+            found: 9,
+            supported: 2,
+        });
+        let e = anyhow::Error::new(pg).context("opening the store");
+        assert_eq!(start_failure_exit_code(&e), 2);
+        let sled = store::Error::NewerSchema {
+            path: "/x".into(),
+            found: 9,
+            supported: 2,
+        };
+        assert_eq!(start_failure_exit_code(&anyhow::Error::new(sled)), 2);
+        let other = anyhow::Error::new(gone()).context("opening the store");
+        assert_eq!(start_failure_exit_code(&other), 1);
+    }
 
     #[test]
     fn domain_errors_map_to_statuses_and_kinds() {
@@ -296,6 +347,31 @@ mod tests {
                 "internal_error",
                 Kind::Internal,
             ),
+            (
+                sync::Error::from(gone()).into(),
+                503,
+                "store_unavailable",
+                Kind::Unavailable,
+            ),
+            (
+                crate::connections::Error::from(gone()).into(),
+                503,
+                "store_unavailable",
+                Kind::Unavailable,
+            ),
+            (
+                archive::Error::from(gone()).into(),
+                503,
+                "store_unavailable",
+                Kind::Unavailable,
+            ),
+            (gone().into(), 503, "store_unavailable", Kind::Unavailable),
+            (
+                store::Error::Postgres(store::postgres::Error::Db("bad row".into())).into(),
+                500,
+                "internal_error",
+                Kind::Internal,
+            ),
         ];
         for (e, status, code, kind) in cases {
             assert_eq!((e.status, e.code, e.kind()), (status, code, kind), "{e}");
@@ -308,6 +384,7 @@ mod tests {
         assert_eq!(internal.detail.as_deref(), Some("store: disk full"));
         assert_eq!(Kind::BadInput.exit_code(), 2);
         assert_eq!(Kind::Upstream.exit_code(), 1);
+        assert_eq!(Kind::Unavailable.exit_code(), 1, "SPEC §13: CLI exit 1");
         for k in [Kind::BadInput, Kind::Internal, Kind::NoFixing] {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }

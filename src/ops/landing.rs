@@ -69,28 +69,28 @@ pub struct SeriesPoint {
 ///
 /// # Errors
 /// A store failure (500).
-pub fn landing(ctx: &super::Ctx) -> Result<LandingData, ApiError> {
+pub async fn landing(ctx: &super::Ctx) -> Result<LandingData, ApiError> {
     let open = ctx.config().server.enrollment == Enrollment::Open;
-    Ok(gather(&ctx.store, ctx.today(), open)?)
+    Ok(gather(&ctx.store, ctx.today(), open).await?)
 }
 
 /// The landing page's data from a store, as of `today`.
 ///
 /// # Errors
 /// sled or decode failure.
-pub fn gather(
+pub async fn gather(
     store: &Store,
     today: NaiveDate,
     enrollment_open: bool,
 ) -> Result<LandingData, store::Error> {
     let mut tables = Vec::new();
     for kind in [TableKind::Main, TableKind::Minor] {
-        let Some(current) = store.table_on_or_before(kind, today)? else {
+        let Some(current) = store.table_on_or_before(kind, today).await? else {
             continue;
         };
         let t = current.table;
         let previous = match t.date.pred_opt() {
-            Some(d) => store.table_on_or_before(kind, d)?.map(|p| p.table),
+            Some(d) => store.table_on_or_before(kind, d).await?.map(|p| p.table),
             None => None,
         };
         let rows = t
@@ -124,11 +124,11 @@ pub fn gather(
         let first = newest - Duration::days(SERIES_DAYS - 1);
         let eur = Currency::new("EUR").ok();
         let usd = Currency::new("USD").ok();
-        for date in store.table_dates(TableKind::Main)? {
+        for date in store.table_dates(TableKind::Main).await? {
             if date < first || date > newest {
                 continue;
             }
-            let Some(t) = store.table(TableKind::Main, date)? else {
+            let Some(t) = store.table(TableKind::Main, date).await? else {
                 continue;
             };
             let per_unit =
@@ -165,7 +165,7 @@ mod tests {
         }
     }
 
-    fn put(store: &Store, kind: TableKind, date: &str, rates: Vec<PublishedRate>) {
+    async fn put(store: &Store, kind: TableKind, date: &str, rates: Vec<PublishedRate>) {
         let table = FixingTable {
             kind,
             date: d(date),
@@ -182,12 +182,13 @@ mod tests {
                 &source,
                 Utc.with_ymd_and_hms(2026, 5, 22, 12, 0, 0).unwrap(),
             )
+            .await
             .unwrap();
     }
 
     /// A store with main fixings on `dates` (EUR and USD moving by a cent a day) and one
     /// minor fixing.
-    fn store_with(dates: &[&str]) -> Store {
+    async fn store_with(dates: &[&str]) -> Store {
         let store = Store::open_temporary().unwrap();
         for (i, date) in dates.iter().enumerate() {
             let cents = Decimal::new(i as i64, 2);
@@ -200,30 +201,32 @@ mod tests {
                     rate("EUR", 1, &(Decimal::new(9500, 2) - cents).to_string()),
                     rate("JPY", 100, "51.68"),
                 ],
-            );
+            )
+            .await;
         }
         put(
             &store,
             TableKind::Minor,
             "2026-05-15",
             vec![rate("HUF", 100, "26.47")],
-        );
+        )
+        .await;
         store
     }
 
-    #[test]
-    fn empty_store_has_no_tables_and_no_series() {
+    #[tokio::test]
+    async fn empty_store_has_no_tables_and_no_series() {
         let store = Store::open_temporary().unwrap();
-        let data = gather(&store, d("2026-05-22"), true).unwrap();
+        let data = gather(&store, d("2026-05-22"), true).await.unwrap();
         assert!(data.tables.is_empty());
         assert!(data.series.is_empty());
         assert!(data.enrollment_open);
     }
 
-    #[test]
-    fn today_table_with_change_against_the_previous_fixing() {
-        let store = store_with(&["2026-05-20", "2026-05-21", "2026-05-22"]);
-        let data = gather(&store, d("2026-05-22"), false).unwrap();
+    #[tokio::test]
+    async fn today_table_with_change_against_the_previous_fixing() {
+        let store = store_with(&["2026-05-20", "2026-05-21", "2026-05-22"]).await;
+        let data = gather(&store, d("2026-05-22"), false).await.unwrap();
         let main = &data.tables[0];
         assert_eq!(main.kind, TableKind::Main);
         assert_eq!(main.date, d("2026-05-22"));
@@ -238,15 +241,15 @@ mod tests {
         assert_eq!((minor.date, minor.previous_date), (d("2026-05-15"), None));
         assert_eq!(minor.rows[0].change, None);
         // The fixing in force on a later date (a weekend) is still Friday's.
-        let sunday = gather(&store, d("2026-05-24"), false).unwrap();
+        let sunday = gather(&store, d("2026-05-24"), false).await.unwrap();
         assert_eq!(sunday.tables[0].date, d("2026-05-22"));
     }
 
-    #[test]
-    fn series_has_one_point_per_stored_date_within_90_days() {
+    #[tokio::test]
+    async fn series_has_one_point_per_stored_date_within_90_days() {
         // The window is 2026-02-21..=2026-05-21 (90 days ending at the newest fixing).
-        let store = store_with(&["2026-02-20", "2026-02-21", "2026-04-01", "2026-05-21"]);
-        let data = gather(&store, d("2026-05-22"), true).unwrap();
+        let store = store_with(&["2026-02-20", "2026-02-21", "2026-04-01", "2026-05-21"]).await;
+        let data = gather(&store, d("2026-05-22"), true).await.unwrap();
         let dates: Vec<_> = data.series.iter().map(|p| p.date.to_string()).collect();
         assert_eq!(dates, ["2026-02-21", "2026-04-01", "2026-05-21"]);
         assert_eq!(data.series[2].usd.unwrap().to_string(), "82.03");
@@ -265,10 +268,10 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn page_shows_the_stored_fixing_and_one_chart_point_per_date() {
-        let store = store_with(&["2026-02-20", "2026-02-21", "2026-04-01", "2026-05-21"]);
-        let data = gather(&store, d("2026-05-22"), true).unwrap();
+    #[tokio::test]
+    async fn page_shows_the_stored_fixing_and_one_chart_point_per_date() {
+        let store = store_with(&["2026-02-20", "2026-02-21", "2026-04-01", "2026-05-21"]).await;
+        let data = gather(&store, d("2026-05-22"), true).await.unwrap();
         let html = crate::http::pages::index(&data);
         // The table: the values stored for the newest fixing, changes against the one before.
         assert!(
@@ -302,10 +305,10 @@ mod tests {
         assert!(html.contains("href=\"/api/v1/oauth/connect\""));
     }
 
-    #[test]
-    fn page_without_a_fixing_says_so_and_escapes() {
+    #[tokio::test]
+    async fn page_without_a_fixing_says_so_and_escapes() {
         let store = Store::open_temporary().unwrap();
-        let data = gather(&store, d("2026-05-22"), false).unwrap();
+        let data = gather(&store, d("2026-05-22"), false).await.unwrap();
         let html = crate::http::pages::index(&data);
         assert!(
             html.contains("No Bank of Albania fixing is stored yet."),

@@ -25,20 +25,15 @@ struct StateLabels {
 /// # Errors
 /// Store failure.
 pub async fn render(ctx: &std::sync::Arc<Ctx>) -> Result<String, super::ApiError> {
-    // Reads the company snapshot (maybe a full pass) and the store: on the blocking pool.
-    let c = ctx.clone();
-    match tokio::task::spawn_blocking(move || render_now(&c)).await {
-        Ok(r) => r.map_err(super::ApiError::from),
-        Err(e) => Err(super::ApiError::internal(format!("rendering metrics: {e}"))),
-    }
+    render_now(ctx).await.map_err(super::ApiError::from)
 }
 
-fn render_now(ctx: &Ctx) -> Result<String, crate::store::Error> {
+async fn render_now(ctx: &Ctx) -> Result<String, crate::store::Error> {
     let mut extra = Registry::with_prefix("boa_exchange");
     let fixing = Family::<TableLabels, Gauge>::default();
     let today = ctx.today();
     for kind in [TableKind::Main, TableKind::Minor] {
-        if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
+        if let Some(t) = ctx.store.table_on_or_before(kind, today).await? {
             let secs = t
                 .table
                 .date
@@ -57,7 +52,7 @@ fn render_now(ctx: &Ctx) -> Result<String, crate::store::Error> {
         "Date of the newest stored fixing per table (Unix time of its midnight UTC)",
         fixing,
     );
-    let snapshot = ctx.companies_snapshot()?;
+    let snapshot = ctx.companies_snapshot().await?;
     let states = Family::<StateLabels, Gauge>::default();
     for (state, n) in [
         ("connected", snapshot.counts.connected),
@@ -83,6 +78,15 @@ fn render_now(ctx: &Ctx) -> Result<String, crate::store::Error> {
         "bad_records_seen",
         "Undecodable stored records met since the daemon started",
         bad_seen,
+    );
+    let leader = Gauge::<i64>::default();
+    leader.set(i64::from(
+        ctx.role.get() == crate::scheduler::lead::Role::Leader,
+    ));
+    extra.register(
+        "leader",
+        "1 when this node runs the schedule (the leader; always on sled), 0 on a standby",
+        leader,
     );
     // A formatting error into a String cannot happen; answer an empty body rather than panic.
     Ok(ctx.metrics.encode(&extra).unwrap_or_default())

@@ -131,7 +131,7 @@ pub async fn import_connections(state: &Arc<Ctx>, args: &Value) -> OpResult {
     let mut work = Vec::new();
     let mut seen = HashSet::new();
     for (i, &(n, text)) in lines.iter().enumerate() {
-        match plan_line(state, n, text, key.as_ref(), dry_run, &mut seen)? {
+        match plan_line(state, n, text, key.as_ref(), dry_run, &mut seen).await? {
             Planned::Answered(v) => results[i] = Some(v),
             Planned::TakeOver(t) => work.push((i, t)),
         }
@@ -188,7 +188,7 @@ enum Planned {
 
 /// Parses, checks and decrypts one line (`seen`: the realms of earlier lines); a dry run
 /// stops here.
-fn plan_line(
+async fn plan_line(
     state: &Ctx,
     n: u64,
     text: &str,
@@ -238,7 +238,8 @@ fn plan_line(
     }
     if state
         .store
-        .company(&l.realm)?
+        .company(&l.realm)
+        .await?
         .is_some_and(|c| c.is_connected())
     {
         return Ok(Planned::Answered(skipped(

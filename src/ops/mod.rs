@@ -101,6 +101,8 @@ pub struct Ctx {
     pub engine: Arc<SyncEngine>,
     /// The scheduler.
     pub scheduler: Arc<Scheduler>,
+    /// Whether this node runs the schedule (leader) or stands by (SPEC §13).
+    pub role: Arc<crate::scheduler::lead::RoleCell>,
     /// Access tokens and Intuit OAuth.
     pub tokens: Arc<TokenManager>,
     /// Connecting, taking over and disconnecting companies.
@@ -161,10 +163,12 @@ impl Ctx {
     ///
     /// # Errors
     /// Store failure while recomputing.
-    pub fn companies_snapshot(
+    pub async fn companies_snapshot(
         &self,
     ) -> Result<Arc<snapshot::CompanySnapshot>, crate::store::Error> {
-        self.snapshot.get(&self.store, &self.config(), self.now())
+        self.snapshot
+            .get(&self.store, &self.config(), self.now())
+            .await
     }
 
     /// The accounting API client for the current config.
@@ -194,7 +198,7 @@ pub fn parse_date(name: &str, s: &str) -> Result<NaiveDate, ApiError> {
 ///
 /// # Errors
 /// Store failure (the caller answers `unhealthy`).
-pub fn health_reasons(
+pub async fn health_reasons(
     ctx: &Ctx,
     companies: &CompanySnapshot,
 ) -> Result<Vec<String>, crate::store::Error> {
@@ -204,14 +208,14 @@ pub fn health_reasons(
     let now = ctx.now();
     let today = ctx.today();
     if config.schedule.enabled {
-        let holidays = ctx.archive.holidays()?;
+        let holidays = ctx.archive.holidays().await?;
         let mut expected = last_business_day_publication(now, tz, config.schedule.give_up_at);
         let mut guard = 0;
         while holidays.contains(&expected) && guard < 31 {
             expected = previous_business_day(expected);
             guard += 1;
         }
-        match ctx.store.table_on_or_before(TableKind::Main, today)? {
+        match ctx.store.table_on_or_before(TableKind::Main, today).await? {
             None => reasons.push("no BoA fixing is stored".to_string()),
             Some(t) if t.table.date < expected => reasons.push(format!(
                 "the newest BoA fixing is dated {}; the fixing of {expected} should be stored by now",
@@ -243,7 +247,7 @@ pub fn health_reasons(
                 .join(", ")
         ));
     }
-    if let Some(last) = ctx.archive.scrapes(1)?.first() {
+    if let Some(last) = ctx.archive.scrapes(1).await?.first() {
         if !last.success {
             reasons.push(format!(
                 "the last BoA scrape failed at {}: {}",
@@ -270,6 +274,8 @@ pub enum HealthAnswer {
         last_sync: Option<String>,
         /// Why it is degraded (empty when healthy).
         reasons: Vec<String>,
+        /// `leader` or `standby` (SPEC §13; a sled daemon is its own leader).
+        role: String,
         /// `healthy` or `degraded`.
         status: String,
         /// All companies.
@@ -279,15 +285,18 @@ pub enum HealthAnswer {
     Unhealthy {
         /// Why.
         reasons: Vec<String>,
+        /// `leader` or `standby`.
+        role: String,
         /// `unhealthy`.
         status: String,
     },
 }
 
 impl HealthAnswer {
-    fn unhealthy(why: String) -> HealthAnswer {
+    fn unhealthy(why: String, role: &str) -> HealthAnswer {
         HealthAnswer::Unhealthy {
             reasons: vec![why],
+            role: role.into(),
             status: "unhealthy".into(),
         }
     }
@@ -308,43 +317,44 @@ fn health_word(reasons: &[String]) -> String {
 /// cannot be read.
 ///
 /// The snapshot it reads may need the store's first pass over the companies (the first
-/// request after start): that runs on the blocking pool, never on an async worker.
+/// request after start): the store runs that on the blocking pool, never on an async worker.
 pub async fn health(ctx: &Arc<Ctx>) -> (u16, HealthAnswer) {
-    let c = ctx.clone();
-    match tokio::task::spawn_blocking(move || health_now(&c)).await {
-        Ok(answer) => answer,
-        Err(e) => (
-            503,
-            HealthAnswer::unhealthy(format!("health check failed: {e}")),
-        ),
-    }
+    health_now(ctx).await
 }
 
-fn health_now(ctx: &Ctx) -> (u16, HealthAnswer) {
-    let result = ctx.companies_snapshot().and_then(|snapshot| {
-        let reasons = health_reasons(ctx, &snapshot)?;
-        Ok((snapshot, reasons))
-    });
+async fn health_now(ctx: &Ctx) -> (u16, HealthAnswer) {
+    let result = async {
+        let snapshot = ctx.companies_snapshot().await?;
+        let reasons = health_reasons(ctx, &snapshot).await?;
+        Ok::<_, crate::store::Error>((snapshot, reasons))
+    }
+    .await;
+    let role = ctx.role.get().as_str().to_string();
+    let read = |snapshot: &snapshot::CompanySnapshot, reasons: Vec<String>| {
+        let counts = &snapshot.counts;
+        HealthAnswer::Read {
+            active_companies: counts.active,
+            companies_with_expired_tokens: counts.reconnect_needed,
+            last_sync: counts.last_sync.map(rfc3339),
+            status: health_word(&reasons),
+            reasons,
+            role: role.clone(),
+            total_companies: counts.total,
+        }
+    };
     match result {
-        Ok((snapshot, reasons)) => {
-            let counts = &snapshot.counts;
-            (
-                200,
-                HealthAnswer::Read {
-                    active_companies: counts.active,
-                    companies_with_expired_tokens: counts.reconnect_needed,
-                    last_sync: counts.last_sync.map(rfc3339),
-                    status: health_word(&reasons),
-                    reasons,
-                    total_companies: counts.total,
-                },
-            )
+        Ok((snapshot, reasons)) => (200, read(&snapshot, reasons)),
+        Err(e) if e.is_unavailable() => {
+            // The database is away (SPEC §13): the daemon goes on; the counts last read.
+            tracing::warn!(error = %e, "health: the store is unavailable");
+            let last = ctx.snapshot.last().unwrap_or_default();
+            (200, read(&last, vec![format!("store unavailable: {e}")]))
         }
         Err(e) => {
             tracing::error!(error = %e, "health: store unreadable");
             (
                 503,
-                HealthAnswer::unhealthy(format!("store unreadable: {e}")),
+                HealthAnswer::unhealthy(format!("store unreadable: {e}"), &role),
             )
         }
     }
@@ -373,6 +383,8 @@ pub struct StatusAnswer {
     pub last_sync: Option<String>,
     /// The daemon's process id.
     pub pid: u32,
+    /// `leader` or `standby` (SPEC §13; a sled daemon is its own leader).
+    pub role: String,
     /// The daily run.
     pub schedule: Schedule,
     /// RFC 3339 UTC.
@@ -486,9 +498,11 @@ impl ScheduledRun {
 /// `status.store`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStatus {
+    /// `sled` or `postgres`.
+    pub backend: String,
     /// Stored fixing tables.
     pub fixing_tables: usize,
-    /// The store's folder.
+    /// The store's folder, or the database URL without its password.
     pub path: String,
     /// Its schema.
     pub schema_version: u32,
@@ -515,14 +529,14 @@ pub struct SyncAllProgress {
 ///
 /// # Errors
 /// Store failure.
-pub fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
-    let snapshot = ctx.companies_snapshot()?;
+pub async fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
+    let snapshot = ctx.companies_snapshot().await?;
     let counts = &snapshot.counts;
-    let reasons = health_reasons(ctx, &snapshot)?;
+    let reasons = health_reasons(ctx, &snapshot).await?;
     let today = ctx.today();
     let mut last_fixing = BTreeMap::new();
     for kind in [TableKind::Main, TableKind::Minor] {
-        if let Some(t) = ctx.store.table_on_or_before(kind, today)? {
+        if let Some(t) = ctx.store.table_on_or_before(kind, today).await? {
             let last = LastFixing {
                 date: t.table.date.to_string(),
                 published_time: t
@@ -563,13 +577,15 @@ pub fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
         last_fixing,
         last_sync: counts.last_sync.map(rfc3339),
         pid: std::process::id(),
-        schedule: schedule(ctx, &config),
+        role: ctx.role.get().as_str().into(),
+        schedule: schedule(ctx, &config).await,
         started_at: rfc3339(ctx.started_at),
         store: StoreStatus {
-            fixing_tables: store.table_count(),
-            path: store.path().display().to_string(),
+            backend: store.backend().into(),
+            fixing_tables: store.table_count().await?,
+            path: store.location(),
             schema_version: store.schema_version(),
-            size_bytes: store.size_on_disk(),
+            size_bytes: store.size_on_disk().await,
         },
         sync_all: sync_all_progress(ctx),
         uptime_secs: (ctx.now() - ctx.started_at).num_seconds(),
@@ -577,13 +593,13 @@ pub fn status(ctx: &Ctx) -> OpResult<StatusAnswer> {
     })
 }
 
-fn schedule(ctx: &Ctx, config: &Config) -> Schedule {
+async fn schedule(ctx: &Ctx, config: &Config) -> Schedule {
     let s = &ctx.scheduler;
     Schedule {
         clock_seen: s.clock_seen().map(rfc3339),
         enabled: config.schedule.enabled,
-        last_failed_run: s.last_failed_run().map(|r| ScheduledRun::of(&r)),
-        last_run: s.last_run().map(|r| ScheduledRun::of(&r)),
+        last_failed_run: s.last_failed_run().await.map(|r| ScheduledRun::of(&r)),
+        last_run: s.last_run().await.map(|r| ScheduledRun::of(&r)),
         next_run: s.next_run().map(rfc3339),
         time: config.schedule.time.format("%H:%M").to_string(),
         timezone: config.schedule.timezone.name().into(),
@@ -628,6 +644,7 @@ mod tests {
                 "companies_with_expired_tokens": 1,
                 "last_sync": last_sync,
                 "reasons": reasons,
+                "role": "leader",
             });
             let typed = HealthAnswer::Read {
                 active_companies: 3,
@@ -635,12 +652,16 @@ mod tests {
                 last_sync: last_sync.map(str::to_string),
                 status: health_word(&reasons),
                 reasons,
+                role: "leader".into(),
                 total_companies: 4,
             };
             assert_wire_json(&typed, &old);
         }
-        let old = json!({"status": "unhealthy", "reasons": [format!("store unreadable: {}", "x")]});
-        assert_wire_json(&HealthAnswer::unhealthy("store unreadable: x".into()), &old);
+        let old = json!({"status": "unhealthy", "role": "standby", "reasons": [format!("store unreadable: {}", "x")]});
+        assert_wire_json(
+            &HealthAnswer::unhealthy("store unreadable: x".into(), "standby"),
+            &old,
+        );
     }
 
     /// `status` from the same values as the old `json!` (its layout verbatim), with and
@@ -708,6 +729,7 @@ mod tests {
                 last_fixing,
                 last_sync: opt("2026-05-22T13:00:09Z"),
                 pid: 4242,
+                role: "leader".into(),
                 schedule: Schedule {
                     clock_seen: opt("2026-05-22T13:00:00Z"),
                     enabled: full,
@@ -719,6 +741,7 @@ mod tests {
                 },
                 started_at: "2026-05-20T08:00:00Z".into(),
                 store: StoreStatus {
+                    backend: "sled".into(),
                     fixing_tables: 5490,
                     path: "/var/lib/boa-exchange".into(),
                     schema_version: 2,
@@ -738,12 +761,14 @@ mod tests {
             let old = json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": 4242,
+                "role": "leader",
                 "started_at": "2026-05-20T08:00:00Z",
                 "uptime_secs": 3600,
                 "environment": "production",
                 "http_listen": "127.0.0.1:8080",
                 "control_socket": "/run/boa-exchange/control.sock",
                 "store": {
+                    "backend": "sled",
                     "path": "/var/lib/boa-exchange",
                     "schema_version": 2,
                     "size_bytes": 1u64 << 33,

@@ -107,15 +107,15 @@ fn source(s: &FixingSource) -> (String, String) {
 ///
 /// # Errors
 /// 400 bad date, 422 no fixing in force (naming the nearest).
-pub fn answer(ctx: &Ctx, date: Option<&str>) -> OpResult<RatesAnswer> {
+pub async fn answer(ctx: &Ctx, date: Option<&str>) -> OpResult<RatesAnswer> {
     let resolved = match date {
-        None => ctx.archive.latest()?.ok_or_else(|| {
+        None => ctx.archive.latest().await?.ok_or_else(|| {
             ApiError::from(archive::Error::NoFixing {
                 date: ctx.today(),
                 why: NoFixing::Empty,
             })
         })?,
-        Some(s) => ctx.archive.resolve(parse_date("date", s)?)?,
+        Some(s) => ctx.archive.resolve(parse_date("date", s)?).await?,
     };
     Ok(RatesAnswer::of(&resolved, ctx.config().schedule.timezone))
 }
@@ -355,10 +355,11 @@ impl ScrapeEntry {
 ///
 /// # Errors
 /// Store failure.
-pub fn scrapes(ctx: &Ctx, limit: usize) -> OpResult<Vec<ScrapeEntry>> {
+pub async fn scrapes(ctx: &Ctx, limit: usize) -> OpResult<Vec<ScrapeEntry>> {
     Ok(ctx
         .archive
-        .scrapes(limit)?
+        .scrapes(limit)
+        .await?
         .iter()
         .map(ScrapeEntry::of)
         .collect())

@@ -41,7 +41,7 @@ impl CompanySnapshot {
     ///
     /// # Errors
     /// sled failure (the tally's first pass).
-    pub fn compute(
+    pub async fn compute(
         store: &Store,
         config: &Config,
         now: DateTime<Utc>,
@@ -51,7 +51,7 @@ impl CompanySnapshot {
         let generation = store.companies_generation();
         let stale_before = crate::alerts::stale_before(now, config.schedule.timezone);
         Ok(CompanySnapshot {
-            counts: store.company_tally(stale_before)?,
+            counts: store.company_tally(stale_before).await?,
             taken_at: now,
             generation,
         })
@@ -68,7 +68,7 @@ pub struct SnapshotHolder {
     current: Mutex<Option<Arc<CompanySnapshot>>>,
     /// Held while recomputing, so concurrent callers wait for one scan instead of each
     /// running their own.
-    computing: Mutex<()>,
+    computing: tokio::sync::Mutex<()>,
     /// How many scans were made (tests, and a debugging aid).
     computations: AtomicU64,
 }
@@ -84,7 +84,7 @@ impl SnapshotHolder {
     ///
     /// # Errors
     /// sled failure during a recomputation.
-    pub fn get(
+    pub async fn get(
         &self,
         store: &Store,
         config: &Config,
@@ -93,12 +93,12 @@ impl SnapshotHolder {
         if let Some(s) = self.fresh(store, now) {
             return Ok(s);
         }
-        let _one_at_a_time = lock(&self.computing);
+        let _one_at_a_time = self.computing.lock().await;
         // Someone else may have recomputed while this caller waited.
         if let Some(s) = self.fresh(store, now) {
             return Ok(s);
         }
-        let s = Arc::new(CompanySnapshot::compute(store, config, now)?);
+        let s = Arc::new(CompanySnapshot::compute(store, config, now).await?);
         self.computations.fetch_add(1, Ordering::Relaxed);
         *lock(&self.current) = Some(s.clone());
         Ok(s)
@@ -110,6 +110,12 @@ impl SnapshotHolder {
             .as_ref()
             .filter(|s| s.fresh(generation, now))
             .cloned()
+    }
+
+    /// The snapshot last computed, however old (what `/health` shows while the store is
+    /// unavailable).
+    pub fn last(&self) -> Option<CompanySnapshot> {
+        lock(&self.current).as_deref().cloned()
     }
 
     /// How many times the snapshot was computed.
@@ -139,7 +145,7 @@ mod tests {
             store.save_company(&company(r)).await.unwrap();
         }
         let h = SnapshotHolder::new();
-        let s = h.get(&store, &config, now).unwrap();
+        let s = h.get(&store, &config, now).await.unwrap();
         assert_eq!(
             (s.counts.total, s.counts.active, s.counts.reconnect_needed),
             (3, 3, 0)
@@ -148,7 +154,7 @@ mod tests {
         // No change, within MAX_AGE: reused.
         for i in 0..10 {
             let later = now + chrono::Duration::milliseconds(i * 100);
-            let again = h.get(&store, &config, later).unwrap();
+            let again = h.get(&store, &config, later).await.unwrap();
             assert!(Arc::ptr_eq(&s, &again));
         }
         assert_eq!(h.computations(), 1);
@@ -163,25 +169,40 @@ mod tests {
             })
             .await
             .unwrap();
-        let s = h.get(&store, &config, now).unwrap();
+        let s = h.get(&store, &config, now).await.unwrap();
         assert_eq!(s.counts.reconnect_needed, 1);
         assert_eq!(h.computations(), 2);
         store
             .update_company_unflushed("3", |c| c.sync_enabled = false)
+            .await
             .unwrap();
-        assert_eq!(h.get(&store, &config, now).unwrap().counts.sync_disabled, 1);
+        assert_eq!(
+            h.get(&store, &config, now)
+                .await
+                .unwrap()
+                .counts
+                .sync_disabled,
+            1
+        );
         let mut gone = company("1");
         gone.is_active = false;
         store.save_company_without_tokens(&gone).await.unwrap();
-        assert_eq!(h.get(&store, &config, now).unwrap().counts.disconnected, 1);
+        assert_eq!(
+            h.get(&store, &config, now)
+                .await
+                .unwrap()
+                .counts
+                .disconnected,
+            1
+        );
         store.remove_company("1").await.unwrap();
-        assert_eq!(h.get(&store, &config, now).unwrap().counts.total, 2);
+        assert_eq!(h.get(&store, &config, now).await.unwrap().counts.total, 2);
         let t = crate::store::tests::tokens("rt");
         store
             .save_company_and_tokens(&company("4"), &t)
             .await
             .unwrap();
-        assert_eq!(h.get(&store, &config, now).unwrap().counts.total, 3);
+        assert_eq!(h.get(&store, &config, now).await.unwrap().counts.total, 3);
         assert_eq!(h.computations(), 6);
         // A write that changes nothing company-related (a fixing, a log) does not.
         store
@@ -189,8 +210,9 @@ mod tests {
                 "4",
                 &crate::store::records::LogRecord::connection(now, true, "x", vec![]),
             )
+            .await
             .unwrap();
-        h.get(&store, &config, now).unwrap();
+        h.get(&store, &config, now).await.unwrap();
         assert_eq!(h.computations(), 6);
         // Older than MAX_AGE: recomputed even without a change.
         h.get(
@@ -198,11 +220,12 @@ mod tests {
             &config,
             now + MAX_AGE + chrono::Duration::seconds(1),
         )
+        .await
         .unwrap();
         assert_eq!(h.computations(), 7);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_callers_share_one_recomputation() {
         let store = Arc::new(Store::open_temporary().unwrap());
         for i in 0..200 {
@@ -216,11 +239,13 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (h, store) = (h.clone(), store.clone());
-                std::thread::spawn(move || h.get(&store, &config(), now).unwrap().counts.total)
+                tokio::spawn(
+                    async move { h.get(&store, &config(), now).await.unwrap().counts.total },
+                )
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap(), 200);
+            assert_eq!(t.await.unwrap(), 200);
         }
         assert_eq!(h.computations(), 1);
     }

@@ -14,10 +14,10 @@ use crate::sync::{Outcome, RunEntry, RunReport, Scope};
 ///
 /// # Errors
 /// 400 for a malformed date.
-pub fn target_date(ctx: &Ctx, param: Option<&str>) -> Result<NaiveDate, ApiError> {
+pub async fn target_date(ctx: &Ctx, param: Option<&str>) -> Result<NaiveDate, ApiError> {
     match param.filter(|p| !p.is_empty()) {
         Some(p) => parse_date("target_date", p),
-        None => Ok(ctx.engine.default_date()),
+        None => Ok(ctx.engine.default_date().await),
     }
 }
 
@@ -73,10 +73,10 @@ impl SyncAnswer {
 /// 400 bad date, 404 unknown company, 409 sync disabled / reconnect needed, 422 no fixing,
 /// 502 QuickBooks failure.
 pub async fn sync_one(ctx: &Arc<Ctx>, realm: &str, date: Option<&str>) -> OpResult<SyncAnswer> {
-    if ctx.store.company(realm)?.is_none() {
+    if ctx.store.company(realm).await?.is_none() {
         return Err(ApiError::unknown_company(realm));
     }
-    let date = target_date(ctx, date)?;
+    let date = target_date(ctx, date).await?;
     let engine = ctx.engine.clone();
     let realm = realm.to_string();
     let outcome = ctx
@@ -92,7 +92,7 @@ pub async fn sync_one(ctx: &Arc<Ctx>, realm: &str, date: Option<&str>) -> OpResu
 /// # Errors
 /// 400 bad date; 409 a run for another date is in progress.
 pub async fn sync_all(ctx: &Ctx, date: Option<&str>) -> Result<AllAnswerText, ApiError> {
-    let date = target_date(ctx, date)?;
+    let date = target_date(ctx, date).await?;
     let report = ctx.engine.sync_all(date, Scope::All).await?;
     Ok(AllAnswerText(report))
 }

@@ -126,20 +126,51 @@ impl TokenManager {
         // the fresh token from the store.
         let lock = self.lock_for(realm);
         let _guard = lock.lock().await;
-        let company = self.store.company(realm)?.ok_or(TokenError::NotConnected)?;
+        let company = self
+            .store
+            .company(realm)
+            .await?
+            .ok_or(TokenError::NotConnected)?;
         match company.connection {
             Connection::Connected if company.is_active => {}
             Connection::ReconnectNeeded { .. } => return Err(TokenError::ReconnectNeeded),
             _ => return Err(TokenError::NotConnected),
         }
-        let tokens = self.store.tokens(realm)?.ok_or(TokenError::NotConnected)?;
+        // The store's token lock (on PostgreSQL a row lock every node honours) is held from
+        // reading the tokens to storing their rotation: a caller that waited for another
+        // node's refresh reads the rotated tokens, finds them fresh and does not refresh.
+        let mut refreshed: Option<(TokenSet, Option<String>)> = None;
         let now = self.clock.now();
-        let stale = tokens.expiry.access_expires_at - now < REFRESH_SKEW;
-        let was_rejected = rejected.is_some_and(|r| r == tokens.access_token);
-        if !(force || stale || was_rejected) {
-            return Ok(tokens.access_token);
+        let outcome = self
+            .store
+            .with_token_lock(realm, |tokens| {
+                let refreshed = &mut refreshed;
+                async move {
+                    let stale = tokens.expiry.access_expires_at - now < REFRESH_SKEW;
+                    let was_rejected = rejected.is_some_and(|r| r == tokens.access_token);
+                    if !(force || stale || was_rejected) {
+                        return Ok(None);
+                    }
+                    let (new, tid) = self
+                        .refresh_with_retries(
+                            &tokens.refresh_token,
+                            tokens.expiry.hard_expires_at,
+                            now,
+                        )
+                        .await?;
+                    *refreshed = Some((tokens, tid));
+                    Ok(Some(new))
+                }
+            })
+            .await?;
+        match outcome {
+            None => Err(TokenError::NotConnected),
+            Some(Ok(current)) => match refreshed {
+                Some((old, tid)) => self.stored_rotation(realm, &old, current, tid).await,
+                None => Ok(current.access_token),
+            },
+            Some(Err(e)) => self.refresh_failed(realm, e).await,
         }
-        self.refresh_locked(realm, &tokens, now).await
     }
 
     /// One refresh at Intuit, transient failures (network, 5xx) retried twice with backoff.
@@ -166,70 +197,68 @@ impl TokenManager {
         }
     }
 
-    async fn refresh_locked(
+    /// After the store holds `new` (rotated from `old`): the expiries on the company's
+    /// current record (compare-and-swap, so a settings change made meanwhile is kept), which
+    /// flushes the tokens with it on sled, before anyone uses the new access token.
+    async fn stored_rotation(
         &self,
         realm: &str,
-        tokens: &TokenSet,
-        now: DateTime<Utc>,
+        old: &TokenSet,
+        new: TokenSet,
+        tid: Option<String>,
     ) -> Result<String, TokenError> {
-        let result = self
-            .refresh_with_retries(&tokens.refresh_token, tokens.expiry.hard_expires_at, now)
-            .await;
-        match result {
-            Ok((new, tid)) => {
-                // Stored and flushed before anyone uses the new access token: the tokens
-                // first, then the expiries on the company's current record (compare-and-swap,
-                // so a settings change made meanwhile is kept), one flush for both.
-                self.store.put_tokens_unflushed(realm, &new)?;
-                let expiry = new.expiry.clone();
-                let now = self.clock.now();
-                self.store
-                    .update_company(realm, |c| {
-                        c.tokens = Some(expiry.clone());
-                        c.updated_at = now;
-                    })
-                    .await?;
-                self.metrics.refresh(RefreshOutcome::Success);
-                let rotated = new.refresh_token != tokens.refresh_token;
-                tracing::info!(
-                    realm_id = realm,
-                    rotated,
-                    intuit_tid = tid.as_deref().unwrap_or(""),
-                    "Company {realm}: token refreshed"
-                );
-                Ok(new.access_token)
-            }
-            Err(e) if e.is_invalid_grant() => {
-                self.metrics.refresh(RefreshOutcome::InvalidGrant);
-                tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
-                let now = self.clock.now();
-                self.store.append_log(
-                    realm,
-                    &LogRecord::connection(
-                        now,
-                        false,
-                        format!("token refresh failed: {e}; reconnect needed"),
-                        vec![],
-                    ),
-                )?;
-                let reason = e.to_string();
-                self.store
-                    .update_company(realm, |c| {
-                        c.connection = Connection::ReconnectNeeded {
-                            since: now,
-                            reason: reason.clone(),
-                        };
-                        c.updated_at = now;
-                    })
-                    .await?;
-                Err(TokenError::ReconnectNeeded)
-            }
-            Err(e) => {
-                self.metrics.refresh(RefreshOutcome::Failure);
-                tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
-                Err(TokenError::Upstream(e))
-            }
+        let expiry = new.expiry.clone();
+        let now = self.clock.now();
+        self.store
+            .update_company(realm, |c| {
+                c.tokens = Some(expiry.clone());
+                c.updated_at = now;
+            })
+            .await?;
+        self.metrics.refresh(RefreshOutcome::Success);
+        let rotated = new.refresh_token != old.refresh_token;
+        tracing::info!(
+            realm_id = realm,
+            rotated,
+            intuit_tid = tid.as_deref().unwrap_or(""),
+            "Company {realm}: token refreshed"
+        );
+        Ok(new.access_token)
+    }
+
+    /// A refresh Intuit refused (`invalid_grant`: the company needs a reconnect, recorded)
+    /// or that failed for good after its retries.
+    async fn refresh_failed(&self, realm: &str, e: Error) -> Result<String, TokenError> {
+        if !e.is_invalid_grant() {
+            self.metrics.refresh(RefreshOutcome::Failure);
+            tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
+            return Err(TokenError::Upstream(e));
         }
+        self.metrics.refresh(RefreshOutcome::InvalidGrant);
+        tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
+        let now = self.clock.now();
+        self.store
+            .append_log(
+                realm,
+                &LogRecord::connection(
+                    now,
+                    false,
+                    format!("token refresh failed: {e}; reconnect needed"),
+                    vec![],
+                ),
+            )
+            .await?;
+        let reason = e.to_string();
+        self.store
+            .update_company(realm, |c| {
+                c.connection = Connection::ReconnectNeeded {
+                    since: now,
+                    reason: reason.clone(),
+                };
+                c.updated_at = now;
+            })
+            .await?;
+        Err(TokenError::ReconnectNeeded)
     }
 
     /// One keep-alive pass: refreshes every active, connected company whose grant was not
@@ -242,15 +271,17 @@ impl TokenManager {
         let now = self.clock.now();
         // The realms due, one record decoded at a time (not every record at once).
         let mut due = Vec::new();
-        self.store.each_company(|c| {
-            let stale = c.tokens.as_ref().is_some_and(|t| {
-                now - t.refreshed_at > KEEP_ALIVE_AFTER
-                    || t.refresh_expires_at - now < chrono::Duration::days(30)
-            });
-            if c.is_connected() && stale {
-                due.push(c.realm_id);
-            }
-        })?;
+        self.store
+            .each_company(|c| {
+                let stale = c.tokens.as_ref().is_some_and(|t| {
+                    now - t.refreshed_at > KEEP_ALIVE_AFTER
+                        || t.refresh_expires_at - now < chrono::Duration::days(30)
+                });
+                if c.is_connected() && stale {
+                    due.push(c.realm_id);
+                }
+            })
+            .await?;
         let mut n = 0;
         for realm in due {
             if self.force_refresh(&realm).await.is_ok() {

@@ -2,4 +2,5 @@
 //! polling, catch-up, keep-alive and the watchdog. Its calendar arithmetic is the leaf
 //! [`crate::time::calendar`]; "now" comes from the injected [`crate::time::clock::Clock`].
 
+pub mod lead;
 pub mod runner;

@@ -157,15 +157,20 @@ impl Scheduler {
     }
 
     /// The last daily run that completed, as stored.
-    pub fn last_run(&self) -> Option<RunRecord> {
-        self.store.meta_get(META_LAST_RUN).ok().flatten()
+    pub async fn last_run(&self) -> Option<RunRecord> {
+        self.store.meta_get(META_LAST_RUN).await.ok().flatten()
     }
 
     /// The last daily run recorded as failed (it met undecodable records), if newer than
     /// the last completed one.
-    pub fn last_failed_run(&self) -> Option<RunRecord> {
-        let failed: Option<RunRecord> = self.store.meta_get(META_LAST_FAILED_RUN).ok().flatten();
-        match (failed, self.last_run()) {
+    pub async fn last_failed_run(&self) -> Option<RunRecord> {
+        let failed: Option<RunRecord> = self
+            .store
+            .meta_get(META_LAST_FAILED_RUN)
+            .await
+            .ok()
+            .flatten();
+        match (failed, self.last_run().await) {
             (Some(f), Some(ok)) if f.date <= ok.date => None,
             (f, _) => f,
         }
@@ -247,6 +252,7 @@ impl Scheduler {
                     match self
                         .store
                         .each_company(|c| self.alerts.check_company(&c, &config))
+                        .await
                     {
                         Ok(bad) => self.alerts.check_bad_records(&bad),
                         Err(e) => {
@@ -307,7 +313,7 @@ impl Scheduler {
         let now = self.now();
         let today = local_date(now, tz);
         let todays_run = local_instant(today, config.schedule.time, tz);
-        let done = self.last_run().map(|r| r.date);
+        let done = self.last_run().await.map(|r| r.date);
         // Refresh the archive so catch-up sees the newest fixing. The dates before today go
         // first: the missed run for today is the newest date, so it comes last.
         if watched(token, self.archive.fetch(false)).await.is_none()
@@ -328,9 +334,9 @@ impl Scheduler {
     pub async fn daily_run(&self, token: &CancellationToken, date: NaiveDate) {
         let started_at = self.now();
         notify::status(&format!("daily run for {date}"));
-        let holidays = self.archive.holidays().unwrap_or_default();
+        let holidays = self.archive.holidays().await.unwrap_or_default();
         let business = is_business_day(date) && !holidays.contains(&date);
-        let mut have = self.archive.has_main(date);
+        let mut have = self.archive.has_main(date).await;
         // Whether a fetch of this run read the page (so a missing fixing means "none published").
         let mut page_read = false;
         if !have {
@@ -339,7 +345,7 @@ impl Scheduler {
                 Some(Ok(_)) => page_read = true,
                 None => {}
             }
-            have = self.archive.has_main(date);
+            have = self.archive.has_main(date).await;
         }
         let mut found = if have { Fixing::Stored } else { Fixing::NotYet };
         if business && !have {
@@ -368,7 +374,7 @@ impl Scheduler {
         } else {
             META_LAST_FAILED_RUN
         };
-        if let Err(e) = self.store.meta_put(key, &rec) {
+        if let Err(e) = self.store.meta_put(key, &rec).await {
             tracing::error!(error = %e, "recording the daily run failed");
         }
         let _ = self.store.flush().await;
@@ -396,7 +402,7 @@ impl Scheduler {
                 let by = config.schedule.give_up_at.format("%H:%M");
                 if page_read {
                     tracing::warn!(date = %date, "no BoA fixing for {date} by {by}; treating it as a holiday");
-                    if let Err(e) = self.archive.mark_holiday(date) {
+                    if let Err(e) = self.archive.mark_holiday(date).await {
                         tracing::error!(error = %e, "recording the holiday failed");
                     }
                     return Some(Fixing::NoneToday);
@@ -417,7 +423,7 @@ impl Scheduler {
                     Some(Ok(_)) => page_read = true,
                 }
             }
-            if self.archive.has_main(date) {
+            if self.archive.has_main(date).await {
                 return Some(Fixing::Stored);
             }
         }
@@ -433,7 +439,7 @@ impl Scheduler {
                 realms.push(c.realm_id);
             }
         });
-        if let Err(e) = listed {
+        if let Err(e) = listed.await {
             tracing::error!(error = %e, "catch-up: cannot list companies");
             return;
         }
@@ -454,7 +460,7 @@ impl Scheduler {
     /// # Errors
     /// Store failures.
     pub async fn catch_up_company(&self, realm: &str, include_today: bool) -> Result<usize, Error> {
-        let Some(c) = self.store.company(realm)? else {
+        let Some(c) = self.store.company(realm).await? else {
             return Ok(0);
         };
         if !(c.is_active && c.sync_enabled && c.is_connected()) {
@@ -463,17 +469,18 @@ impl Scheduler {
         let tz = self.config().schedule.timezone;
         let today = local_date(self.now(), tz);
         let created = local_date(c.created_at, tz);
-        let received: BTreeSet<NaiveDate> = self.store.synced_dates(realm)?.into_iter().collect();
-        let holidays = self.archive.holidays()?;
+        let received: BTreeSet<NaiveDate> =
+            self.store.synced_dates(realm).await?.into_iter().collect();
+        let holidays = self.archive.holidays().await?;
         let mut dates = Vec::new();
         // Today belongs to the daily run until it has happened; after that, a date of today
         // that is not (or no longer) synced is caught up like any other.
-        let today_done = self.last_run().is_some_and(|r| r.date >= today);
+        let today_done = self.last_run().await.is_some_and(|r| r.date >= today);
         let mut d = today - chrono::Duration::days(CATCH_UP_DAYS);
         while d < today || (today_done && d == today) {
             if d >= created && !received.contains(&d) {
                 let business = is_business_day(d) && !holidays.contains(&d);
-                if (business || c.fill_non_business_days) && self.archive.resolve(d).is_ok() {
+                if (business || c.fill_non_business_days) && self.archive.resolve(d).await.is_ok() {
                     dates.push(d);
                 }
             }
@@ -483,7 +490,7 @@ impl Scheduler {
             }
         }
         if include_today {
-            let t = self.engine.default_date();
+            let t = self.engine.default_date().await;
             if !received.contains(&t) && !dates.contains(&t) {
                 dates.push(t);
             }

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::records::{Company, CompanyRate, LogRecord, PendingAuth, ScrapeRecord, StoredTable};
 use super::snapshot::TreeId;
-use super::{codec, keys, Error, Result, Store, SCHEMA_VERSION};
+use super::{codec, keys, Error, Result, SledStore, SCHEMA_VERSION};
 use crate::crypto::Vault;
 
 /// The header's `format`.
@@ -222,7 +222,7 @@ impl<F: FnMut(Vec<u8>) -> bool> LineSink<F> {
 }
 
 /// Ends the running backup however the walk ends.
-struct EndGuard<'a>(&'a Store);
+struct EndGuard<'a>(&'a SledStore);
 
 impl Drop for EndGuard<'_> {
     fn drop(&mut self) {
@@ -230,7 +230,7 @@ impl Drop for EndGuard<'_> {
     }
 }
 
-impl Store {
+impl SledStore {
     /// Writes a consistent copy of the whole store as backup lines (each with its `\n`) to
     /// `emit`, which returns false to stop (its reader went away). Blocking: run it on a
     /// blocking thread. Writers go on meanwhile (see [`super::snapshot`]); memory does not grow
@@ -748,11 +748,11 @@ mod tests {
     }
 
     /// Two stores sharing one identity, the first filled.
-    fn stores() -> (tempfile::TempDir, Store, Store) {
+    fn stores() -> (tempfile::TempDir, SledStore, SledStore) {
         let dir = tempfile::tempdir().unwrap();
         let id = dir.path().join("identity.txt");
-        let a = Store::open(&dir.path().join("a"), &id).unwrap();
-        let b = Store::open(&dir.path().join("b"), &id).unwrap();
+        let a = SledStore::open(&dir.path().join("a"), &id).unwrap();
+        let b = SledStore::open(&dir.path().join("b"), &id).unwrap();
         for realm in ["1", "2"] {
             let c = company(realm);
             a.insert_company(&a.writer(), &c).unwrap();
@@ -816,7 +816,7 @@ mod tests {
         (dir, a, b)
     }
 
-    fn backup_of(s: &Store, mut during: impl FnMut(&[u8])) -> Vec<u8> {
+    fn backup_of(s: &SledStore, mut during: impl FnMut(&[u8])) -> Vec<u8> {
         let mut out = Vec::new();
         s.backup(Utc::now(), |line| {
             during(&line);
@@ -827,7 +827,7 @@ mod tests {
         out
     }
 
-    fn restore(into: &Store, file: &[u8]) -> Contents {
+    fn restore(into: &SledStore, file: &[u8]) -> Contents {
         let vault = &into.vault;
         read(file, |r| check_record(vault, &r)).unwrap();
         let c = read(file, |r| into.restore_record(&r).map_err(|e| e.to_string())).unwrap();

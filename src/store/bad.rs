@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     /// Undecodable records found by the latest full scan of each tree.
     pub fn bad_records(&self) -> Vec<BadRecord> {
         let known = self.bad();

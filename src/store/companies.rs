@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     // ---------------------------------------------------------------- companies and tokens
     /// One company.
     ///
@@ -14,7 +14,7 @@ impl Store {
     }
 
     /// Every company that decodes, in realm order. Undecodable records are skipped, logged
-    /// and counted (see [`Store::companies_scan`]); one bad record never hides the others.
+    /// and counted (see [`SledStore::companies_scan`]); one bad record never hides the others.
     ///
     /// # Errors
     /// sled failure.
@@ -24,7 +24,7 @@ impl Store {
 
     /// Every company that decodes, in realm order, and the records that do not. Each bad
     /// record is logged with its key the first time a scan meets it, and counted in
-    /// [`Store::bad_records_seen`]; [`Store::bad_records`] lists those of the latest scans.
+    /// [`SledStore::bad_records_seen`]; [`SledStore::bad_records`] lists those of the latest scans.
     ///
     /// # Errors
     /// sled failure (a decode failure is not an error here).
@@ -36,7 +36,7 @@ impl Store {
 
     /// Visits every company that decodes, in realm order, one at a time (nothing is kept:
     /// a caller that only counts or picks a few fields never holds every record at once);
-    /// returns the records that do not decode, noted as by [`Store::companies_scan`].
+    /// returns the records that do not decode, noted as by [`SledStore::companies_scan`].
     ///
     /// # Errors
     /// sled failure (a decode failure is not an error here).
@@ -140,7 +140,7 @@ impl Store {
         Ok(c)
     }
 
-    /// [`Store::update_company`] without the flush, for a caller that flushes once after
+    /// [`SledStore::update_company`] without the flush, for a caller that flushes once after
     /// several writes (a company sync) before acknowledging.
     ///
     /// # Errors

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     // ---------------------------------------------------------------- per-company log
     /// Appends to a company's log (not flushed).
     ///

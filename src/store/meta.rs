@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     /// A daemon-wide value from the meta tree.
     ///
     /// # Errors

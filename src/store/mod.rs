@@ -2,7 +2,7 @@
 //! encrypted tokens, and flush-before-acknowledge.
 //!
 //! The rest of the crate never sees a raw `sled::Tree`; it calls intent-level methods here.
-//! Token plaintext exists only in memory: [`Store::save_tokens`] encrypts with the vault
+//! Token plaintext exists only in memory: [`SledStore::save_tokens`] encrypts with the vault
 //! before anything reaches sled.
 //!
 //! No sled transactions and no `apply_batch`: in sled 0.34 both take a process-wide
@@ -12,8 +12,8 @@
 //! are ordered instead so that any durable prefix is harmless; see each method.
 //!
 //! # Layout
-//! This file holds [`Store`], its errors and the typed get/put/scan every part uses;
-//! `impl Store` continues by concern: `open.rs` (open, lock, schema, migrations),
+//! This file holds [`SledStore`], its errors and the typed get/put/scan every part uses;
+//! `impl SledStore` continues by concern: `open.rs` (open, lock, schema, migrations),
 //! `companies.rs`, `tokens.rs`, `rates.rs` (rates written to companies), `tables.rs` (BoA
 //! fixings), `logs.rs` (log and scrape records), `pending.rs` (OAuth `state`), `meta.rs`
 //! and `bad.rs` (undecodable records). `records.rs` and `codec.rs` are the record types and
@@ -29,6 +29,7 @@ pub mod tally;
 
 mod bad;
 mod companies;
+mod either;
 mod logs;
 mod meta;
 mod open;
@@ -47,6 +48,7 @@ use crate::crypto::{self, Vault};
 use crate::fixing::{FixingSource, FixingTable, TableKind};
 use crate::locks::lock;
 pub use codec::CodecError;
+pub use either::Store;
 pub use open::{prepare_data_dir, LOCK_WAIT};
 use records::*;
 use snapshot::{Snapshots, TreeId, Writer};
@@ -119,9 +121,19 @@ pub enum Error {
     /// A backup line could not be written, or a restored record converted.
     #[error("backup: {0}")]
     Backup(String),
+    /// The PostgreSQL backend failed.
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
 }
 
 impl Error {
+    /// True when the store cannot be reached right now (the PostgreSQL server is gone or
+    /// restarting): nothing was done; the request may be retried (SPEC §13: 503
+    /// `store_unavailable`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Postgres(e) if e.is_unavailable())
+    }
+
     fn codec(tree: &'static str) -> impl Fn(CodecError) -> Error {
         move |source| Error::Codec { tree, source }
     }
@@ -147,7 +159,7 @@ pub enum TableOutcome {
 type BadMap = std::collections::BTreeMap<(&'static str, Vec<u8>), String>;
 
 /// The daemon's database.
-pub struct Store {
+pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
     vault: Vault,
@@ -198,7 +210,7 @@ impl BadRecord {
     }
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store({})", self.path.display())
     }
@@ -207,7 +219,7 @@ impl std::fmt::Debug for Store {
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_RECIPIENT: &[u8] = b"vault_recipient";
 
-impl Store {
+impl SledStore {
     /// Where the database lives.
     pub fn path(&self) -> &Path {
         &self.path

@@ -19,7 +19,7 @@ pub fn prepare_data_dir(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How long `Store::open` waits for sled's file lock before reporting another daemon.
+/// How long `SledStore::open` waits for sled's file lock before reporting another daemon.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Opens the sled database, waiting up to [`LOCK_WAIT`] while its lock is held. sled 0.34
@@ -55,13 +55,13 @@ pub(super) fn open_db_waiting_for_lock(db_path: &Path) -> Result<sled::Db> {
     }
 }
 
-impl Store {
+impl SledStore {
     /// Opens (creating if needed) the store in `data_dir` with the identity at `identity_file`.
     ///
     /// # Errors
     /// Unusable folder, sled failure (e.g. another daemon holds the lock), a newer schema, a
     /// missing or wrong identity while encrypted data exists.
-    pub fn open(data_dir: &Path, identity_file: &Path) -> Result<Store> {
+    pub fn open(data_dir: &Path, identity_file: &Path) -> Result<SledStore> {
         let dd = |e: std::io::Error| Error::DataDir {
             path: data_dir.to_path_buf(),
             message: e.to_string(),
@@ -114,13 +114,13 @@ impl Store {
     ///
     /// # Errors
     /// sled failure.
-    pub fn open_temporary() -> Result<Store> {
+    pub fn open_temporary() -> Result<SledStore> {
         let db = sled::Config::new().temporary(true).open()?;
         Self::with_db(db, PathBuf::from("<temporary>"), Vault::generate())
     }
 
-    pub(super) fn with_db(db: sled::Db, path: PathBuf, vault: Vault) -> Result<Store> {
-        let store = Store {
+    pub(super) fn with_db(db: sled::Db, path: PathBuf, vault: Vault) -> Result<SledStore> {
+        let store = SledStore {
             companies: db.open_tree(keys::COMPANIES)?,
             tokens: db.open_tree(keys::TOKENS)?,
             rates: db.open_tree(keys::RATES)?,
@@ -183,7 +183,7 @@ impl Store {
 /// would also decode in the old shape, while an old one is too short for the new shape).
 /// A record that decodes in neither shape is left as it is, to be skipped, counted and
 /// alerted like any undecodable record (SPEC §9).
-pub(super) fn migrate(store: &Store, from: u32) -> Result<()> {
+pub(super) fn migrate(store: &SledStore, from: u32) -> Result<()> {
     tracing::info!(from, to = SCHEMA_VERSION, "migrating store schema");
     if from < 2 {
         let companies = upgrade_tree::<Company, v1::Company>(&store.companies, keys::COMPANIES)?;

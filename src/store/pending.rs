@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     // ---------------------------------------------------------------- OAuth states
     /// Records a pending state or invite, flushed.
     ///

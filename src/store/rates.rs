@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     // ---------------------------------------------------------------- per-company rates
     /// Upserts a company's rates (not flushed: the caller flushes once per sync). One insert
     /// per row, not a sled batch (see the module docs): each row stands alone, and a row lost

@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
-use super::{keys, Store};
+use super::{keys, SledStore};
 use crate::locks::lock;
 
 /// The trees a backup copies, in the order it walks them.
@@ -282,11 +282,11 @@ impl Snapshots {
 /// module docs), held for the whole method so its writes fall on one side of a backup's
 /// instant. Never held across an `.await` (the guard is not `Send`, so that does not build).
 pub(super) struct Writer<'a> {
-    store: &'a Store,
+    store: &'a SledStore,
     _gate: RwLockReadGuard<'a, ()>,
 }
 
-impl Store {
+impl SledStore {
     /// The tree behind an id.
     pub(super) fn tree(&self, id: TreeId) -> &sled::Tree {
         match id {

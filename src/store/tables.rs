@@ -40,7 +40,7 @@ pub(crate) fn revise(
     }
 }
 
-impl Store {
+impl SledStore {
     // ---------------------------------------------------------------- BoA fixings
     /// Stores a scraped table: new date → stored; same rates → nothing; different rates → a
     /// new revision (the old one kept). Not flushed.

@@ -1,4 +1,4 @@
-//! Store unit tests (compiled only under #[cfg(test)]): round trips, reopen, per-company
+//! SledStore unit tests (compiled only under #[cfg(test)]): round trips, reopen, per-company
 //! scans, identity and schema checks.
 
 use super::*;
@@ -77,7 +77,7 @@ async fn company_and_tokens_round_trip_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let id = dir.path().join("identity.txt");
     {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         s.save_company_and_tokens(&company("111"), &tokens("RT-secret-xyz"))
             .await
             .unwrap();
@@ -98,7 +98,7 @@ async fn company_and_tokens_round_trip_and_survive_reopen() {
         .unwrap();
         s.flush().await.unwrap();
     }
-    let s = Store::open(dir.path(), &id).unwrap();
+    let s = SledStore::open(dir.path(), &id).unwrap();
     assert_eq!(
         s.company("111").unwrap().unwrap().company_name,
         "Company 111"
@@ -139,22 +139,22 @@ async fn wrong_or_missing_identity_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let id = dir.path().join("identity.txt");
     {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         s.save_tokens("1", &tokens("rt")).await.unwrap();
     }
     std::fs::rename(&id, dir.path().join("saved.txt")).unwrap();
-    let e = Store::open(dir.path(), &id).unwrap_err();
+    let e = SledStore::open(dir.path(), &id).unwrap_err();
     assert!(matches!(e, Error::MissingIdentity(_)), "{e}");
     assert!(
         !id.exists(),
         "a missing identity is never silently replaced"
     );
     Vault::create(&id).unwrap();
-    let e = Store::open(dir.path(), &id).unwrap_err();
+    let e = SledStore::open(dir.path(), &id).unwrap_err();
     assert!(matches!(e, Error::WrongIdentity { .. }), "{e}");
     std::fs::remove_file(&id).unwrap();
     std::fs::rename(dir.path().join("saved.txt"), &id).unwrap();
-    let s = Store::open(dir.path(), &id).unwrap();
+    let s = SledStore::open(dir.path(), &id).unwrap();
     assert_eq!(s.tokens("1").unwrap().unwrap().refresh_token, "rt");
 }
 
@@ -163,13 +163,13 @@ fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let id = dir.path().join("identity.txt");
     {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         s.meta
             .insert(META_SCHEMA, &(SCHEMA_VERSION + 1).to_be_bytes())
             .unwrap();
         s.flush_blocking().unwrap();
     }
-    let e = Store::open(dir.path(), &id).unwrap_err();
+    let e = SledStore::open(dir.path(), &id).unwrap_err();
     assert!(matches!(e, Error::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1));
     assert!(e
         .to_string()
@@ -181,11 +181,11 @@ fn older_schema_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let id = dir.path().join("identity.txt");
     {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         s.meta.insert(META_SCHEMA, &0u32.to_be_bytes()).unwrap();
         s.flush_blocking().unwrap();
     }
-    let s = Store::open(dir.path(), &id).unwrap();
+    let s = SledStore::open(dir.path(), &id).unwrap();
     let v = s.meta.get(META_SCHEMA).unwrap().unwrap();
     assert_eq!(v.as_ref(), SCHEMA_VERSION.to_be_bytes());
 }
@@ -225,7 +225,7 @@ fn schema_1_records_are_migrated_to_schema_2() {
         intuit_tids: vec!["tid-1".into()],
     };
     {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         s.companies
             .insert(b"77", codec::encode(&old).unwrap())
             .unwrap();
@@ -241,7 +241,7 @@ fn schema_1_records_are_migrated_to_schema_2() {
         assert!(codec::decode::<Company>(&s.companies.get(b"77").unwrap().unwrap()).is_err());
     }
     for _ in 0..2 {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         let got = s.company("77").unwrap().unwrap();
         assert_eq!(got, c, "every schema-1 field kept, drift = correct");
         let logs = s.logs("77", 10).unwrap();
@@ -259,7 +259,7 @@ fn schema_1_records_are_migrated_to_schema_2() {
 
 #[test]
 fn drift_records_round_trip_and_rates_scan_by_range() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     let rec = LogRecord {
         at: Utc::now(),
         kind: LogKind::Drift,
@@ -307,7 +307,7 @@ fn drift_records_round_trip_and_rates_scan_by_range() {
 
 #[test]
 fn rates_and_logs_are_scanned_per_company() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     let mk = |date: &str, c: &str, synced: bool| CompanyRate {
         date: d(date),
         currency: cur(c),
@@ -366,7 +366,7 @@ fn rates_and_logs_are_scanned_per_company() {
 
 #[test]
 fn fixings_revisions_and_in_force_lookup() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     let now = Utc::now();
     assert_eq!(
         s.put_table(&table(TableKind::Main, "2026-05-21", "95.10"), &page(), now)
@@ -439,7 +439,7 @@ fn fixings_revisions_and_in_force_lookup() {
 
 #[tokio::test]
 async fn pending_states_are_single_use() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     let now = Utc::now();
     let p = PendingAuth::State {
         created_at: now,
@@ -459,7 +459,7 @@ async fn pending_states_are_single_use() {
 
 #[tokio::test]
 async fn counts() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     let mut a = company("1");
     a.last_sync_at = Some(Utc::now());
     let mut b = company("2");
@@ -481,9 +481,9 @@ async fn counts() {
 fn a_held_store_is_refused_after_the_lock_wait_and_reopens_once_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let id = dir.path().join("identity.txt");
-    let first = Store::open(dir.path(), &id).unwrap();
+    let first = SledStore::open(dir.path(), &id).unwrap();
     let started = std::time::Instant::now();
-    let Err(e) = Store::open(dir.path(), &id) else {
+    let Err(e) = SledStore::open(dir.path(), &id) else {
         panic!("a second open of a held store must be refused");
     };
     assert!(started.elapsed() >= LOCK_WAIT, "waited for the lock first");
@@ -495,14 +495,14 @@ fn a_held_store_is_refused_after_the_lock_wait_and_reopens_once_dropped() {
     drop(first);
     // Reopened at once after the drop: the bounded wait rides out sled's late unlock.
     for _ in 0..5 {
-        let s = Store::open(dir.path(), &id).unwrap();
+        let s = SledStore::open(dir.path(), &id).unwrap();
         drop(s);
     }
 }
 
 #[tokio::test]
 async fn companies_page_is_a_range_scan_after_a_realm() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     for i in 0..7 {
         let mut c = company(&format!("r{i}"));
         c.is_active = i % 2 == 0;
@@ -544,7 +544,7 @@ async fn companies_page_is_a_range_scan_after_a_realm() {
 /// an undecodable record overwritten by a good one is no longer reported bad.
 #[tokio::test]
 async fn the_company_tally_follows_every_write() {
-    let s = Store::open_temporary().unwrap();
+    let s = SledStore::open_temporary().unwrap();
     let at = |h: i64| Utc::now() - chrono::Duration::hours(h);
     s.companies
         .insert(b"bad", vec![codec::RECORD_FORMAT, 0xff])
@@ -554,7 +554,7 @@ async fn the_company_tally_follows_every_write() {
         c.created_at = at(100 + i);
         s.save_company(&c).await.unwrap();
     }
-    let fresh = |s: &Store| {
+    let fresh = |s: &SledStore| {
         let mut t = tally::Tally::empty_built();
         s.each_company(|c| t.change(None, Some(&c))).unwrap();
         t.view(at(48))

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl SledStore {
     /// Writes a company's tokens, then its record, then flushes. sled persists writes in log
     /// order, so a crash leaves none, the tokens alone (a rotated refresh token is never
     /// lost; an unconnected company's orphan ciphertext is never read), or both. Not a sled

@@ -45,7 +45,8 @@ impl SyncEngine {
         let dates = backfill::check_range(from, to, self.archive.today())?;
         let mut company = self
             .store
-            .company(realm)?
+            .company(realm)
+            .await?
             .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
         let company_lock = self.company_lock(realm);
         let Some(_held) = company_lock.try_lock() else {
@@ -75,7 +76,7 @@ impl SyncEngine {
             error: None,
         };
         // The rates in force, date by date.
-        let holidays = self.archive.holidays()?;
+        let holidays = self.archive.holidays().await?;
         let mut days: Vec<(NaiveDate, InForce)> = Vec::new();
         for day in from.iter_days().take_while(|d| *d <= to) {
             if let Some(why) =
@@ -87,7 +88,7 @@ impl SyncEngine {
                 });
                 continue;
             }
-            match self.archive.resolve(day) {
+            match self.archive.resolve(day).await {
                 Ok(r) => days.push((day, r.in_force())),
                 Err(archive::Error::NoFixing { why, .. }) => report.skipped.push(Skipped {
                     date: day,
@@ -113,20 +114,22 @@ impl SyncEngine {
                     _ => String::new(),
                 }
             );
-            self.store.append_log(
-                realm,
-                &LogRecord {
-                    at: self.clock.now(),
-                    kind: LogKind::Syncing,
-                    success: result.is_ok() && report.error.is_none(),
-                    date: None,
-                    message,
-                    rates_written: report.rates_written as u32,
-                    rates_unchanged: report.rates_unchanged as u32,
-                    intuit_tids: tids,
-                    drift: None,
-                },
-            )?;
+            self.store
+                .append_log(
+                    realm,
+                    &LogRecord {
+                        at: self.clock.now(),
+                        kind: LogKind::Syncing,
+                        success: result.is_ok() && report.error.is_none(),
+                        date: None,
+                        message,
+                        rates_written: report.rates_written as u32,
+                        rates_unchanged: report.rates_unchanged as u32,
+                        intuit_tids: tids,
+                        drift: None,
+                    },
+                )
+                .await?;
             self.store.flush().await?;
             self.metrics
                 .rates_written
@@ -181,7 +184,7 @@ impl SyncEngine {
                 stored_row((w.date, w.currency), w.rate, fixing, &done, now)
             })
             .collect();
-        self.store.put_rates(&realm, &rows)?;
+        self.store.put_rates(&realm, &rows).await?;
         report.failed = written
             .rejected
             .into_iter()

@@ -170,8 +170,8 @@ impl SyncEngine {
     }
 
     /// The default rate date (today, or the newest fixing's date before today's is out).
-    pub fn default_date(&self) -> NaiveDate {
-        self.archive.default_date()
+    pub async fn default_date(&self) -> NaiveDate {
+        self.archive.default_date().await
     }
 
     /// Whether a sync-all is running, and for which date.
@@ -206,7 +206,8 @@ impl SyncEngine {
     pub async fn sync_now(&self, realm: &str, date: NaiveDate) -> Result<Outcome, Error> {
         let company = self
             .store
-            .company(realm)?
+            .company(realm)
+            .await?
             .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
         if !company.sync_enabled {
             return Err(Error::SyncDisabled(realm.to_string()));
@@ -226,7 +227,7 @@ impl SyncEngine {
         let lock = self.company_lock(realm);
         let _g = lock.lock().await;
         let mut attempt = Attempt::default();
-        let (name, error) = match self.store.company(realm) {
+        let (name, error) = match self.store.company(realm).await {
             Ok(Some(company)) => {
                 let name = company.company_name.clone();
                 tracing::info!(realm_id = realm, fixing_date = %date, "Company {realm}: Syncing rates for {date}");
@@ -261,7 +262,8 @@ impl SyncEngine {
     pub async fn quickbooks_home(&self, realm: &str) -> Result<Currency, Error> {
         let mut company = self
             .store
-            .company(realm)?
+            .company(realm)
+            .await?
             .ok_or_else(|| Error::UnknownCompany(realm.to_string()))?;
         reachable(&company)?;
         let token = self.tokens.access_token(realm).await?;

@@ -91,6 +91,10 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The store cannot be reached right now (the PostgreSQL server is away): nothing was
+    /// done; retry later.
+    #[error("the store is unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 impl Error {
@@ -113,12 +117,16 @@ impl Error {
             Error::WriteFailed { .. } => "quickbooks_write_failed",
             Error::ShuttingDown => "shutting_down",
             Error::Store(_) => "internal_error",
+            Error::StoreUnavailable(_) => "store_unavailable",
         }
     }
 }
 
 impl From<crate::store::Error> for Error {
     fn from(e: crate::store::Error) -> Self {
+        if e.is_unavailable() {
+            return Error::StoreUnavailable(e.to_string());
+        }
         Error::Store(e.to_string())
     }
 }
@@ -127,6 +135,7 @@ impl From<archive::Error> for Error {
     fn from(e: archive::Error) -> Self {
         match e {
             archive::Error::Store(s) => Error::Store(s),
+            archive::Error::StoreUnavailable(s) => Error::StoreUnavailable(s),
             other => Error::Archive(other),
         }
     }
@@ -142,7 +151,7 @@ impl From<crate::qbo::tokens::TokenError> for Error {
                 code: e.code(),
                 message: format!("refreshing the QuickBooks token: {e}"),
             },
-            TokenError::Store(e) => Error::Store(e.to_string()),
+            TokenError::Store(e) => e.into(),
         }
     }
 }

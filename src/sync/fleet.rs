@@ -351,7 +351,7 @@ impl SyncEngine {
                         // Cleared however the run ends (a panic too), so a later sync-all is
                         // never refused for a run that is gone.
                         let _clear = ClearRunning(&engine.running);
-                        let result = engine.run_fleet(date, scope).await.map(Arc::new);
+                        let result = engine.run_fleet_once(date, scope).await.map(Arc::new);
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -368,6 +368,25 @@ impl SyncEngine {
         }
     }
 
+    /// Runs the sync-all once across every node sharing the store: a run for the same date
+    /// and scope on another node is waited for first (it ends, or its node dies and the
+    /// database frees its hold), and this run then finds its rates already written and
+    /// writes nothing twice.
+    async fn run_fleet_once(
+        self: &Arc<Self>,
+        date: NaiveDate,
+        scope: Scope,
+    ) -> Result<RunReport, Error> {
+        let name = format!("sync-all {date} {scope:?}");
+        let hold = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            h = self.store.exclusive(&name) => h?,
+        };
+        let report = self.run_fleet(date, scope).await;
+        drop(hold);
+        report
+    }
+
     /// Runs one sync-all to completion (bounded, adaptive concurrency; failures isolated).
     pub(super) async fn run_fleet(
         self: &Arc<Self>,
@@ -375,7 +394,7 @@ impl SyncEngine {
         scope: Scope,
     ) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
-        let (mut entries, bad_records) = self.list_run(scope)?;
+        let (mut entries, bad_records) = self.list_run(scope).await?;
         let total = entries.listed();
         let p = &self.progress;
         p.total.store(total, Relaxed);
@@ -463,17 +482,20 @@ impl SyncEngine {
     /// The companies a run of `scope` syncs: only what the run needs of each (the records
     /// are re-read one by one), one record decoded at a time, never every record at once.
     /// Undecodable records are alerted and returned by key.
-    fn list_run(&self, scope: Scope) -> Result<(RunEntries, Vec<String>), Error> {
+    async fn list_run(&self, scope: Scope) -> Result<(RunEntries, Vec<String>), Error> {
         let mut entries = RunEntries::default();
-        let bad = self.store.each_company(|c| {
-            if c.is_active
-                && c.sync_enabled
-                && c.is_connected()
-                && (scope == Scope::All || c.fill_non_business_days)
-            {
-                entries.push(&c.realm_id, &c.company_name);
-            }
-        })?;
+        let bad = self
+            .store
+            .each_company(|c| {
+                if c.is_active
+                    && c.sync_enabled
+                    && c.is_connected()
+                    && (scope == Scope::All || c.fill_non_business_days)
+                {
+                    entries.push(&c.realm_id, &c.company_name);
+                }
+            })
+            .await?;
         let bad_records: Vec<String> = bad.iter().map(|b| b.key_display()).collect();
         for key in &bad_records {
             self.alerts.raise(

@@ -181,24 +181,26 @@ impl SyncEngine {
     ) -> Result<(), Error> {
         let now = self.clock.now();
         let synced = a.written + a.unchanged;
-        self.store.append_log(
-            realm,
-            &LogRecord {
-                at: now,
-                kind: LogKind::Scraping,
-                success: a.fixing_ok,
-                date: Some(date),
-                message: if a.fixing_ok {
-                    format!("fixing in force on {date} obtained")
-                } else {
-                    error.map(ToString::to_string).unwrap_or_default()
+        self.store
+            .append_log(
+                realm,
+                &LogRecord {
+                    at: now,
+                    kind: LogKind::Scraping,
+                    success: a.fixing_ok,
+                    date: Some(date),
+                    message: if a.fixing_ok {
+                        format!("fixing in force on {date} obtained")
+                    } else {
+                        error.map(ToString::to_string).unwrap_or_default()
+                    },
+                    rates_written: 0,
+                    rates_unchanged: 0,
+                    intuit_tids: vec![],
+                    drift: None,
                 },
-                rates_written: 0,
-                rates_unchanged: 0,
-                intuit_tids: vec![],
-                drift: None,
-            },
-        )?;
+            )
+            .await?;
         self.store.append_log(
             realm,
             &LogRecord {
@@ -230,7 +232,7 @@ impl SyncEngine {
                 intuit_tids: a.tids.clone(),
                 drift: None,
             },
-        )?;
+        ).await?;
         self.store.flush().await?;
         self.metrics.company_sync(error.is_none());
         self.metrics
@@ -257,7 +259,7 @@ impl SyncEngine {
 
     /// The fixing in force on `date`, fetching BoA first when it is today's and missing.
     pub(super) async fn fixing_for(&self, date: NaiveDate) -> Result<archive::Resolved, Error> {
-        match self.archive.resolve(date) {
+        match self.archive.resolve(date).await {
             Ok(r) => Ok(r),
             Err(archive::Error::NoFixing { why, .. })
                 if date == self.archive.today()
@@ -271,7 +273,7 @@ impl SyncEngine {
                 if let Err(e) = self.archive.fetch(false).await {
                     tracing::warn!(error = %e, "BoA fetch for a sync failed");
                 }
-                Ok(self.archive.resolve(date)?)
+                Ok(self.archive.resolve(date).await?)
             }
             Err(e) => Err(e.into()),
         }
@@ -334,7 +336,7 @@ impl SyncEngine {
             .map_err(|e| Error::HomeCurrencyNotFixed(e.to_string()))?;
         if wanted.is_empty() {
             tracing::info!(realm_id = %realm, "Company {realm}: no active currency has a BoA rate; nothing to write");
-            self.mark_synced(&realm)?;
+            self.mark_synced(&realm).await?;
             return Ok(PassEnd::Done);
         }
         let home = company.home_currency;
@@ -390,12 +392,12 @@ impl SyncEngine {
             &written,
             self.clock.now(),
         );
-        self.store.put_rates(&realm, &rows)?;
+        self.store.put_rates(&realm, &rows).await?;
         if let Some(fatal) = fatal {
             return Err(fatal);
         }
         if failures.is_empty() {
-            self.mark_synced(&realm)?;
+            self.mark_synced(&realm).await?;
             Ok(PassEnd::Done)
         } else {
             Err(Error::WriteFailed {
@@ -446,7 +448,8 @@ impl SyncEngine {
         let drifts = if read.drift_checked {
             let mine: Vec<StoredRate> = self
                 .store
-                .rates_between(realm, window_from, date)?
+                .rates_between(realm, window_from, date)
+                .await?
                 .into_iter()
                 .filter(|r| r.synced && codes.contains(&r.currency))
                 .collect();
@@ -467,7 +470,8 @@ impl SyncEngine {
             Vec::new()
         };
         let report_only = company.drift == DriftPolicy::Report;
-        self.record_drifts(realm, &codes, &drifts, report_only)?;
+        self.record_drifts(realm, &codes, &drifts, report_only)
+            .await?;
         attempt.drifts = drifts.len();
         Ok(Window {
             date,
@@ -538,7 +542,7 @@ impl SyncEngine {
     /// flushed: the attempt's records flush them), counted, and alerted when the same
     /// currency drifted before within 7 days. Under `report` a drift already recorded (same
     /// date, currency and rates) is not recorded again by the next syncs that see it.
-    pub(super) fn record_drifts(
+    pub(super) async fn record_drifts(
         &self,
         realm: &str,
         codes: &[Currency],
@@ -555,7 +559,8 @@ impl SyncEngine {
         let now = self.clock.now();
         let earlier: Vec<(DateTime<Utc>, Option<NaiveDate>, DriftDetail)> = self
             .store
-            .logs(realm, DRIFT_LOOKBACK_RECORDS)?
+            .logs(realm, DRIFT_LOOKBACK_RECORDS)
+            .await?
             .into_iter()
             .filter(|r| r.kind == LogKind::Drift)
             .filter_map(|r| Some((r.at, r.date, r.drift?)))
@@ -586,24 +591,26 @@ impl SyncEngine {
                     " (written back)"
                 }
             );
-            self.store.append_log(
-                realm,
-                &LogRecord {
-                    at: now,
-                    kind: LogKind::Drift,
-                    success: false,
-                    date: Some(day),
-                    message: message.clone(),
-                    rates_written: 0,
-                    rates_unchanged: 0,
-                    intuit_tids: vec![],
-                    drift: Some(DriftDetail {
-                        currency,
-                        theirs: d.theirs,
-                        ours,
-                    }),
-                },
-            )?;
+            self.store
+                .append_log(
+                    realm,
+                    &LogRecord {
+                        at: now,
+                        kind: LogKind::Drift,
+                        success: false,
+                        date: Some(day),
+                        message: message.clone(),
+                        rates_written: 0,
+                        rates_unchanged: 0,
+                        intuit_tids: vec![],
+                        drift: Some(DriftDetail {
+                            currency,
+                            theirs: d.theirs,
+                            ours,
+                        }),
+                    },
+                )
+                .await?;
             self.metrics.drifts.inc();
             tracing::warn!(realm_id = realm, fixing_date = %day, currency = %currency, "Company {realm}: drift: {message}");
             if repeat {
@@ -620,12 +627,14 @@ impl SyncEngine {
 
     /// `last_sync_at` = now, unflushed: flushed with the attempt's log records by
     /// [`Self::record`], before the answer.
-    pub(super) fn mark_synced(&self, realm: &str) -> Result<(), Error> {
+    pub(super) async fn mark_synced(&self, realm: &str) -> Result<(), Error> {
         let now = self.clock.now();
-        self.store.update_company_unflushed(realm, |c| {
-            c.last_sync_at = Some(now);
-            c.updated_at = now;
-        })?;
+        self.store
+            .update_company_unflushed(realm, |c| {
+                c.last_sync_at = Some(now);
+                c.updated_at = now;
+            })
+            .await?;
         Ok(())
     }
 }

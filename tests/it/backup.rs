@@ -421,8 +421,9 @@ async fn every_bad_input_is_exit_1_naming_the_reason_and_writes_nothing() {
 /// The move from sled to PostgreSQL (SPEC §12): the CLI's `restore` with `backend =
 /// "postgres"` loads a sled backup into an empty database with the tokens still the same
 /// ciphertext that decrypts with the identity; a second restore into the now non-empty
-/// database is exit 1 writing nothing, a password in the URL is never printed, and `serve`
-/// on PostgreSQL says plainly that this version serves only from sled.
+/// database is exit 1 writing nothing, a password in the URL is never printed, and the
+/// daemon then started on PostgreSQL lists the company and syncs it without a reconnect,
+/// refreshing the restored grant (SPEC §12: the move from sled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_backup_restores_into_postgres_from_the_cli() {
     let Some(cluster) = crate::support::postgres::shared() else {
@@ -478,7 +479,29 @@ async fn a_sled_backup_restores_into_postgres_from_the_cli() {
     assert!(!err.contains("hunter2"), "password printed: {err}");
     assert_eq!(pg.companies().await.unwrap().len(), 1);
 
-    let (code, out, err) = w.daemon.cli(&["serve", "--config", cfg.to_str().unwrap()]);
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(err.contains("serves only from sled"), "{err}");
+    drop(pg);
+
+    w.daemon.extra_config.push_str(&format!(
+        "\n[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\nidentity_file = \"{}\"\n",
+        identity.display()
+    ));
+    // The sled folder is gone: whatever the daemon shows now comes from the database.
+    std::fs::remove_dir_all(w.daemon.data_dir().join("db")).unwrap();
+    w.daemon.write_config();
+    w.daemon.spawn_and_wait_ready();
+    let status = w.daemon.control("status", json!({}));
+    assert_eq!(status["data"]["store"]["backend"], "postgres", "{status}");
+    assert_eq!(status["data"]["role"], "leader", "{status}");
+    let list = w.daemon.control("companies", json!({"all": true}));
+    assert_eq!(list["data"]["count"], 1, "{list}");
+    let token_calls = w.intuit.token_calls();
+    w.intuit.expire_access_tokens("9400");
+    let c = sync_all(&w, SUNDAY).await;
+    assert_eq!(c["successful"], 1, "{c}");
+    assert!(
+        w.intuit.token_calls() > token_calls,
+        "the restored grant was refreshed"
+    );
+    let s = w.daemon.control("company", json!({"realm": "9400"}));
+    assert_eq!(s["data"]["connection"], "connected", "{s}");
 }

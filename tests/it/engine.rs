@@ -72,7 +72,10 @@ async fn bench(extra: &str, realm: &str, home: &str, active: &[&str]) -> Bench {
         fetched_at: now,
     };
     for t in &parsed.tables {
-        store.put_table(t, &source, now).expect("store fixing");
+        store
+            .put_table(t, &source, now)
+            .await
+            .expect("store fixing");
     }
     let cur = |c: &str| Currency::new(c).unwrap();
     let expiry = TokenExpiry {
@@ -158,7 +161,7 @@ async fn a_sync_writes_the_fixing_exactly_and_records_the_attempt() {
     assert_eq!(rate("USD"), Some(dec("82.24")));
     assert_eq!(rate("JPY"), Some(dec("0.5168")), "per 100 on the page");
     assert_eq!(b.intuit.reads("5005"), 1, "one metered read");
-    let logs = b.store.logs("5005", 10).unwrap();
+    let logs = b.store.logs("5005", 10).await.unwrap();
     assert!(logs.iter().any(|l| l.kind == LogKind::Syncing && l.success));
     assert_eq!(b.metrics.company_syncs_of(true), 1);
 
@@ -239,13 +242,13 @@ async fn a_company_disconnected_during_its_sync_ends_as_disconnected() {
         .expect("disconnect");
     let out = sync.await.expect("joined");
     assert_eq!(out.error, Some(Error::Disconnected), "{out:?}");
-    assert_eq!(b.store.tokens("8010").expect("read"), None);
+    assert_eq!(b.store.tokens("8010").await.expect("read"), None);
     assert_eq!(b.intuit.writes("8010"), 0);
 }
 
 /// The main table of the real capture, re-dated to every business day of the year before
 /// it (with small daily moves), stored as fetches would have: a year of history.
-fn store_a_year_of_fixings(store: &Store, first: NaiveDate) -> Vec<Currency> {
+async fn store_a_year_of_fixings(store: &Store, first: NaiveDate) -> Vec<Currency> {
     use boa_exchange::fixing::TableKind;
     use chrono::{Datelike, Weekday};
     let page = String::from_utf8(fixture(FRIDAY)).unwrap();
@@ -271,7 +274,7 @@ fn store_a_year_of_fixings(store: &Store, first: NaiveDate) -> Vec<Currency> {
             for r in &mut t.rates {
                 r.published += bump;
             }
-            store.put_table(&t, &source, now).expect("put table");
+            store.put_table(&t, &source, now).await.expect("put table");
         }
         day = day.succ_opt().unwrap();
     }
@@ -290,13 +293,13 @@ async fn a_year_backfill_of_fifteen_currencies_writes_only_what_differs() {
     let first = NaiveDate::from_ymd_opt(2025, 5, 21).unwrap();
     let codes = {
         let probe = Store::open_temporary().unwrap();
-        store_a_year_of_fixings(&probe, first)
+        store_a_year_of_fixings(&probe, first).await
     };
     assert_eq!(codes.len(), 15);
     let names: Vec<String> = codes.iter().map(|c| c.to_string()).collect();
     let active: Vec<&str> = names.iter().map(String::as_str).collect();
     let b = bench("", "9009", "ALL", &active).await;
-    store_a_year_of_fixings(&b.store, first);
+    store_a_year_of_fixings(&b.store, first).await;
     let from = NaiveDate::from_ymd_opt(2025, 5, 22).unwrap();
 
     // A dry run: the whole plan (everything to write, QuickBooks holds nothing yet).

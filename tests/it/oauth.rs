@@ -237,7 +237,8 @@ fn restore_data_dir(w: &World, saved: &Path) {
 /// The refresh token in the (stopped) daemon's store, decrypted with its identity.
 fn stored_refresh_token(w: &World, realm: &str) -> String {
     let dd = w.daemon.data_dir();
-    let store = Store::open(&dd, &dd.join("identity.txt")).expect("open the store");
+    let store = boa_exchange::store::SledStore::open(&dd, &dd.join("identity.txt"))
+        .expect("open the store");
     let t = store
         .tokens(realm)
         .expect("read tokens")
@@ -556,9 +557,10 @@ async fn abandoned_states_do_not_pile_up_in_the_store() {
     let dir = d.stop().await;
 
     let data = dir.path().join("data");
-    let store = Store::open(&data, &data.join("identity.txt")).expect("store");
+    let store = Store::open_sled(&data, &data.join("identity.txt")).expect("store");
     let left = store
         .purge_expired_pending(clock.now() + chrono::Duration::minutes(11))
+        .await
         .expect("purge");
     assert_eq!(left, 1, "only the live state is still stored");
 }
@@ -997,7 +999,7 @@ async fn token_manager_gives_ten_concurrent_callers_one_refresh() {
     let (at, rt) = intuit.add_connected_company(spec("9119", "Flight Co"));
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let store = Arc::new(Store::open(&data, &data.join("identity.txt")).expect("store"));
+    let store = Arc::new(Store::open_sled(&data, &data.join("identity.txt")).expect("store"));
     let now = Utc::now();
     let expiry = TokenExpiry {
         // Expired by our clock: every caller, alone, would refresh.
@@ -1073,7 +1075,7 @@ async fn token_manager_gives_ten_concurrent_callers_one_refresh() {
     assert_eq!(intuit.refreshes("9119"), 1);
     assert_eq!(intuit.token_calls(), 1);
     assert_eq!(intuit.concurrent_refreshes(), 0);
-    let stored = store.tokens("9119").expect("read").expect("tokens");
+    let stored = store.tokens("9119").await.expect("read").expect("tokens");
     assert_eq!(stored.access_token, got[0], "stored before use");
     assert_eq!(
         Some(stored.refresh_token),

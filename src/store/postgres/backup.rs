@@ -280,7 +280,8 @@ impl PgStore {
         if entries > 0 {
             return Err(Error::NotEmpty { entries });
         }
-        // Counted once at the end, not by the trigger row by row (see `boa_recount_companies`).
+        // Counted once at the end, not by the trigger row by row (see `boa_recount_companies`,
+        // which also rebuilds the per-minute waiting counts).
         tx.batch_execute("ALTER TABLE companies DISABLE TRIGGER companies_counts")
             .await?;
         let (sender, received) = std::sync::mpsc::channel::<Record>();
@@ -325,6 +326,8 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
+        // Companies were written (the database was empty: none was known bad).
+        self.companies_changed();
         Ok(contents)
     }
 }

@@ -4,24 +4,39 @@
 //! (written here from the record, in the same statement). Tokens are sealed with the vault
 //! before they leave the process: the database only ever holds the age ciphertext.
 //!
-//! The counts ([`PgStore::company_tally`]) are kept by a trigger in `company_counts`, not by
-//! scanning: five rows to read, plus an index probe for the newest sync and an index-range
-//! count for the companies waiting since an instant (the same range count the sled tally
-//! makes over its map). Counters in the database, not in the process, because several nodes
-//! write the same companies: a per-process counter would miss the others' writes. The trigger
-//! touches a counter row only when a company changes what it counts as (connects,
-//! disconnects, is switched off), so the writes of a sync-all (last sync, token expiries) take
-//! no lock on them.
+//! The counts ([`PgStore::company_tally`]) are kept by a trigger, not by scanning: five rows
+//! of `company_counts`, an index probe for the newest sync, and the companies waiting since
+//! an instant from `company_waiting` (per-minute counts: the minutes wholly before the
+//! instant summed, plus an index-range count within the instant's own minute; see
+//! `0002_waiting_buckets.sql`). Counters in the database, not in the process, because several
+//! nodes write the same companies: a per-process counter would miss the others' writes. The
+//! trigger touches a `company_counts` row only when a company changes what it counts as
+//! (connects, disconnects, is switched off), so the writes of a sync-all take no lock there;
+//! a sync does move its company to the current minute of `company_waiting`, spread over four
+//! stripe rows so that concurrent syncs seldom wait for each other's commit (the row is the
+//! last thing each transaction writes before it commits).
+//!
+//! Undecodable records are handled as the sled store handles them (SPEC §9): a full scan
+//! ([`PgStore::each_company`], [`PgStore::companies_scan`], [`PgStore::companies`]) skips
+//! them and reports them, remembered until the next scan or until the company is written
+//! again ([`PgStore::bad_records`], [`PgStore::bad_records_seen`]); a page skips them
+//! silently; reading the one company is an error.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Json;
 
 use super::{Error, PgStore, Result};
-use crate::store::codec;
+use crate::locks::lock;
 use crate::store::records::{Company, Connection, TokenSet};
 use crate::store::tally::CompanyTally;
+use crate::store::{codec, keys, BadRecord};
+
+/// Rows fetched per round trip by a full scan ([`PgStore::each_company`]): memory stays at
+/// one batch, whatever the number of companies.
+const SCAN_BATCH: i32 = 256;
 
 /// The columns of a company row beside its record (see `0001_initial.sql`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,32 +143,146 @@ impl PgStore {
         row.as_ref().map(company_of).transpose()
     }
 
-    /// Every company, in realm order (a record that does not decode is logged and skipped,
-    /// as the sled store skips it).
+    /// Every company that decodes, in realm order. Undecodable records are skipped, logged
+    /// and counted (see [`PgStore::companies_scan`]); one bad record never hides the others.
     ///
     /// # Errors
-    /// [`Error::Unavailable`], [`Error::Db`].
+    /// [`Error::Unavailable`], [`Error::Db`] (a decode failure is not an error here).
     pub async fn companies(&self) -> Result<Vec<Company>> {
-        let c = self.client().await?;
-        let rows = c
-            .query("SELECT realm, record FROM companies ORDER BY realm", &[])
+        Ok(self.companies_scan().await?.0)
+    }
+
+    /// Every company that decodes, in realm order, and the records that do not. Each bad
+    /// record is logged with its key the first time a scan meets it, and counted in
+    /// [`PgStore::bad_records_seen`]; [`PgStore::bad_records`] lists those of the latest scan.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`] (a decode failure is not an error here).
+    pub async fn companies_scan(&self) -> Result<(Vec<Company>, Vec<BadRecord>)> {
+        let mut good = Vec::new();
+        let bad = self.each_company(|c| good.push(c)).await?;
+        Ok((good, bad))
+    }
+
+    /// Visits every company that decodes, in realm order, one at a time, and returns the
+    /// records that do not decode, noted as by [`PgStore::companies_scan`]. Streamed: the rows
+    /// come through a portal [`SCAN_BATCH`] at a time inside one read-only transaction (one
+    /// snapshot of the table), so memory holds one batch, never every record at once.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], [`Error::Db`] (a decode failure is not an error here). When
+    /// the server goes away midway, `visit` has seen part of the companies.
+    pub async fn each_company(&self, mut visit: impl FnMut(Company)) -> Result<Vec<BadRecord>> {
+        let mut client = self.client().await?;
+        let tx = client.build_transaction().read_only(true).start().await?;
+        let stmt = tx
+            .prepare("SELECT realm, record FROM companies ORDER BY realm")
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match company_of(row) {
-                Ok(c) => out.push(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a stored record that cannot be decoded")
+        let portal = tx.bind(&stmt, &[]).await?;
+        let mut bad = Vec::new();
+        loop {
+            let rows = tx.query_portal(&portal, SCAN_BATCH).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let realm: String = row.try_get(0)?;
+                let record: serde_json::Value = row.try_get(1)?;
+                match serde_json::from_value::<Company>(record) {
+                    Ok(c) => visit(c),
+                    Err(e) => bad.push(BadRecord {
+                        tree: keys::COMPANIES,
+                        key: realm.into_bytes(),
+                        error: e.to_string(),
+                    }),
                 }
             }
         }
-        Ok(out)
+        // Read only: nothing to commit; ending it releases the snapshot.
+        tx.rollback().await?;
+        self.note_bad(keys::COMPANIES, &bad);
+        Ok(bad)
+    }
+
+    /// Undecodable records found by the latest full scan (of the companies: the one table
+    /// scanned whole here), as [`crate::store::Store::bad_records`].
+    pub fn bad_records(&self) -> Vec<BadRecord> {
+        lock(&self.bad)
+            .iter()
+            .map(|((tree, key), error)| BadRecord {
+                tree,
+                key: key.clone(),
+                error: error.clone(),
+            })
+            .collect()
+    }
+
+    /// Distinct undecodable records met since the store was opened (monotonic), as
+    /// [`crate::store::Store::bad_records_seen`].
+    pub fn bad_records_seen(&self) -> u64 {
+        self.bad_seen.load(Ordering::Relaxed)
+    }
+
+    /// Replaces what is known bad in `table` with a full scan's findings; logs the new ones.
+    fn note_bad(&self, table: &'static str, found: &[BadRecord]) {
+        let mut known = lock(&self.bad);
+        for b in found {
+            if !known.contains_key(&(table, b.key.clone())) {
+                tracing::warn!(
+                    tree = table,
+                    key = %b.key_display(),
+                    error = %b.error,
+                    "skipping a stored record that cannot be decoded"
+                );
+                self.bad_seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        known.retain(|(t, _), _| *t != table);
+        for b in found {
+            known.insert((table, b.key.clone()), b.error.clone());
+        }
+    }
+
+    /// Changes whenever a company write made through this store has committed, as
+    /// [`crate::store::Store::companies_generation`]: read it before deriving something from
+    /// the companies (the health and metrics snapshot reads it, then the counts); if it still
+    /// has that value later, no company was written *through this store* in between, so a
+    /// cached answer never hides a write this node acknowledged.
+    ///
+    /// It is a counter in this process: writes made by other nodes sharing the database do
+    /// not move it. A cache keyed on it shows them once its age limit passes (the snapshot's
+    /// `MAX_AGE`, 5 seconds).
+    pub fn companies_generation(&self) -> u64 {
+        self.companies_generation.load(Ordering::SeqCst)
+    }
+
+    /// Every company write goes through here: `write` runs to its commit, then the
+    /// generation moves, whatever it answered (a failure may still have committed; moving
+    /// the generation needlessly only costs a recount). A record written or removed is no
+    /// longer known bad.
+    pub(super) async fn writing_company<T>(
+        &self,
+        realm: &str,
+        write: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let r = write.await;
+        if r.is_ok() {
+            lock(&self.bad).remove(&(keys::COMPANIES, realm.as_bytes().to_vec()));
+        }
+        self.companies_changed();
+        r
+    }
+
+    /// The generation moves (after a commit; see [`PgStore::companies_generation`]).
+    pub(super) fn companies_changed(&self) {
+        self.companies_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// One page of companies in realm order, as [`crate::store::Store::companies_page`]:
     /// those after `after` that `keep` accepts, at most `limit`, and the realm to continue
     /// after when more accepted companies follow. Read in chunks by primary-key range: a page
-    /// costs its own rows (plus those `keep` skips), never a full scan.
+    /// costs its own rows (plus those `keep` skips), never a full scan. Undecodable records
+    /// are skipped silently, as the sled store skips them (the full scans report them).
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
@@ -194,13 +323,17 @@ impl PgStore {
         }
     }
 
-    /// Writes a company record, committed before returning.
+    /// Writes a company record, committed before returning (then the companies generation
+    /// moves, as after every company write here).
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn save_company(&self, c: &Company) -> Result<()> {
-        let client = self.client().await?;
-        upsert_company(&**client, c).await
+        self.writing_company(&c.realm_id, async {
+            let client = self.client().await?;
+            upsert_company(&**client, c).await
+        })
+        .await
     }
 
     /// Changes fields of the company's current record under a row lock (so a concurrent
@@ -214,11 +347,14 @@ impl PgStore {
         realm: &str,
         change: impl FnMut(&mut Company),
     ) -> Result<Option<Company>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let c = update_in(&tx, realm, change).await?;
-        tx.commit().await?;
-        Ok(c)
+        self.writing_company(realm, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let c = update_in(&tx, realm, change).await?;
+            tx.commit().await?;
+            Ok(c)
+        })
+        .await
     }
 
     /// The same as [`PgStore::update_company`] (every write here is committed; the name is
@@ -240,12 +376,15 @@ impl PgStore {
     /// [`Error::Unavailable`], [`Error::Db`], [`Error::Crypto`].
     pub async fn save_company_and_tokens(&self, c: &Company, t: &TokenSet) -> Result<()> {
         let ct = self.seal(t)?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        upsert_ciphertext(&*tx, &c.realm_id, &ct).await?;
-        upsert_company(&*tx, c).await?;
-        tx.commit().await?;
-        Ok(())
+        self.writing_company(&c.realm_id, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            upsert_ciphertext(&*tx, &c.realm_id, &ct).await?;
+            upsert_company(&*tx, c).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores a company's tokens (sealed), committed before returning.
@@ -291,13 +430,16 @@ impl PgStore {
         realm: &str,
         change: impl FnMut(&mut Company),
     ) -> Result<Option<Company>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let c = update_in(&tx, realm, change).await?;
-        tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
-            .await?;
-        tx.commit().await?;
-        Ok(c)
+        self.writing_company(realm, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let c = update_in(&tx, realm, change).await?;
+            tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
+                .await?;
+            tx.commit().await?;
+            Ok(c)
+        })
+        .await
     }
 
     /// Deletes a company's tokens and saves its record, in one transaction.
@@ -305,13 +447,16 @@ impl PgStore {
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn save_company_without_tokens(&self, c: &Company) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        upsert_company(&*tx, c).await?;
-        tx.execute("DELETE FROM tokens WHERE realm = $1", &[&c.realm_id])
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.writing_company(&c.realm_id, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            upsert_company(&*tx, c).await?;
+            tx.execute("DELETE FROM tokens WHERE realm = $1", &[&c.realm_id])
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes a company's record and tokens, in one transaction (its rates and log stay,
@@ -320,19 +465,24 @@ impl PgStore {
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn remove_company(&self, realm: &str) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("DELETE FROM companies WHERE realm = $1", &[&realm])
-            .await?;
-        tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.writing_company(realm, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.execute("DELETE FROM companies WHERE realm = $1", &[&realm])
+                .await?;
+            tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The company counts (see the module docs for how they are kept), with
     /// [`CompanyTally::waiting`] counting the companies waiting since `waiting_before` or
-    /// earlier (to the second). One round trip, no scan of the records.
+    /// earlier (to the second). One round trip, one snapshot, no scan of the records: the
+    /// per-minute counts before `waiting_before`'s minute, plus the index entries of that
+    /// minute up to `waiting_before`.
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
@@ -347,8 +497,11 @@ impl PgStore {
                    (SELECT n FROM company_counts WHERE name = 'reconnect_needed'),
                    (SELECT n FROM company_counts WHERE name = 'sync_disabled'),
                    (SELECT max(last_sync_at) FROM companies WHERE last_sync_at IS NOT NULL),
-                   (SELECT count(*) FROM companies
-                      WHERE waiting_since IS NOT NULL AND waiting_since <= $1)",
+                   (SELECT coalesce(sum(n), 0)::bigint FROM company_waiting
+                      WHERE bucket < boa_waiting_bucket($1))
+                   + (SELECT count(*) FROM companies
+                      WHERE waiting_since IS NOT NULL
+                        AND waiting_since >= boa_waiting_bucket($1) AND waiting_since <= $1)",
                 &[&waiting_before.timestamp()],
             )
             .await?;

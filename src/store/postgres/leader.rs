@@ -168,3 +168,47 @@ impl Drop for Leader {
         self.heartbeat.abort();
     }
 }
+
+/// The first key of the two-key advisory locks taken by [`PgStore::exclusive`] ("boa-" in
+/// ASCII); a two-key lock never collides with the leader's one-key lock.
+const EXCLUSIVE_CLASS: i32 = 0x626f_612d;
+
+/// A cluster-wide exclusive hold on a name (one sync-all per date and scope): an advisory
+/// lock on a session of its own, released when this is dropped (the session ends) or when
+/// the process dies (the server ends the session).
+#[derive(Debug)]
+pub struct Exclusive {
+    _client: tokio_postgres::Client,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+impl PgStore {
+    /// Waits until no other session of any node holds `name`, then holds it until the
+    /// answer is dropped.
+    ///
+    /// # Errors
+    /// [`super::Error::Unavailable`]: the database cannot be reached.
+    pub async fn exclusive(&self, name: &str) -> Result<Exclusive> {
+        let (client, conn) = self.connector().connect().await?;
+        let held = client
+            .execute(
+                "SELECT pg_advisory_lock($1::int4, hashtext($2::text))",
+                &[&EXCLUSIVE_CLASS, &name],
+            )
+            .await;
+        if let Err(e) = held {
+            conn.abort();
+            return Err(e.into());
+        }
+        Ok(Exclusive {
+            _client: client,
+            conn,
+        })
+    }
+}

@@ -37,7 +37,7 @@ use tokio_postgres::NoTls;
 
 use crate::crypto::{self, Vault};
 
-pub use leader::{Leader, Leadership};
+pub use leader::{Exclusive, Leader, Leadership};
 pub use schema::PG_SCHEMA_VERSION;
 
 /// PostgreSQL store failures.
@@ -306,6 +306,9 @@ fn rustls_connect() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// Undecodable records by (table, key): why each did not decode.
+type BadMap = std::collections::BTreeMap<(&'static str, Vec<u8>), String>;
+
 /// The daemon's PostgreSQL database.
 pub struct PgStore {
     pool: Pool,
@@ -313,6 +316,15 @@ pub struct PgStore {
     vault: Vault,
     /// Where it is, without the password (for logs and answers).
     display: String,
+    /// Undecodable records found by the last scan of each table, by (table, key): what
+    /// status, metrics and health report, and what keeps a record from being logged at every
+    /// scan (as the sled store's field of the same name).
+    bad: std::sync::Mutex<BadMap>,
+    /// Distinct undecodable records met since open (a monotonic counter for metrics).
+    bad_seen: std::sync::atomic::AtomicU64,
+    /// Bumped after every company write made through this store has committed (see
+    /// [`PgStore::companies_generation`]).
+    companies_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -321,12 +333,27 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// `postgres_url` without its password.
+/// `postgres_url` without its password: the one in the authority and a `password=` query
+/// parameter (libpq and tokio-postgres accept both) are shown as `***`.
 fn without_password(postgres_url: &str) -> String {
     match url::Url::parse(postgres_url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
             }
             u.to_string()
         }
@@ -358,6 +385,9 @@ impl PgStore {
             connector,
             vault,
             display: without_password(postgres_url),
+            bad: std::sync::Mutex::new(BadMap::new()),
+            bad_seen: std::sync::atomic::AtomicU64::new(0),
+            companies_generation: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let mut client = store.client().await?;
@@ -407,9 +437,27 @@ impl PgStore {
         crate::store::SCHEMA_VERSION
     }
 
-    /// The database, without the password.
+    /// The database, without the password (the URL with `***` for it; see
+    /// [`without_password`]): safe for logs and answers.
     pub fn path(&self) -> &str {
         &self.display
+    }
+
+    /// The size of the database on the server (`pg_database_size`), in bytes; 0 when it
+    /// cannot be read (the server is away), as the sled store answers 0 when it cannot tell.
+    pub async fn size_on_disk(&self) -> u64 {
+        let Ok(c) = self.client().await else {
+            return 0;
+        };
+        match c
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+        {
+            Ok(row) => row
+                .try_get::<_, i64>(0)
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+            Err(_) => 0,
+        }
     }
 
     /// The identity's public key the tokens are encrypted to.
@@ -473,6 +521,20 @@ mod tests {
     fn the_password_is_not_shown() {
         let shown = without_password("postgresql://boa:hunter2@db/boa");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(shown, "postgresql://boa:***@db/boa");
+        // As a query parameter too, the others kept.
+        let shown =
+            without_password("postgresql://boa@db/boa?sslmode=require&password=hunter2&x=1");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("sslmode=require") && shown.contains("x=1"),
+            "{shown}"
+        );
+        assert_eq!(without_password("not a url"), "<postgres_url>");
+        assert_eq!(
+            without_password("postgresql://boa@db/boa"),
+            "postgresql://boa@db/boa"
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ use tokio_postgres::GenericClient;
 use super::{Error, Result};
 
 /// The migrations, in order: `MIGRATIONS[i]` is version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_waiting_buckets.sql"),
+];
 
 /// The newest schema version this build knows.
 pub const PG_SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -117,7 +120,8 @@ mod tests {
 
     #[test]
     fn versions_follow_the_files() {
-        assert_eq!(PG_SCHEMA_VERSION, 1);
+        assert_eq!(PG_SCHEMA_VERSION, 2);
         assert!(MIGRATIONS[0].contains("CREATE TABLE companies"));
+        assert!(MIGRATIONS[1].contains("CREATE TABLE company_waiting"));
     }
 }
