@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use crate::support::backend::Backend;
 use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::CompanySpec;
 use crate::support::world::{Answer, World};
@@ -32,7 +33,12 @@ fn spec(realm: &str, active: &[&str]) -> CompanySpec {
 }
 
 async fn world_with(companies: &[CompanySpec]) -> World {
-    let w = World::start("").await;
+    world_on(&Backend::Sled, companies).await
+}
+
+/// [`world_with`] on `backend`.
+async fn world_on(backend: &Backend, companies: &[CompanySpec]) -> World {
+    let w = World::start_on(backend, "").await;
     let f = w.fetch();
     assert_eq!(f["ok"], true, "{f}");
     for c in companies {
@@ -86,7 +92,21 @@ async fn metric(w: &World, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_edited_in_quickbooks_is_put_back_by_the_next_sync_with_one_read() {
-    let w = world_with(&[spec("1001", &["EUR", "USD"])]).await;
+    a_rate_edited_in_quickbooks_is_put_back_by_the_next_sync_with_one_read_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_edited_in_quickbooks_is_put_back_by_the_next_sync_with_one_read_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    a_rate_edited_in_quickbooks_is_put_back_by_the_next_sync_with_one_read_on(backend).await;
+}
+
+async fn a_rate_edited_in_quickbooks_is_put_back_by_the_next_sync_with_one_read_on(
+    backend: Backend,
+) {
+    let w = world_on(&backend, &[spec("1001", &["EUR", "USD"])]).await;
     sync(&w, "1001", FRIDAY).await;
     sync(&w, "1001", SATURDAY).await;
     // A user edits Friday's EUR and deletes nothing; Saturday's USD is edited too.
@@ -150,7 +170,19 @@ async fn a_rate_edited_in_quickbooks_is_put_back_by_the_next_sync_with_one_read(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_leaves_a_drift_in_place_and_logs_it_once() {
-    let w = world_with(&[spec("1001", &["EUR", "USD"])]).await;
+    report_leaves_a_drift_in_place_and_logs_it_once_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_leaves_a_drift_in_place_and_logs_it_once_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    report_leaves_a_drift_in_place_and_logs_it_once_on(backend).await;
+}
+
+async fn report_leaves_a_drift_in_place_and_logs_it_once_on(backend: Backend) {
+    let w = world_on(&backend, &[spec("1001", &["EUR", "USD"])]).await;
     let a = w
         .admin_put("/api/v1/companies/1001/settings", r#"{"drift": "report"}"#)
         .await;

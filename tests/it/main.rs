@@ -21,6 +21,7 @@ mod postgres;
 mod proxy;
 mod scale;
 mod schedule;
+mod standby;
 mod sync_api;
 mod sync_e2e;
 mod toolbox;

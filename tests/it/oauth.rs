@@ -21,6 +21,7 @@ use reqwest::header::{
 };
 use serde_json::{json, Value};
 
+use crate::support::backend::Backend;
 use crate::support::daemon::{contains, TestDaemon};
 use crate::support::eventually::eventually_async;
 use crate::support::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
@@ -285,7 +286,19 @@ async fn inproc_intuit() -> FakeIntuit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_flow_with_cookie_creates_the_company() {
-    let w = World::start("").await;
+    connect_flow_with_cookie_creates_the_company_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_flow_with_cookie_creates_the_company_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    connect_flow_with_cookie_creates_the_company_on(backend).await;
+}
+
+async fn connect_flow_with_cookie_creates_the_company_on(backend: Backend) {
+    let w = World::start_on(&backend, "").await;
 
     // Open enrollment: the landing page links to the connect endpoint.
     let home = w.get("/").await;
@@ -732,7 +745,19 @@ async fn tokens_never_reach_the_store_files_the_log_or_any_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_refresh_while_fresh_then_one_refresh_after_a_401() {
-    let w = World::start("").await;
+    no_refresh_while_fresh_then_one_refresh_after_a_401_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_refresh_while_fresh_then_one_refresh_after_a_401_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    no_refresh_while_fresh_then_one_refresh_after_a_401_on(backend).await;
+}
+
+async fn no_refresh_while_fresh_then_one_refresh_after_a_401_on(backend: Backend) {
+    let w = World::start_on(&backend, "").await;
     assert_eq!(w.fetch()["ok"], true);
     assert_eq!(w.connect(spec("6006", "Fresh Co")).await.status, 200);
     let rt = w.intuit.current_refresh_token("6006").expect("rt");
@@ -810,7 +835,19 @@ async fn refreshes_before_use_when_under_five_minutes_remain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_refresh_token_survives_kill_9_and_restart() {
-    let mut w = World::start("").await;
+    a_rotated_refresh_token_survives_kill_9_and_restart_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_survives_kill_9_and_restart_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    a_rotated_refresh_token_survives_kill_9_and_restart_on(backend).await;
+}
+
+async fn a_rotated_refresh_token_survives_kill_9_and_restart_on(backend: Backend) {
+    let mut w = World::start_on(&backend, "").await;
     assert_eq!(w.fetch()["ok"], true);
     assert_eq!(w.connect(spec("7117", "Rotate Co")).await.status, 200);
     let rt1 = w.intuit.current_refresh_token("7117").expect("rt");
@@ -1117,7 +1154,19 @@ async fn a_flow_started_before_a_restart_completes_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_makes_the_company_need_a_reconnect() {
-    let w = World::start("").await;
+    a_revoked_grant_makes_the_company_need_a_reconnect_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_makes_the_company_need_a_reconnect_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    a_revoked_grant_makes_the_company_need_a_reconnect_on(backend).await;
+}
+
+async fn a_revoked_grant_makes_the_company_need_a_reconnect_on(backend: Backend) {
+    let w = World::start_on(&backend, "").await;
     assert_eq!(w.fetch()["ok"], true);
     assert_eq!(w.connect(spec("1212", "Revoked Co")).await.status, 200);
     assert_eq!(w.admin_post(&sync_path("1212")).await.status, 200);

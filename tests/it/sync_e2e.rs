@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use crate::support::backend::Backend;
 use crate::support::fake_intuit::CompanySpec;
 use crate::support::world::World;
 use chrono::NaiveDate;
@@ -26,7 +27,19 @@ fn spec(realm: &str, name: &str, home: &str, active: &[&str]) -> CompanySpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_and_eur_home_companies_get_exact_rates() {
-    let w = World::start("").await;
+    all_and_eur_home_companies_get_exact_rates_on(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_and_eur_home_companies_get_exact_rates_on_postgres() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    all_and_eur_home_companies_get_exact_rates_on(backend).await;
+}
+
+async fn all_and_eur_home_companies_get_exact_rates_on(backend: Backend) {
+    let w = World::start_on(&backend, "").await;
     assert_eq!(w.fetch()["ok"], true);
     let a = w
         .connect(spec(

@@ -1,11 +1,16 @@
 //! `World`: a real daemon wired to a fake BoA and a fake Intuit, plus the browser side of
-//! the OAuth flow and small HTTP helpers. The daemon is the real binary.
+//! the OAuth flow and small HTTP helpers. The daemon is the real binary, on the sled store
+//! by default or on any [`Backend`]; several Worlds sharing one fake Intuit (and one
+//! database) are the nodes of a cluster (SPEC §13, [`World::start_node`]).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
+use super::backend::Backend;
 use super::daemon::{section_body, without_sections, TestDaemon};
 use super::fake_boa::FakeBoa;
 use super::fake_intuit::{CompanySpec, FakeIntuit, FakeIntuitConfig};
@@ -15,7 +20,8 @@ pub const REDIRECT: &str = "http://127.0.0.1:9/api/v1/oauth/callback";
 
 pub struct World {
     pub boa: FakeBoa,
-    pub intuit: FakeIntuit,
+    /// Shared by the nodes of a cluster (one QuickBooks behind every node).
+    pub intuit: Arc<FakeIntuit>,
     pub daemon: TestDaemon,
     pub http: reqwest::Client,
 }
@@ -40,38 +46,36 @@ impl World {
         Self::start_with(FakeIntuitConfig::default(), extra).await
     }
 
-    pub async fn start_with(mut cfg: FakeIntuitConfig, extra: &str) -> World {
+    pub async fn start_with(cfg: FakeIntuitConfig, extra: &str) -> World {
+        Self::start_with_on(cfg, &Backend::Sled, extra).await
+    }
+
+    /// [`World::start`] on `backend`.
+    pub async fn start_on(backend: &Backend, extra: &str) -> World {
+        Self::start_with_on(FakeIntuitConfig::default(), backend, extra).await
+    }
+
+    /// [`World::start_with`] on `backend`.
+    pub async fn start_with_on(mut cfg: FakeIntuitConfig, backend: &Backend, extra: &str) -> World {
         let _ = rustls::crypto::ring::default_provider().install_default();
         cfg.redirect_uri = REDIRECT.to_string();
-        let boa = FakeBoa::start().await;
-        let intuit = FakeIntuit::start(cfg).await;
-        let rate_limit = if extra.contains("rate_limit_per_minute") {
-            String::new()
-        } else {
-            "rate_limit_per_minute = 100000\n".into()
-        };
-        let schedule = if extra.contains("[schedule]") {
-            String::new()
-        } else {
-            "[schedule]\nenabled = false\n".into()
-        };
-        let toml = format!(
-            "[server]\nadmin_api_key = \"{ADMIN_KEY}\"\n{rate_limit}{server_extra}\n\
-             [quickbooks]\nclient_id = \"{cid}\"\nclient_secret = \"{cs}\"\nredirect_uri = \"{REDIRECT}\"\n\
-             authorize_url = \"{au}\"\ntoken_url = \"{tu}\"\nrevoke_url = \"{ru}\"\napi_base = \"{api}\"\n{qb_extra}\n\
-             [boa]\nurl = \"{boa}\"\n{boa_extra}\n{schedule}{rest}",
-            cid = intuit.client_id(),
-            cs = intuit.client_secret(),
-            au = intuit.authorize_url(),
-            tu = intuit.token_url(),
-            ru = intuit.revoke_url(),
-            api = intuit.api_base(),
-            boa = boa.url(),
-            server_extra = section_body(extra, "server"),
-            qb_extra = with_default(&section_body(extra, "quickbooks"), "timeout_secs", "10"),
-            boa_extra = with_default(&section_body(extra, "boa"), "timeout_secs", "5"),
-            rest = without_sections(extra, &["server", "quickbooks", "boa"]),
-        );
+        let intuit = Arc::new(FakeIntuit::start(cfg).await);
+        Self::start_node(intuit, FakeBoa::start().await, backend, None, extra).await
+    }
+
+    /// A daemon on `backend` wired to an existing fake Intuit (started with
+    /// `redirect_uri = REDIRECT`) and to `boa`: with the same `intuit`, database and
+    /// `identity` file, the nodes of one cluster.
+    pub async fn start_node(
+        intuit: Arc<FakeIntuit>,
+        boa: FakeBoa,
+        backend: &Backend,
+        identity: Option<&Path>,
+        extra: &str,
+    ) -> World {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let extra = format!("{extra}\n{}", backend.storage_toml(identity));
+        let toml = daemon_toml(&intuit, &boa, &extra);
         let daemon = tokio::task::block_in_place(|| TestDaemon::start(&toml));
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -84,6 +88,18 @@ impl World {
             daemon,
             http,
         }
+    }
+
+    /// Rewrites the daemon's config with `from` replaced by `to` (e.g. the schedule turned
+    /// on), for the next [`TestDaemon::spawn_and_wait_ready`].
+    ///
+    /// # Panics
+    /// When `from` is not in the config.
+    pub fn edit_config(&mut self, from: &str, to: &str) {
+        let cfg = &mut self.daemon.extra_config;
+        assert!(cfg.contains(from), "{from:?} is not in the config:\n{cfg}");
+        *cfg = cfg.replace(from, to);
+        self.daemon.write_config();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -193,6 +209,38 @@ impl World {
     pub fn control(&self, cmd: &str, args: Value) -> Value {
         tokio::task::block_in_place(|| self.daemon.control(cmd, args))
     }
+}
+
+/// The daemon's config against `intuit` and `boa`, plus `extra` (its `[server]`,
+/// `[quickbooks]` and `[boa]` keys merged into those tables).
+fn daemon_toml(intuit: &FakeIntuit, boa: &FakeBoa, extra: &str) -> String {
+    let rate_limit = if extra.contains("rate_limit_per_minute") {
+        String::new()
+    } else {
+        "rate_limit_per_minute = 100000\n".into()
+    };
+    let schedule = if extra.contains("[schedule]") {
+        String::new()
+    } else {
+        "[schedule]\nenabled = false\n".into()
+    };
+    format!(
+        "[server]\nadmin_api_key = \"{ADMIN_KEY}\"\n{rate_limit}{server_extra}\n\
+         [quickbooks]\nclient_id = \"{cid}\"\nclient_secret = \"{cs}\"\nredirect_uri = \"{REDIRECT}\"\n\
+         authorize_url = \"{au}\"\ntoken_url = \"{tu}\"\nrevoke_url = \"{ru}\"\napi_base = \"{api}\"\n{qb_extra}\n\
+         [boa]\nurl = \"{boa}\"\n{boa_extra}\n{schedule}{rest}",
+        cid = intuit.client_id(),
+        cs = intuit.client_secret(),
+        au = intuit.authorize_url(),
+        tu = intuit.token_url(),
+        ru = intuit.revoke_url(),
+        api = intuit.api_base(),
+        boa = boa.url(),
+        server_extra = section_body(extra, "server"),
+        qb_extra = with_default(&section_body(extra, "quickbooks"), "timeout_secs", "10"),
+        boa_extra = with_default(&section_body(extra, "boa"), "timeout_secs", "5"),
+        rest = without_sections(extra, &["server", "quickbooks", "boa"]),
+    )
 }
 
 /// A section body with `key = value` added unless the caller set the key.
