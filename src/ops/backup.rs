@@ -265,15 +265,7 @@ fn answer(file: &Path, checked: Contents, dry_run: bool, target: String) -> Rest
 
 /// A PostgreSQL URL without its password, to name the target.
 fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "the configured PostgreSQL database".into(),
-    }
+    crate::store::postgres::without_password(url)
 }
 
 /// The check a `--dry-run` into PostgreSQL makes of its target: empty (or without the

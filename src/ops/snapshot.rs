@@ -71,6 +71,10 @@ pub struct SnapshotHolder {
     computing: tokio::sync::Mutex<()>,
     /// How many scans were made (tests, and a debugging aid).
     computations: AtomicU64,
+    /// When a recomputation last found the store unavailable, and why: for [`MAX_AGE`]
+    /// after it, callers get that answer at once instead of each waiting in turn for a
+    /// database that does not answer (the health probes of a load balancer would time out).
+    unavailable: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl SnapshotHolder {
@@ -93,15 +97,42 @@ impl SnapshotHolder {
         if let Some(s) = self.fresh(store, now) {
             return Ok(s);
         }
+        if let Some(e) = self.recently_unavailable() {
+            return Err(e);
+        }
         let _one_at_a_time = self.computing.lock().await;
         // Someone else may have recomputed while this caller waited.
         if let Some(s) = self.fresh(store, now) {
             return Ok(s);
         }
-        let s = Arc::new(CompanySnapshot::compute(store, config, now).await?);
+        if let Some(e) = self.recently_unavailable() {
+            return Err(e);
+        }
+        let s = match CompanySnapshot::compute(store, config, now).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                if let crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(
+                    why,
+                )) = &e
+                {
+                    *lock(&self.unavailable) = Some((std::time::Instant::now(), why.clone()));
+                }
+                return Err(e);
+            }
+        };
+        *lock(&self.unavailable) = None;
         self.computations.fetch_add(1, Ordering::Relaxed);
         *lock(&self.current) = Some(s.clone());
         Ok(s)
+    }
+
+    fn recently_unavailable(&self) -> Option<crate::store::Error> {
+        let seen = lock(&self.unavailable);
+        let (at, why) = seen.as_ref()?;
+        let within = at.elapsed() <= MAX_AGE.to_std().unwrap_or_default();
+        within.then(|| {
+            crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(why.clone()))
+        })
     }
 
     fn fresh(&self, store: &Store, now: DateTime<Utc>) -> Option<Arc<CompanySnapshot>> {

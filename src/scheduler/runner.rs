@@ -362,7 +362,7 @@ impl Scheduler {
         let Some(result) = watched(
             token,
             self.engine
-                .sync_all(date, scope, crate::sync::Elsewhere::Wait),
+                .sync_all(date, scope, crate::sync::Elsewhere::Wait(token.clone())),
         )
         .await
         else {

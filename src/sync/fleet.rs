@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::engine::SyncEngine;
 use super::error::Error;
@@ -328,12 +329,14 @@ pub(super) fn is_pressure(e: Option<&Error>) -> bool {
 }
 
 /// What a sync-all does while another node runs the same one (PostgreSQL, SPEC §13).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Elsewhere {
     /// Answer [`Error::InProgress`] (an operator's or a client's request: 409).
     Refuse,
-    /// Wait for it to end, then run (the daily schedule: the day must be finished).
-    Wait,
+    /// Wait for it to end, then run (the daily schedule: the day must be finished). The
+    /// token is the scheduler's: cancelled when this node stops leading, which stops the run
+    /// at once (no company started after it; those in flight finish their write).
+    Wait(CancellationToken),
 }
 
 impl SyncEngine {
@@ -397,14 +400,19 @@ impl SyncEngine {
         elsewhere: Elsewhere,
     ) -> Result<RunReport, Error> {
         let name = format!("sync-all {date} {scope:?}");
+        let (wait, stop) = match elsewhere {
+            Elsewhere::Refuse => (false, self.shutdown.clone()),
+            Elsewhere::Wait(stop) => (true, stop),
+        };
         let hold = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
-            h = self.store.exclusive(&name, elsewhere == Elsewhere::Wait) => h?,
+            _ = stop.cancelled() => return Err(Error::ShuttingDown),
+            h = self.store.exclusive(&name, wait) => h?,
         };
         if let crate::store::Exclusive::HeldElsewhere = hold {
             return Err(Error::InProgress(date));
         }
-        let report = self.run_fleet(date, scope).await;
+        let report = self.run_fleet(date, scope, &stop).await;
         drop(hold);
         report
     }
@@ -414,6 +422,7 @@ impl SyncEngine {
         self: &Arc<Self>,
         date: NaiveDate,
         scope: Scope,
+        stop: &CancellationToken,
     ) -> Result<RunReport, Error> {
         let started = std::time::Instant::now();
         let (mut entries, bad_records) = self.list_run(scope).await?;
@@ -433,7 +442,7 @@ impl SyncEngine {
         let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
         let (mut ok, mut failed) = (0usize, 0usize);
         loop {
-            while set.len() < aimd.level {
+            while set.len() < aimd.level && !stop.is_cancelled() {
                 let Some(idx) = pending.next() else {
                     break;
                 };
@@ -485,6 +494,12 @@ impl SyncEngine {
                 // On the blocking pool: a trim takes every arena's lock in turn.
                 drop(tokio::task::spawn_blocking(release_free_heap));
             }
+        }
+        if !pending.is_empty() {
+            // Stopped (this node no longer leads): not a finished run; the new leader's
+            // catch-up finishes the day.
+            tracing::warn!(fixing_date = %date, done = ok + failed, left = pending.len(), "sync-all stopped before the end: this node no longer runs the schedule");
+            return Err(Error::ShuttingDown);
         }
         failed += bad_records.len();
         let seconds = started.elapsed().as_secs_f64();

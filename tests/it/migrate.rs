@@ -564,7 +564,8 @@ async fn a_100_mb_file_streams_through_in_batches_with_right_line_numbers() {
     assert_eq!(line(&v, 10_001)["realm_id"], "9201");
     assert_eq!(line(&v, 10_001)["action"], "imported");
     assert_eq!(line(&v, 1)["realm_id"], "100000");
-    assert!(took < Duration::from_secs(60), "{took:?}");
+    // Its speed is a benchmark figure (BENCHMARKS.md), not an assertion: on a loaded
+    // machine a timed assertion fails for no fault of the code.
     eprintln!("100 MB import file ({size} bytes): {took:?}");
 }
 

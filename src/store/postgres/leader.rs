@@ -67,6 +67,13 @@ impl Leadership {
     /// [`super::Error::Unavailable`] and the like: the database cannot be reached.
     pub async fn try_acquire(&self) -> Result<Option<Leader>> {
         let (client, conn_task) = self.connector.connect().await?;
+        // The server frees the lock only once it sees this session die: a killed process at
+        // once, a dead host or a cut network after the server's TCP keepalive (2 h by
+        // default). Asked to probe within the lease, the server notices in about one lease.
+        if let Err(e) = client.batch_execute(&server_keepalives(self.lease)).await {
+            conn_task.abort();
+            return Err(e.into());
+        }
         let row = client
             .query_one(
                 "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
@@ -169,6 +176,17 @@ impl Drop for Leader {
     }
 }
 
+/// The server-side TCP settings of a lock-holding session: a peer that went silent is
+/// dropped (and its locks freed) within about `lease`.
+fn server_keepalives(lease: Duration) -> String {
+    let idle = (lease.as_secs() / 3).max(1);
+    format!(
+        "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = 1; \
+         SET tcp_keepalives_count = 3; SET tcp_user_timeout = {}",
+        lease.as_millis().max(1000)
+    )
+}
+
 /// The first key of the two-key advisory locks taken by [`PgStore::exclusive`] ("boa-" in
 /// ASCII); a two-key lock never collides with the leader's one-key lock.
 const EXCLUSIVE_CLASS: i32 = 0x626f_612d;
@@ -196,6 +214,13 @@ impl PgStore {
     /// [`super::Error::Unavailable`]: the database cannot be reached.
     pub async fn exclusive(&self, name: &str, wait: bool) -> Result<Option<Exclusive>> {
         let (client, conn) = self.connector().connect().await?;
+        if let Err(e) = client
+            .batch_execute(&server_keepalives(Duration::from_secs(15)))
+            .await
+        {
+            conn.abort();
+            return Err(e.into());
+        }
         let sql = if wait {
             "SELECT true FROM (SELECT pg_advisory_lock($1::int4, hashtext($2::text))) AS held"
         } else {

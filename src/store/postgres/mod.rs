@@ -233,6 +233,15 @@ impl Connector {
             config.connect_timeout(POOL_WAIT);
         }
         config.application_name("boa-exchange");
+        // A server that went silent (host down, network cut) fails the connection within
+        // ~15 s instead of the kernel's ~15 min retransmission: nothing waits on it for long
+        // (the watchdog is 60 s) and the pool reconnects.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(15));
         let tls = if tls {
             config.ssl_mode(SslMode::Require);
             Some(rustls_connect()?)
@@ -335,7 +344,7 @@ impl std::fmt::Debug for PgStore {
 
 /// `postgres_url` without its password: the one in the authority and a `password=` query
 /// parameter (libpq and tokio-postgres accept both) are shown as `***`.
-fn without_password(postgres_url: &str) -> String {
+pub fn without_password(postgres_url: &str) -> String {
     match url::Url::parse(postgres_url) {
         Ok(mut u) => {
             if u.password().is_some() {
