@@ -25,8 +25,17 @@
 //!
 //! Also measured (issue 15): spawn → `READY=1` (the bench listens on a `NOTIFY_SOCKET`), the
 //! first `/health` (computes the company snapshot) and N more (answered from it), `/health`
-//! once a second during the run, and, with faults, that every company was synced and no rate
-//! was applied twice (each row's SyncToken at the fake is still 0).
+//! once a second during the run, and that every company was synced and no rate was applied
+//! twice (each row's SyncToken at the fake is still 0; every company since issue 23, before
+//! only with faults).
+//!
+//! `BENCH_BACKEND` (issue 23): `sled` (the default), `postgres` or `both` (each N on sled, then
+//! on PostgreSQL). For `postgres` the bench starts a throwaway PostgreSQL cluster (initdb and
+//! pg_ctl from `/usr/lib/postgresql/*/bin`, benches/common/postgres.rs; `fsync` and
+//! `synchronous_commit` left ON), one fresh database per run, seeds it through the same store
+//! API (`Store::open_postgres`, the same calls, 64 in flight over the store's pool), and runs
+//! the daemon with `[storage] backend = "postgres"`. Reported besides: the server's memory
+//! (PSS of the postmaster and its backends, sampled during the run).
 //! Exits non-zero when a run is incorrect (a company failed, or a wrong rate was written);
 //! never when a target is missed: the figures are what they are.
 
@@ -35,6 +44,9 @@ mod common;
 #[path = "../tests/it/support/fake_intuit/mod.rs"]
 #[allow(dead_code)]
 mod fake_intuit;
+#[path = "common/postgres.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -64,8 +76,27 @@ fn realm(i: usize) -> String {
     format!("{}", 4_620_816_365_000_000u64 + i as u64)
 }
 
+/// Which store the daemon serves from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sled,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sled => "sled",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
 /// One run's figures.
 struct Figures {
+    backend: Backend,
+    /// PostgreSQL only: the server's peak PSS (postmaster and backends) sampled in the run.
+    server_pss_peak_kib: u64,
     companies: usize,
     concurrency: usize,
     latency_ms: u64,
@@ -138,52 +169,79 @@ async fn main() {
     };
     let latency_ms = env_u64("BENCH_LATENCY_MS", 20);
     let concurrency = env_u64("BENCH_CONCURRENCY", 16) as usize;
+    let backends = match std::env::var("BENCH_BACKEND").as_deref() {
+        Ok("postgres") => vec![Backend::Postgres],
+        Ok("both") => vec![Backend::Sled, Backend::Postgres],
+        Ok("sled") | Err(_) => vec![Backend::Sled],
+        Ok(other) => {
+            eprintln!("BENCH_BACKEND={other}: expected sled, postgres or both");
+            std::process::exit(2);
+        }
+    };
+    let cluster = if backends.contains(&Backend::Postgres) {
+        let c = pg::Cluster::start();
+        eprintln!(
+            "PostgreSQL cluster on port {}: fsync = {}, synchronous_commit = {}, shared_buffers = {}",
+            c.port,
+            c.setting("fsync").await,
+            c.setting("synchronous_commit").await,
+            c.setting("shared_buffers").await,
+        );
+        Some(c)
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     for n in counts {
-        let f = run(n, latency_ms, concurrency).await;
-        eprintln!(
-            "N={n}: wall {:.2} s (daemon {:.2} s), ideal {:.2} s, ratio {:.2}, {:.2} calls/company ({:.2} reads, {:.2} writes), {} token calls, peak in flight {}, RSS {:.1} MiB before / peak {:.1} MiB (seeding took {:.1} s)",
-            f.wall.as_secs_f64(),
-            f.daemon_secs,
-            f.ideal().as_secs_f64(),
-            f.ratio(),
-            f.calls_per_company(),
-            f.reads as f64 / n as f64,
-            f.writes as f64 / n as f64,
-            f.token_calls,
-            f.peak_in_flight,
-            f.rss_before_kib as f64 / 1024.0,
-            f.hwm_kib as f64 / 1024.0,
-            f.seed.as_secs_f64(),
-        );
-        let (hw_med, hw_p95, hw_max) = stats(&f.health_warm);
-        let (hd_med, _, hd_max) = stats(&f.health_during);
-        eprintln!(
-            "N={n}: {} currencies, READY {:.0} ms, first status (computes the snapshot) {:.0} ms, /health first {:.1} ms, then median {:.2} / p95 {:.2} / max {:.2} ms ({} requests), during the run median {:.1} / max {:.1} ms ({} requests); bound {:.2} s, wall/bound {:.2}; random faults injected: {} 5xx, {} 429",
-            f.currencies,
-            ms(f.ready),
-            ms(f.status_first),
-            ms(f.health_cold),
-            hw_med,
-            hw_p95,
-            hw_max,
-            f.health_warm.len(),
-            hd_med,
-            hd_max,
-            f.health_during.len(),
-            f.bound().as_secs_f64(),
-            f.wall.as_secs_f64() / f.bound().as_secs_f64(),
-            f.faults.0,
-            f.faults.1,
-        );
-        rows.push(f);
+        for &backend in &backends {
+            let f = run(n, latency_ms, concurrency, backend, cluster.as_ref()).await;
+            let label = format!("{n} {}", backend.name());
+            eprintln!(
+                "N={label}: wall {:.2} s (daemon {:.2} s), ideal {:.2} s, ratio {:.2}, {:.2} calls/company ({:.2} reads, {:.2} writes), {} token calls, peak in flight {}, RSS {:.1} MiB before / peak {:.1} MiB (seeding took {:.1} s)",
+                f.wall.as_secs_f64(),
+                f.daemon_secs,
+                f.ideal().as_secs_f64(),
+                f.ratio(),
+                f.calls_per_company(),
+                f.reads as f64 / n as f64,
+                f.writes as f64 / n as f64,
+                f.token_calls,
+                f.peak_in_flight,
+                f.rss_before_kib as f64 / 1024.0,
+                f.hwm_kib as f64 / 1024.0,
+                f.seed.as_secs_f64(),
+            );
+            let (hw_med, hw_p95, hw_max) = stats(&f.health_warm);
+            let (hd_med, _, hd_max) = stats(&f.health_during);
+            eprintln!(
+                "N={label}: {} currencies, READY {:.0} ms, first status (computes the snapshot) {:.0} ms, /health first {:.1} ms, then median {:.2} / p95 {:.2} / max {:.2} ms ({} requests), during the run median {:.1} / max {:.1} ms ({} requests); bound {:.2} s, wall/bound {:.2}; random faults injected: {} 5xx, {} 429",
+                f.currencies,
+                ms(f.ready),
+                ms(f.status_first),
+                ms(f.health_cold),
+                hw_med,
+                hw_p95,
+                hw_max,
+                f.health_warm.len(),
+                hd_med,
+                hd_max,
+                f.health_during.len(),
+                f.bound().as_secs_f64(),
+                f.wall.as_secs_f64() / f.bound().as_secs_f64(),
+                f.faults.0,
+                f.faults.1,
+            );
+            rows.push(f);
+        }
     }
-    println!("| companies | currencies | max_concurrent_companies | latency | calls/company (reads + writes) | wall | bound | wall/bound | peak RSS | READY | /health first / median |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| backend | companies | currencies | max_concurrent_companies | latency | calls/company (reads + writes) | wall | bound | wall/bound | peak RSS | server PSS (peak) | READY | /health first / median | /health during (median / max) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for f in &rows {
         let (hw_med, _, _) = stats(&f.health_warm);
+        let (hd_med, _, hd_max) = stats(&f.health_during);
         println!(
-            "| {} | {} | {} | {} ms | {:.2} ({:.2} + {:.2}) | {:.2} s | {:.2} s | {:.2} | {:.1} MiB | {:.0} ms | {:.1} / {:.2} ms |",
+            "| {} | {} | {} | {} | {} ms | {:.2} ({:.2} + {:.2}) | {:.2} s | {:.2} s | {:.2} | {:.1} MiB | {} | {:.0} ms | {:.1} / {:.2} ms | {:.1} / {:.1} ms ({}) |",
+            f.backend.name(),
             f.companies,
             f.currencies,
             f.concurrency,
@@ -195,14 +253,29 @@ async fn main() {
             f.bound().as_secs_f64(),
             f.wall.as_secs_f64() / f.bound().as_secs_f64(),
             f.hwm_kib as f64 / 1024.0,
+            if f.backend == Backend::Postgres {
+                format!("{:.1} MiB", f.server_pss_peak_kib as f64 / 1024.0)
+            } else {
+                "—".to_string()
+            },
             ms(f.ready),
             ms(f.health_cold),
             hw_med,
+            hd_med,
+            hd_max,
+            f.health_during.len(),
         );
     }
 }
 
-async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
+async fn run(
+    n: usize,
+    latency_ms: u64,
+    concurrency: usize,
+    backend: Backend,
+    cluster: Option<&pg::Cluster>,
+) -> Figures {
+    let label = format!("{n} {}", backend.name());
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let socket = dir.path().join("control.sock");
@@ -234,9 +307,26 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     // Seed: companies at the fake, the same companies and their tokens in the store (many
     // saves in flight: each flushes, and concurrent flushes share sled's fsync).
     let t_seed = Instant::now();
-    let store = Arc::new(Store::open_sled(&data, &data.join("identity.txt")).expect("open store"));
+    let identity = dir.path().join("identity.txt");
+    let pg_url = match cluster {
+        Some(c) if backend == Backend::Postgres => Some(c.fresh_db().await),
+        _ => None,
+    };
+    let store = Arc::new(match &pg_url {
+        Some(url) => Store::open_postgres(url, &identity)
+            .await
+            .expect("open the PostgreSQL store"),
+        None => Store::open_sled(&data, &data.join("identity.txt")).expect("open store"),
+    });
     let now = Utc::now();
     let expired = std::env::var("BENCH_EXPIRED_TOKENS").is_ok_and(|v| v == "1");
+    // sled: 64 saves in flight (concurrent flushes share its fsync). PostgreSQL: 4 (more
+    // deadlock on the trigger's count rows, each costing the 1 s deadlock_timeout: 16 in
+    // flight seeded 22 companies/s, 4 about 330/s, 1 about 200/s; `BENCH_SEED_IN_FLIGHT`).
+    let seed_in_flight = env_u64(
+        "BENCH_SEED_IN_FLIGHT",
+        if backend == Backend::Postgres { 4 } else { 64 },
+    ) as usize;
     let mut saves = tokio::task::JoinSet::new();
     for i in 0..n {
         let r = realm(i);
@@ -276,16 +366,11 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             refresh_token: rt,
             expiry,
         };
-        if saves.len() >= 64 {
+        if saves.len() >= seed_in_flight {
             saves.join_next().await.expect("a save").expect("save task");
         }
         let store = store.clone();
-        saves.spawn(async move {
-            store
-                .save_company_and_tokens(&company, &tokens)
-                .await
-                .expect("save")
-        });
+        saves.spawn(async move { pg::save_retrying(&store, &company, &tokens).await });
     }
     while let Some(r) = saves.join_next().await {
         r.expect("save task");
@@ -301,7 +386,12 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     store.flush().await.expect("flush");
     drop(store);
     let seed = t_seed.elapsed();
-    eprintln!("N={n}: seeded in {:.1} s", seed.as_secs_f64());
+    eprintln!(
+        "N={label}: seeded in {:.1} s, {seed_in_flight} saves in flight ({} tried again after a deadlock, {} after the pool's 5 s wait)",
+        seed.as_secs_f64(),
+        pg::DEADLOCK_RETRIES.swap(0, Ordering::Relaxed),
+        pg::POOL_WAIT_RETRIES.swap(0, Ordering::Relaxed)
+    );
 
     // The daemon.
     let config = dir.path().join("config.toml");
@@ -309,7 +399,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\
-             [storage]\ndata_dir = \"{data}\"\n\
+             [storage]\ndata_dir = \"{data}\"\n{pg}\
              [control]\nsocket = \"{sock}\"\n\
              [quickbooks]\nclient_id = \"{cid}\"\nclient_secret = \"{cs}\"\n\
              redirect_uri = \"http://127.0.0.1:9/api/v1/oauth/callback\"\n\
@@ -320,6 +410,13 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
              [schedule]\nenabled = false\n\
              [log]\nlevel = \"{log}\"\n",
             data = data.display(),
+            pg = match &pg_url {
+                Some(url) => format!(
+                    "backend = \"postgres\"\npostgres_url = \"{url}\"\nidentity_file = \"{}\"\n",
+                    identity.display()
+                ),
+                None => String::new(),
+            },
             sock = socket.display(),
             cid = intuit.client_id(),
             cs = intuit.client_secret(),
@@ -361,6 +458,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         .env_remove("RUST_LOG")
         .env("NOTIFY_SOCKET", &notify_path)
         .env_remove("ADMIN_API_KEY")
+        .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -414,15 +512,25 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     // second (every company write invalidates the snapshot, so these recompute).
     let stop = Arc::new(AtomicBool::new(false));
     let health_every = Duration::from_millis(env_u64("BENCH_HEALTH_EVERY_MS", 1000));
+    let postmaster = match cluster {
+        Some(c) if backend == Backend::Postgres => c.postmaster_pid(),
+        _ => 0,
+    };
     let sampler = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut samples = Vec::new();
             let mut during = Vec::new();
+            let mut pss_peak = 0u64;
             let t0 = Instant::now();
             let mut next_health = health_every;
+            let mut next_pss = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) {
                 samples.push((t0.elapsed(), proc_status_kib(pid, "VmRSS:")));
+                if postmaster != 0 && t0.elapsed() >= next_pss {
+                    next_pss += Duration::from_secs(2);
+                    pss_peak = pss_peak.max(pg::tree_pss_kib(postmaster));
+                }
                 if health_every > Duration::ZERO && t0.elapsed() >= next_health {
                     next_health += Duration::from_secs(1);
                     let t = Instant::now();
@@ -431,7 +539,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }
-            (samples, during)
+            (samples, during, pss_peak)
         })
     };
     let t0 = Instant::now();
@@ -439,12 +547,12 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
     let wall = t0.elapsed();
     let hwm_kib = proc_status_kib(pid, "VmHWM:");
     stop.store(true, Ordering::Relaxed);
-    let (samples, health_during) = sampler.join().unwrap_or_default();
+    let (samples, health_during, server_pss_peak_kib) = sampler.join().unwrap_or_default();
     let faults_injected = intuit.random_faults_injected();
     intuit.set_random_api_faults(0.0, 0.0, 0);
     let step = (samples.len() / 10).max(1);
     eprintln!(
-        "N={n}: RSS during the run (s: MiB): {}",
+        "N={label}: RSS during the run (s: MiB): {}",
         samples
             .iter()
             .step_by(step)
@@ -467,14 +575,10 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
                 == Decimal::from_str("82.24").ok()
     });
     // Every rate applied exactly once: each company has one row per currency for the date,
-    // and none was updated after it was created (SyncToken 0). Checked on every company
-    // when faults were injected (a retry must never apply a write twice), else on a sample.
+    // and none was updated after it was created (SyncToken 0). Checked on every company (a
+    // retry must never apply a write twice; cheap: the fake's rows are in memory).
     let d = NaiveDate::from_str(DATE).unwrap();
-    let check: Vec<usize> = if faults.is_some() {
-        (0..n).collect()
-    } else {
-        sample.to_vec()
-    };
+    let check: Vec<usize> = (0..n).collect();
     let mut duplicates = 0usize;
     let mut missing = 0usize;
     for &i in &check {
@@ -487,11 +591,13 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
         duplicates += rows.iter().filter(|r| r.sync_token != "0").count();
     }
     eprintln!(
-        "N={n}: checked {} companies at the fake: {missing} rates missing, {duplicates} applied more than once",
+        "N={label}: checked {} companies at the fake: {missing} rates missing, {duplicates} applied more than once",
         check.len()
     );
     let rates_ok = rates_ok && missing == 0 && duplicates == 0;
     let figures = Figures {
+        backend,
+        server_pss_peak_kib,
         companies: n,
         concurrency,
         latency_ms,
@@ -524,7 +630,7 @@ async fn run(n: usize, latency_ms: u64, concurrency: usize) -> Figures {
             r.retain(|x| x["success"] != true);
             r.truncate(5);
         }
-        eprintln!("N={n}: the run was not correct (rates ok: {rates_ok}): {summary}");
+        eprintln!("N={label}: the run was not correct (rates ok: {rates_ok}): {summary}");
         let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
         eprintln!("daemon log tail:\n{}", tail(&log, 30));
         std::process::exit(1);
