@@ -320,9 +320,9 @@ async fn run(
     });
     let now = Utc::now();
     let expired = std::env::var("BENCH_EXPIRED_TOKENS").is_ok_and(|v| v == "1");
-    // sled: 64 saves in flight (concurrent flushes share its fsync). PostgreSQL: 4 (more
-    // deadlock on the trigger's count rows, each costing the 1 s deadlock_timeout: 16 in
-    // flight seeded 22 companies/s, 4 about 330/s, 1 about 200/s; `BENCH_SEED_IN_FLIGHT`).
+    // sled: 64 saves in flight (concurrent flushes share its fsync). PostgreSQL: 4 (chosen
+    // when more deadlocked on the trigger's count rows, fixed since by schema 3; the figures
+    // in BENCHMARKS.md were seeded so; `BENCH_SEED_IN_FLIGHT`).
     let seed_in_flight = env_u64(
         "BENCH_SEED_IN_FLIGHT",
         if backend == Backend::Postgres { 4 } else { 64 },

@@ -253,9 +253,10 @@ pub static DEADLOCK_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::A
 pub static POOL_WAIT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `save_company_and_tokens`, tried again (up to 20 times) when PostgreSQL chose it as a
-/// deadlock victim: concurrent first saves of new companies deadlock on the `company_counts`
-/// rows the trigger updates (found by this bench, issue 23; reported, not fixed here). The
-/// victim's transaction was rolled back whole, so trying again is safe. Any other error panics.
+/// deadlock victim. Before schema 3, concurrent first saves of new companies deadlocked on the
+/// `company_counts` rows the trigger updates (found by this bench, issue 23; schema 3 locks
+/// them in name order, so the count should now stay 0). The victim's transaction was rolled
+/// back whole, so trying again is safe. Any other error panics.
 pub async fn save_retrying(
     store: &boa_exchange::store::Store,
     company: &boa_exchange::store::records::Company,

@@ -16,6 +16,7 @@ use super::{Error, Result};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_waiting_buckets.sql"),
+    include_str!("migrations/0003_ordered_count_locks.sql"),
 ];
 
 /// The newest schema version this build knows.
@@ -120,8 +121,9 @@ mod tests {
 
     #[test]
     fn versions_follow_the_files() {
-        assert_eq!(PG_SCHEMA_VERSION, 2);
+        assert_eq!(PG_SCHEMA_VERSION, 3);
         assert!(MIGRATIONS[0].contains("CREATE TABLE companies"));
         assert!(MIGRATIONS[1].contains("CREATE TABLE company_waiting"));
+        assert!(MIGRATIONS[2].contains("ORDER BY name"));
     }
 }
