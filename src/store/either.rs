@@ -129,7 +129,8 @@ impl Store {
         both!(self, s => s.schema_version(), p => p.schema_version())
     }
 
-    /// Makes every write so far durable (PostgreSQL: already committed).
+    /// Makes every write so far durable (PostgreSQL: the relaxed commits of the writes that
+    /// sled leaves unflushed, by one synchronous commit).
     ///
     /// # Errors
     /// Store failure.

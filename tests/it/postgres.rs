@@ -1565,3 +1565,70 @@ async fn concurrent_company_writes_that_change_the_counts_never_deadlock() {
     assert_eq!(t.total, n as usize);
     assert_eq!(t.active, (0..n).filter(|i| i % 2 == 0).count());
 }
+
+/// The writes sled leaves unflushed (a company's rates, its `last_sync_at`, log records) are
+/// relaxed commits on PostgreSQL, visible at once to every session, and `flush` makes them
+/// durable: after it the server's WAL is flushed past every one of them. The server's WAL
+/// writer is slowed to 10 s, so nothing but the flush itself moves the flushed position in
+/// time.
+#[tokio::test]
+async fn unflushed_writes_are_visible_at_once_and_durable_after_flush() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let sql = cluster.superuser().await;
+    for q in [
+        "ALTER SYSTEM SET wal_writer_delay = '10s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sql.batch_execute(q).await.unwrap();
+    }
+    let url = cluster.fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("identity.txt");
+    let s = PgStore::open_with_identity_file(&url, &id).await.unwrap();
+    s.save_company(&company("801")).await.unwrap();
+    let other = PgStore::open_with_identity_file(&url, &id).await.unwrap();
+    let lsn = |q: &'static str| {
+        let sql = &sql;
+        async move {
+            let row = sql
+                .query_one(&format!("SELECT ({q} - '0/0'::pg_lsn)::bigint"), &[])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+    for round in 0..3 {
+        s.put_rates("801", &[rate("2026-05-04", "EUR", "100.5", true)])
+            .await
+            .unwrap();
+        s.append_log(
+            "801",
+            &log(LogKind::Syncing, true, &format!("round {round}")),
+        )
+        .await
+        .unwrap();
+        let synced = at("2026-05-04T10:00:00Z") + chrono::Duration::minutes(round);
+        s.update_company_unflushed("801", |c| c.last_sync_at = Some(synced))
+            .await
+            .unwrap()
+            .unwrap();
+        // Another node sees them before any flush.
+        assert_eq!(
+            other.company("801").await.unwrap().unwrap().last_sync_at,
+            Some(synced)
+        );
+        assert_eq!(
+            other.logs("801", 1).await.unwrap()[0].message,
+            format!("round {round}")
+        );
+        let written = lsn("pg_current_wal_insert_lsn()").await;
+        s.flush().await.unwrap();
+        let flushed = lsn("pg_current_wal_flush_lsn()").await;
+        assert!(
+            flushed >= written,
+            "round {round}: after flush the WAL is flushed to {flushed}, short of the writes at {written}"
+        );
+    }
+}

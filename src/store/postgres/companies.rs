@@ -357,8 +357,8 @@ impl PgStore {
         .await
     }
 
-    /// The same as [`PgStore::update_company`] (every write here is committed; the name is
-    /// kept for callers of either backend).
+    /// [`PgStore::update_company`] as a relaxed commit (not flushed, as in the sled store: the
+    /// caller flushes before it acknowledges anything; see [`PgStore::relaxed_tx`]).
     ///
     /// # Errors
     /// As [`PgStore::update_company`].
@@ -367,7 +367,14 @@ impl PgStore {
         realm: &str,
         change: impl FnMut(&mut Company),
     ) -> Result<Option<Company>> {
-        self.update_company(realm, change).await
+        self.writing_company(realm, async {
+            let mut client = self.client().await?;
+            let tx = PgStore::relaxed_tx(&mut client).await?;
+            let c = update_in(&tx, realm, change).await?;
+            self.commit_relaxed(tx).await?;
+            Ok(c)
+        })
+        .await
     }
 
     /// Writes a company's tokens and its record in one transaction.

@@ -188,18 +188,18 @@ impl PgStore {
 
     // ---------------------------------------------------------------- rates
 
-    /// Upserts a company's rates in one transaction.
+    /// Upserts a company's rates in one transaction, a relaxed commit (not flushed, as in
+    /// the sled store: the caller flushes once per sync; see [`PgStore::relaxed_tx`]).
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn put_rates(&self, realm: &str, rates: &[CompanyRate]) -> Result<()> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await?;
+        let tx = PgStore::relaxed_tx(&mut c).await?;
         for r in rates {
             upsert_rate(&*tx, realm, r).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        self.commit_relaxed(tx).await
     }
 
     /// Marks as not synced every company rate that the table of `kind` dated `date`
@@ -296,13 +296,16 @@ impl PgStore {
 
     // ---------------------------------------------------------------- logs
 
-    /// Appends to a company's log, committed.
+    /// Appends to a company's log, a relaxed commit (not flushed, as in the sled store; see
+    /// [`PgStore::relaxed_tx`]).
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn append_log(&self, realm: &str, rec: &LogRecord) -> Result<()> {
-        let c = self.client().await?;
-        insert_log(&**c, realm, rec).await
+        let mut c = self.client().await?;
+        let tx = PgStore::relaxed_tx(&mut c).await?;
+        insert_log(&*tx, realm, rec).await?;
+        self.commit_relaxed(tx).await
     }
 
     /// A company's newest log records, newest first.

@@ -28,6 +28,7 @@ mod data;
 mod leader;
 mod schema;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -334,6 +335,10 @@ pub struct PgStore {
     /// Bumped after every company write made through this store has committed (see
     /// [`PgStore::companies_generation`]).
     companies_generation: std::sync::atomic::AtomicU64,
+    /// Relaxed commits made (see [`PgStore::relaxed`]), and how many of them the last
+    /// [`PgStore::flush`] covered: a flush with nothing new to cover sends nothing.
+    relaxed_commits: std::sync::atomic::AtomicU64,
+    flushed_commits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -397,6 +402,8 @@ impl PgStore {
             bad: std::sync::Mutex::new(BadMap::new()),
             bad_seen: std::sync::atomic::AtomicU64::new(0),
             companies_generation: std::sync::atomic::AtomicU64::new(0),
+            relaxed_commits: std::sync::atomic::AtomicU64::new(0),
+            flushed_commits: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let mut client = store.client().await?;
@@ -474,12 +481,63 @@ impl PgStore {
         self.vault.recipient()
     }
 
-    /// Nothing to do: every write was committed before it returned. Kept so that callers of
-    /// either backend read the same.
+    /// Begins a transaction that commits without waiting for its WAL to reach the disk
+    /// (`SET LOCAL synchronous_commit = off`); commit it with [`PgStore::commit_relaxed`].
+    /// For the writes the sled store leaves unflushed (a company's rates, its
+    /// `last_sync_at`, log records), which their callers make durable with
+    /// [`PgStore::flush`] before anything is acknowledged. Visible to every node at once on
+    /// commit, like any commit; only a crash of the database server (not of the daemon)
+    /// within about three `wal_writer_delay`s can lose one not yet flushed, as a crash of
+    /// the machine loses sled's unflushed writes. Its row locks are held until the commit,
+    /// not until an fsync: the count and bucket rows the companies trigger updates are free
+    /// again sooner.
+    pub(crate) async fn relaxed_tx(
+        client: &mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'_>> {
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+        Ok(tx)
+    }
+
+    /// Commits a [`PgStore::relaxed_tx`] transaction, counted for [`PgStore::flush`].
+    pub(crate) async fn commit_relaxed(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+    ) -> Result<()> {
+        tx.commit().await?;
+        self.relaxed_commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Makes every write committed through this store so far durable: the relaxed ones
+    /// ([`PgStore::relaxed_tx`]) included. One synchronous commit of a transaction that
+    /// writes WAL (its session's row of `flush_marks`): the server flushes the WAL up to its
+    /// commit record before answering, and with it every relaxed commit that returned before
+    /// this call. Sends nothing when no relaxed commit was made since the last flush (the
+    /// other writes waited for their own flush at commit).
     ///
     /// # Errors
-    /// Never.
+    /// [`Error::Unavailable`], [`Error::Db`] (then nothing is known to be durable beyond the
+    /// synchronous commits).
     pub async fn flush(&self) -> Result<()> {
+        let made = self.relaxed_commits.load(Ordering::SeqCst);
+        if made == self.flushed_commits.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let c = self.client().await?;
+        // A transaction that writes no WAL commits without waiting for the disk, whatever
+        // synchronous_commit says; this one writes a row (the session's own: no waiting for
+        // another flush), committed as the server's synchronous_commit says (`on` unless its
+        // operator chose otherwise).
+        let st = c
+            .prepare_cached(
+                "INSERT INTO flush_marks (pid, n) VALUES (pg_backend_pid(), 1)
+                 ON CONFLICT (pid) DO UPDATE SET n = flush_marks.n + 1",
+            )
+            .await?;
+        c.execute(&st, &[]).await?;
+        self.flushed_commits.fetch_max(made, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_waiting_buckets.sql"),
     include_str!("migrations/0003_ordered_count_locks.sql"),
+    include_str!("migrations/0004_flush_marks.sql"),
 ];
 
 /// The newest schema version this build knows.
@@ -121,9 +122,10 @@ mod tests {
 
     #[test]
     fn versions_follow_the_files() {
-        assert_eq!(PG_SCHEMA_VERSION, 3);
+        assert_eq!(PG_SCHEMA_VERSION, 4);
         assert!(MIGRATIONS[0].contains("CREATE TABLE companies"));
         assert!(MIGRATIONS[1].contains("CREATE TABLE company_waiting"));
         assert!(MIGRATIONS[2].contains("ORDER BY name"));
+        assert!(MIGRATIONS[3].contains("CREATE TABLE flush_marks"));
     }
 }
