@@ -157,6 +157,7 @@ pub async fn run(
         }
     }
     .context("opening the store")?;
+    store.size_for_companies_in_flight(config.quickbooks.max_concurrent_companies);
     let store = Arc::new(store);
     let http_addr = listeners.http.local_addr()?;
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
@@ -239,6 +240,9 @@ fn reload(state: &Ctx, config_tx: &watch::Sender<Arc<Config>>, log: Option<&LogH
             state
                 .tokens
                 .set_oauth(OAuthClient::new(state.http_client.clone(), &new.quickbooks));
+            state
+                .store
+                .size_for_companies_in_flight(new.quickbooks.max_concurrent_companies);
             config_tx.send_replace(Arc::new(new));
             tracing::info!("configuration reloaded");
         }

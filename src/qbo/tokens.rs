@@ -140,24 +140,38 @@ impl TokenManager {
         // reading the tokens to storing their rotation: a caller that waited for another
         // node's refresh reads the rotated tokens, finds them fresh and does not refresh.
         let mut refreshed: Option<(TokenSet, Option<String>)> = None;
+        let mut flagged: Option<Result<(), crate::store::Error>> = None;
         let now = self.clock.now();
         let outcome = self
             .store
             .with_token_lock(realm, |tokens| {
-                let refreshed = &mut refreshed;
+                let (refreshed, flagged) = (&mut refreshed, &mut flagged);
                 async move {
                     let stale = tokens.expiry.access_expires_at - now < REFRESH_SKEW;
                     let was_rejected = rejected.is_some_and(|r| r == tokens.access_token);
                     if !(force || stale || was_rejected) {
                         return Ok(None);
                     }
-                    let (new, tid) = self
+                    let (new, tid) = match self
                         .refresh_with_retries(
                             &tokens.refresh_token,
                             tokens.expiry.hard_expires_at,
                             now,
                         )
-                        .await?;
+                        .await
+                    {
+                        Ok(done) => done,
+                        Err(e) => {
+                            // The grant is dead: flagged while the lock is still held, so
+                            // that a reconnect waiting for it (an OAuth callback on another
+                            // node storing a new grant) lands after the flag and stands,
+                            // instead of being flagged as needing a reconnect itself.
+                            if e.is_invalid_grant() {
+                                *flagged = Some(self.flag_reconnect(realm, &e).await);
+                            }
+                            return Err(e);
+                        }
+                    };
                     *refreshed = Some((tokens, tid));
                     Ok(Some(new))
                 }
@@ -169,7 +183,7 @@ impl TokenManager {
                 Some((old, tid)) => self.stored_rotation(realm, &old, current, tid).await,
                 None => Ok(current.access_token),
             },
-            Some(Err(e)) => self.refresh_failed(realm, e).await,
+            Some(Err(e)) => self.refresh_failed(realm, e, flagged).await,
         }
     }
 
@@ -226,16 +240,33 @@ impl TokenManager {
         Ok(new.access_token)
     }
 
-    /// A refresh Intuit refused (`invalid_grant`: the company needs a reconnect, recorded)
-    /// or that failed for good after its retries.
-    async fn refresh_failed(&self, realm: &str, e: Error) -> Result<String, TokenError> {
-        if !e.is_invalid_grant() {
-            self.metrics.refresh(RefreshOutcome::Failure);
-            tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
-            return Err(TokenError::Upstream(e));
-        }
-        self.metrics.refresh(RefreshOutcome::InvalidGrant);
+    /// A refresh Intuit refused (`invalid_grant`: the company needs a reconnect, flagged by
+    /// [`Self::flag_reconnect`] under the token lock, `flagged` its outcome) or that failed
+    /// for good after its retries.
+    async fn refresh_failed(
+        &self,
+        realm: &str,
+        e: Error,
+        flagged: Option<Result<(), crate::store::Error>>,
+    ) -> Result<String, TokenError> {
         tracing::error!(realm_id = realm, error = %e, "Company {realm}: Token refresh failed");
+        match flagged {
+            None => {
+                self.metrics.refresh(RefreshOutcome::Failure);
+                Err(TokenError::Upstream(e))
+            }
+            Some(flagged) => {
+                self.metrics.refresh(RefreshOutcome::InvalidGrant);
+                flagged?;
+                Err(TokenError::ReconnectNeeded)
+            }
+        }
+    }
+
+    /// Records that the company's grant is dead (Intuit answered `invalid_grant`): a log
+    /// record and the company flagged reconnect-needed (committed, and on sled flushed with
+    /// it, before the caller answers).
+    async fn flag_reconnect(&self, realm: &str, e: &Error) -> Result<(), crate::store::Error> {
         let now = self.clock.now();
         self.store
             .append_log(
@@ -258,7 +289,7 @@ impl TokenManager {
                 c.updated_at = now;
             })
             .await?;
-        Err(TokenError::ReconnectNeeded)
+        Ok(())
     }
 
     /// One keep-alive pass: refreshes every active, connected company whose grant was not

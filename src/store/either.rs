@@ -91,6 +91,12 @@ impl Store {
             .into())
     }
 
+    /// Sizes the PostgreSQL store's connection pool for `companies_in_flight` companies
+    /// synced at once (`quickbooks.max_concurrent_companies`); nothing on sled.
+    pub fn size_for_companies_in_flight(&self, companies_in_flight: usize) {
+        both!(self, _s => (), p => p.size_pool_for(companies_in_flight))
+    }
+
     /// How this node contends for leadership of the database it shares with others;
     /// `None` on sled (one node, always its own leader).
     pub fn leadership(&self, lease: std::time::Duration) -> Option<super::postgres::Leadership> {

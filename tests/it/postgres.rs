@@ -1632,3 +1632,57 @@ async fn unflushed_writes_are_visible_at_once_and_durable_after_flush() {
         );
     }
 }
+
+/// A store sized for 40 companies in flight holds 40 token refreshes at once, each keeping
+/// its connection for longer than a caller waits for one (as refreshes do across a slow
+/// Intuit), and still answers another request meanwhile. The pool as opened (24) makes the
+/// 25th refresh fail as unavailable: that is what sizing it for the sync-all prevents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pool_sized_for_the_companies_in_flight_holds_a_refresh_for_each() {
+    let Some((_, store)) = fresh().await else {
+        return;
+    };
+    let n = 40;
+    for i in 0..n {
+        store
+            .save_tokens(&format!("{}", 90_000 + i), &tokens("AT", "RT"))
+            .await
+            .unwrap();
+    }
+    let store = Arc::new(store);
+    let held_refreshes = |store: Arc<PgStore>| async move {
+        let mut refreshes = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let store = store.clone();
+            refreshes.spawn(async move {
+                store
+                    .with_token_lock(&format!("{}", 90_000 + i), |_| async {
+                        // Longer than the pool's 5 s wait for a free connection.
+                        tokio::time::sleep(Duration::from_secs(6)).await;
+                        Ok::<_, String>(None)
+                    })
+                    .await
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let beside = store.company_tally(Utc::now()).await.map(|t| t.total);
+        let mut unavailable = 0;
+        while let Some(r) = refreshes.join_next().await {
+            match r.unwrap() {
+                Ok(Some(Ok(_))) => {}
+                Err(Error::Unavailable(_)) => unavailable += 1,
+                other => panic!("a held refresh answered {other:?}"),
+            }
+        }
+        (unavailable, beside.is_ok())
+    };
+    assert_eq!(store.pool_size(), 24);
+    let (unavailable, _) = held_refreshes(store.clone()).await;
+    assert_eq!(unavailable, n - 24, "the pool as opened holds 24");
+
+    store.size_pool_for(n);
+    assert_eq!(store.pool_size(), n + 8);
+    let (unavailable, beside) = held_refreshes(store.clone()).await;
+    assert_eq!(unavailable, 0, "every refresh held its connection");
+    assert!(beside, "a request beside them got a connection");
+}

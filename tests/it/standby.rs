@@ -837,3 +837,62 @@ async fn a_second_sync_all_on_the_other_node_joins_or_is_409() {
         again.text
     );
 }
+
+// ------------------------------------------------------------------------------ (f)
+
+/// A company reconnected on one node while the other node's refresh of its dead grant is
+/// at Intuit: the new grant stands. The reconnect (node B's OAuth callback, its code
+/// exchange started first) waits for the token row that node A's refresh holds; A's refresh
+/// meets `invalid_grant` and flags the company under that lock, so B's new grant lands after
+/// the flag: the company ends connected, and syncs. (Before, A flagged it after letting go,
+/// over the reconnect that had just landed: the customer had to reconnect a second time.)
+/// Intuit's token endpoint is slow (2 s) and its accounting API fast for this company, so
+/// B's exchange ends while A's refresh is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_on_one_node_during_a_refused_refresh_on_the_other_stands() {
+    let Some(n) = Nodes::start(FakeIntuitConfig::default(), &["", ""]).await else {
+        return;
+    };
+    let (a, b) = (&n.nodes[0], &n.nodes[1]);
+    assert_eq!(a.fetch()["ok"], true);
+    let realm = "3601";
+    let c = a.connect(spec(realm)).await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(sync(a, realm, CAPTURE_DATE).await.status, 200);
+
+    // The grant dies at Intuit (the customer revoked it); the customer reconnects on B.
+    n.intuit.revoke_grant(realm);
+    n.intuit.expire_access_tokens(realm);
+    n.intuit.set_next_realm(realm);
+    let (cookie, query) = b.authorize().await;
+    n.intuit.set_realm_latency(realm, Duration::ZERO);
+    n.intuit.set_latency(Duration::from_secs(2));
+    let reconnect = b.callback(&query, Some(&cookie));
+    let refused = async {
+        // B's code exchange is at Intuit; A's sync meets a 401 and refreshes (2 s, under
+        // the token row lock) while B's exchange ends and its save waits for that lock.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        sync(a, realm, CAPTURE_DATE).await
+    };
+    let (reconnect, refused) = tokio::join!(reconnect, refused);
+    n.intuit.set_latency(Duration::ZERO);
+    assert_eq!(reconnect.status, 200, "the reconnect: {}", reconnect.text);
+    assert_ne!(refused.status, 200, "the refused refresh: {}", refused.text);
+    let refused_calls = refused_token_calls(&n.intuit);
+    assert!(
+        refused_calls
+            .iter()
+            .any(|(_, body)| body.contains("grant_type=refresh_token")),
+        "A's refresh reached Intuit and was refused (else this test proves nothing): {refused_calls:?}"
+    );
+
+    for w in [a, b] {
+        let s = w
+            .admin_get(&format!("/api/v1/oauth/status/{realm}"))
+            .await
+            .json();
+        assert_eq!(s["status"], "connected", "the new grant stands: {s}");
+    }
+    let r = sync(a, realm, CAPTURE_DATE).await;
+    assert_eq!(r.status, 200, "a sync with the new grant: {}", r.text);
+}

@@ -440,6 +440,7 @@ impl PgStore {
         self.writing_company(realm, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            lock_tokens_first(&tx, realm).await?;
             let c = update_in(&tx, realm, change).await?;
             tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
                 .await?;
@@ -457,6 +458,7 @@ impl PgStore {
         self.writing_company(&c.realm_id, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            lock_tokens_first(&tx, &c.realm_id).await?;
             upsert_company(&*tx, c).await?;
             tx.execute("DELETE FROM tokens WHERE realm = $1", &[&c.realm_id])
                 .await?;
@@ -475,6 +477,7 @@ impl PgStore {
         self.writing_company(realm, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            lock_tokens_first(&tx, realm).await?;
             tx.execute("DELETE FROM companies WHERE realm = $1", &[&realm])
                 .await?;
             tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
@@ -590,6 +593,19 @@ impl PgStore {
 }
 
 /// Reads the company row for update, applies `change`, writes it back.
+/// Locks the realm's token row (when it has one) before its company row is touched: every
+/// transaction that writes both takes the token row first (a token refresh holds it across
+/// the call to Intuit and may flag the company meanwhile; a reconnect writes the tokens then
+/// the company), so no two of them wait for each other in a cycle.
+async fn lock_tokens_first(tx: &deadpool_postgres::Transaction<'_>, realm: &str) -> Result<()> {
+    tx.query_opt(
+        "SELECT 1 FROM tokens WHERE realm = $1 FOR UPDATE",
+        &[&realm],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn update_in(
     tx: &deadpool_postgres::Transaction<'_>,
     realm: &str,

@@ -172,8 +172,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How long a caller waits for a pooled connection (or a new one) before
 /// [`Error::Unavailable`]: short, so that a database that went away answers 503 at once.
 const POOL_WAIT: Duration = Duration::from_secs(5);
-/// Connections in the pool: a sync-all runs 16 companies at a time, plus the API.
+/// Connections in the pool at open, and at least after [`PgStore::size_pool_for`]: a
+/// sync-all runs 16 companies at a time by default, plus the API.
 const POOL_SIZE: usize = 24;
+/// Connections beyond the companies a sync-all runs at once: the API, the control socket,
+/// the scheduler, `/health`.
+const POOL_SPARE: usize = 8;
+
+/// The pool's size for a daemon that syncs `companies_in_flight` companies at once: one
+/// connection each (a token refresh holds its company's for the length of the call to
+/// Intuit), [`POOL_SPARE`] more, never below [`POOL_SIZE`].
+pub fn pool_size_for(companies_in_flight: usize) -> usize {
+    companies_in_flight
+        .saturating_add(POOL_SPARE)
+        .max(POOL_SIZE)
+}
 
 /// How a connection is made: the parsed settings and the TLS choice. Kept so that
 /// [`Leadership`] opens its own session, outside the pool, the same way.
@@ -438,6 +451,24 @@ impl PgStore {
         PgStore::open(postgres_url, vault).await
     }
 
+    /// Sizes the pool for `companies_in_flight` companies synced at once
+    /// ([`pool_size_for`]): without it, a sync-all of more companies than the pool has
+    /// connections makes them wait for one (and, past the pool's 5 s wait, fail as
+    /// unavailable while their token refreshes hold connections across slow calls to
+    /// Intuit). Connections are opened as needed, never ahead; a smaller size closes the
+    /// idle excess.
+    pub fn size_pool_for(&self, companies_in_flight: usize) {
+        let size = pool_size_for(companies_in_flight);
+        if self.pool.status().max_size != size {
+            self.pool.resize(size);
+        }
+    }
+
+    /// The pool's size now.
+    pub fn pool_size(&self) -> usize {
+        self.pool.status().max_size
+    }
+
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
@@ -545,6 +576,15 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_holds_a_connection_per_company_in_flight_and_spares() {
+        assert_eq!(pool_size_for(1), POOL_SIZE);
+        assert_eq!(pool_size_for(16), POOL_SIZE);
+        assert_eq!(pool_size_for(64), 72);
+        assert_eq!(pool_size_for(1024), 1032);
+        assert_eq!(pool_size_for(usize::MAX), usize::MAX);
+    }
 
     #[test]
     fn sslmode_picks_tls_and_is_removed_from_the_url() {
