@@ -124,6 +124,7 @@ pub async fn build(
         tasks,
         shutdown,
         snapshot: crate::ops::snapshot::SnapshotHolder::new(),
+        facts: crate::ops::facts::FactsHolder::default(),
     }))
 }
 

@@ -8,12 +8,14 @@
 //! - [`companies`], [`connect`], [`rates`], [`sync`], [`metrics`]: the operations.
 //! - [`error`]: the table from domain errors to answers.
 //! - [`snapshot`]: the company counts behind `/health`, `/metrics` and `status`.
+//! - [`facts`]: the fixing, holiday and scrape facts behind `/health` and `status`.
 
 pub mod backfill;
 pub mod backup;
 pub mod companies;
 pub mod connect;
 pub mod error;
+pub mod facts;
 pub mod landing;
 pub mod metrics;
 pub mod migrate;
@@ -48,6 +50,7 @@ use crate::time::calendar::{
     last_business_day_publication, local_date, previous_business_day, rfc3339,
 };
 use crate::time::clock::Clock;
+use facts::HealthFacts;
 use snapshot::CompanySnapshot;
 
 /// Result of an operation: its typed answer (`Serialize`; the interfaces send its JSON) or
@@ -125,6 +128,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// The company counts behind `/health`, `/metrics` and `status` (no scan per request).
     pub snapshot: snapshot::SnapshotHolder,
+    /// The fixing, holiday and scrape facts behind `/health` and `status`.
+    pub facts: facts::FactsHolder,
 }
 
 impl Ctx {
@@ -171,6 +176,24 @@ impl Ctx {
             .await
     }
 
+    /// The facts the health reasons read besides the companies: at most
+    /// [`facts::MAX_AGE`] old and never older than the last write of them through this
+    /// store.
+    ///
+    /// # Errors
+    /// Store failure while re-reading.
+    pub async fn health_facts(&self) -> Result<Arc<HealthFacts>, crate::store::Error> {
+        self.facts
+            .get(
+                &self.store,
+                &self.archive,
+                &self.config(),
+                self.today(),
+                self.now(),
+            )
+            .await
+    }
+
     /// The accounting API client for the current config.
     pub fn qbo(&self) -> QboClient {
         QboClient::new(self.http_client.clone(), &self.config().quickbooks)
@@ -202,24 +225,26 @@ pub async fn health_reasons(
     ctx: &Ctx,
     companies: &CompanySnapshot,
 ) -> Result<Vec<String>, crate::store::Error> {
+    let facts = ctx.health_facts().await?;
+    Ok(reasons_from(ctx, companies, &facts))
+}
+
+fn reasons_from(ctx: &Ctx, companies: &CompanySnapshot, facts: &HealthFacts) -> Vec<String> {
     let mut reasons = Vec::new();
     let config = ctx.config();
     let tz = config.schedule.timezone;
     let now = ctx.now();
-    let today = ctx.today();
     if config.schedule.enabled {
-        let holidays = ctx.archive.holidays().await?;
         let mut expected = last_business_day_publication(now, tz, config.schedule.give_up_at);
         let mut guard = 0;
-        while holidays.contains(&expected) && guard < 31 {
+        while facts.holidays.contains(&expected) && guard < 31 {
             expected = previous_business_day(expected);
             guard += 1;
         }
-        match ctx.store.table_on_or_before(TableKind::Main, today).await? {
+        match facts.newest_main {
             None => reasons.push("no BoA fixing is stored".to_string()),
-            Some(t) if t.table.date < expected => reasons.push(format!(
-                "the newest BoA fixing is dated {}; the fixing of {expected} should be stored by now",
-                t.table.date
+            Some(date) if date < expected => reasons.push(format!(
+                "the newest BoA fixing is dated {date}; the fixing of {expected} should be stored by now"
             )),
             Some(_) => {}
         }
@@ -247,7 +272,7 @@ pub async fn health_reasons(
                 .join(", ")
         ));
     }
-    if let Some(last) = ctx.archive.scrapes(1).await?.first() {
+    if let Some(last) = &facts.last_scrape {
         if !last.success {
             reasons.push(format!(
                 "the last BoA scrape failed at {}: {}",
@@ -256,7 +281,7 @@ pub async fn health_reasons(
             ));
         }
     }
-    Ok(reasons)
+    reasons
 }
 
 /// The answer of `GET /health`. Fields in alphabetical order: the order they have always
@@ -324,8 +349,8 @@ pub async fn health(ctx: &Arc<Ctx>) -> (u16, HealthAnswer) {
 
 async fn health_now(ctx: &Ctx) -> (u16, HealthAnswer) {
     let result = async {
-        let snapshot = ctx.companies_snapshot().await?;
-        let reasons = health_reasons(ctx, &snapshot).await?;
+        let (snapshot, facts) = tokio::try_join!(ctx.companies_snapshot(), ctx.health_facts())?;
+        let reasons = reasons_from(ctx, &snapshot, &facts);
         Ok::<_, crate::store::Error>((snapshot, reasons))
     }
     .await;

@@ -215,6 +215,26 @@ impl Store {
         both!(self, s => s.companies_generation(), p => p.companies_generation())
     }
 
+    /// Moves on after every write of a fixing table, a scrape record or a meta value (the
+    /// holidays among them) made through this store, whatever it answered: read it before
+    /// reading those, and a cache of them (the health facts) knows it is out of date. As
+    /// with [`Store::companies_generation`], writes by other nodes sharing a PostgreSQL
+    /// database do not move it.
+    pub fn facts_generation(&self) -> u64 {
+        both!(self,
+            s => s.facts_generation.load(std::sync::atomic::Ordering::SeqCst),
+            p => p.facts_generation.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// After a write [`Store::facts_generation`] covers (committed or failed: a failure may
+    /// still have committed; a needless move only costs a re-read).
+    fn facts_written<T>(&self, r: Result<T>) -> Result<T> {
+        both!(self,
+            s => s.facts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            p => p.facts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        r
+    }
+
     /// Stores a company record (durable before it returns).
     ///
     /// # Errors
@@ -453,9 +473,10 @@ impl Store {
         source: &FixingSource,
         now: DateTime<Utc>,
     ) -> Result<TableOutcome> {
-        both!(self,
+        let r = both!(self,
             s => s.put_table(table, source, now),
-            p => Ok(p.put_table(table, source, now).await?))
+            p => Ok(p.put_table(table, source, now).await?));
+        self.facts_written(r)
     }
 
     /// The table of one date.
@@ -539,7 +560,8 @@ impl Store {
     /// # Errors
     /// Store failure.
     pub async fn append_scrape(&self, rec: &ScrapeRecord) -> Result<()> {
-        both!(self, s => s.append_scrape(rec), p => Ok(p.append_scrape(rec).await?))
+        let r = both!(self, s => s.append_scrape(rec), p => Ok(p.append_scrape(rec).await?));
+        self.facts_written(r)
     }
 
     /// The newest scrape records, newest first.
@@ -599,7 +621,8 @@ impl Store {
     /// # Errors
     /// Store failure.
     pub async fn meta_put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
-        both!(self, s => s.meta_put(key, v), p => Ok(p.meta_put(key, v).await?))
+        let r = both!(self, s => s.meta_put(key, v), p => Ok(p.meta_put(key, v).await?));
+        self.facts_written(r)
     }
 
     /// A secret meta value, decrypted.

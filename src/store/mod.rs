@@ -180,6 +180,9 @@ pub struct SledStore {
     /// method here), so a cache of anything derived from the companies (the health and
     /// metrics snapshot) knows it is out of date without reading a record.
     companies_generation: std::sync::atomic::AtomicU64,
+    /// Bumped after every write of a fixing table, a scrape record or a meta value made
+    /// through the [`crate::store::Store`] (see [`crate::store::Store::facts_generation`]).
+    pub(crate) facts_generation: std::sync::atomic::AtomicU64,
     /// The counts of the company records, changed by every company write under this lock
     /// (held around the sled operation, so the pass that builds it sees each write exactly
     /// once); see [`tally`].

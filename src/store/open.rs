@@ -136,6 +136,7 @@ impl SledStore {
             bad: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             bad_seen: std::sync::atomic::AtomicU64::new(0),
             companies_generation: std::sync::atomic::AtomicU64::new(0),
+            facts_generation: std::sync::atomic::AtomicU64::new(0),
             tally: std::sync::Mutex::new(tally::Tally::default()),
         };
         store.check_schema()?;

@@ -385,7 +385,7 @@ async fn restore_one(
     tx: &deadpool_postgres::Transaction<'_>,
     rec: &Record,
 ) -> Result<()> {
-    let c: &tokio_postgres::Transaction<'_> = tx;
+    let c = tx;
     match rec {
         Record::Company { company } => upsert_company(c, company).await,
         Record::Tokens { realm, ciphertext } => {

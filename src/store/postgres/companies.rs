@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Json;
 
-use super::{Error, PgStore, Result};
+use super::{Cached, Error, PgStore, Result};
 use crate::locks::lock;
 use crate::store::records::{Company, Connection, TokenSet};
 use crate::store::tally::CompanyTally;
@@ -79,11 +79,11 @@ const UPSERT_TOKENS: &str = "INSERT INTO tokens (realm, ciphertext) VALUES ($1, 
 
 /// Writes a company row (inside the caller's transaction or on its own).
 pub(super) async fn upsert_company(
-    c: &impl tokio_postgres::GenericClient,
+    c: &impl deadpool_postgres::GenericClient,
     company: &Company,
 ) -> Result<()> {
     let f = Facts::of(company);
-    c.execute(
+    c.execute_cached(
         UPSERT_COMPANY,
         &[
             &company.realm_id,
@@ -102,11 +102,12 @@ pub(super) async fn upsert_company(
 
 /// Writes a company's ciphertext as it is (restore; [`PgStore::save_tokens`] seals first).
 pub(super) async fn upsert_ciphertext(
-    c: &impl tokio_postgres::GenericClient,
+    c: &impl deadpool_postgres::GenericClient,
     realm: &str,
     ciphertext: &[u8],
 ) -> Result<()> {
-    c.execute(UPSERT_TOKENS, &[&realm, &ciphertext]).await?;
+    c.execute_cached(UPSERT_TOKENS, &[&realm, &ciphertext])
+        .await?;
     Ok(())
 }
 
@@ -135,7 +136,7 @@ impl PgStore {
     pub async fn company(&self, realm: &str) -> Result<Option<Company>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT realm, record FROM companies WHERE realm = $1",
                 &[&realm],
             )
@@ -298,7 +299,7 @@ impl PgStore {
         let mut page: Vec<Company> = Vec::new();
         loop {
             let rows = c
-                .query(
+                .query_cached(
                     "SELECT realm, record FROM companies
                      WHERE $1::text IS NULL OR realm > $1::text ORDER BY realm LIMIT $2",
                     &[&cursor, &chunk],
@@ -331,7 +332,7 @@ impl PgStore {
     pub async fn save_company(&self, c: &Company) -> Result<()> {
         self.writing_company(&c.realm_id, async {
             let client = self.client().await?;
-            upsert_company(&**client, c).await
+            upsert_company(&client, c).await
         })
         .await
     }
@@ -386,8 +387,8 @@ impl PgStore {
         self.writing_company(&c.realm_id, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            upsert_ciphertext(&*tx, &c.realm_id, &ct).await?;
-            upsert_company(&*tx, c).await?;
+            upsert_ciphertext(&tx, &c.realm_id, &ct).await?;
+            upsert_company(&tx, c).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -401,7 +402,7 @@ impl PgStore {
     pub async fn save_tokens(&self, realm: &str, t: &TokenSet) -> Result<()> {
         let ct = self.seal(t)?;
         let client = self.client().await?;
-        upsert_ciphertext(&**client, realm, &ct).await
+        upsert_ciphertext(&client, realm, &ct).await
     }
 
     /// The same as [`PgStore::save_tokens`] (kept for callers of either backend).
@@ -419,7 +420,7 @@ impl PgStore {
     pub async fn tokens(&self, realm: &str) -> Result<Option<TokenSet>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT ciphertext FROM tokens WHERE realm = $1", &[&realm])
+            .query_opt_cached("SELECT ciphertext FROM tokens WHERE realm = $1", &[&realm])
             .await?;
         match row {
             None => Ok(None),
@@ -442,7 +443,7 @@ impl PgStore {
             let tx = client.transaction().await?;
             lock_tokens_first(&tx, realm).await?;
             let c = update_in(&tx, realm, change).await?;
-            tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
+            tx.execute_cached("DELETE FROM tokens WHERE realm = $1", &[&realm])
                 .await?;
             tx.commit().await?;
             Ok(c)
@@ -459,8 +460,8 @@ impl PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             lock_tokens_first(&tx, &c.realm_id).await?;
-            upsert_company(&*tx, c).await?;
-            tx.execute("DELETE FROM tokens WHERE realm = $1", &[&c.realm_id])
+            upsert_company(&tx, c).await?;
+            tx.execute_cached("DELETE FROM tokens WHERE realm = $1", &[&c.realm_id])
                 .await?;
             tx.commit().await?;
             Ok(())
@@ -478,9 +479,9 @@ impl PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             lock_tokens_first(&tx, realm).await?;
-            tx.execute("DELETE FROM companies WHERE realm = $1", &[&realm])
+            tx.execute_cached("DELETE FROM companies WHERE realm = $1", &[&realm])
                 .await?;
-            tx.execute("DELETE FROM tokens WHERE realm = $1", &[&realm])
+            tx.execute_cached("DELETE FROM tokens WHERE realm = $1", &[&realm])
                 .await?;
             tx.commit().await?;
             Ok(())
@@ -499,7 +500,7 @@ impl PgStore {
     pub async fn company_tally(&self, waiting_before: DateTime<Utc>) -> Result<CompanyTally> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .query_one_cached(
                 "SELECT
                    (SELECT n FROM company_counts WHERE name = 'total'),
                    (SELECT n FROM company_counts WHERE name = 'active'),
@@ -563,7 +564,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT ciphertext FROM tokens WHERE realm = $1 FOR UPDATE",
                 &[&realm],
             )
@@ -580,7 +581,7 @@ impl PgStore {
             }
             Ok(Some(new)) => {
                 let ct = self.seal(&new)?;
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE tokens SET ciphertext = $2 WHERE realm = $1",
                     &[&realm, &ct],
                 )
@@ -598,7 +599,7 @@ impl PgStore {
 /// the call to Intuit and may flag the company meanwhile; a reconnect writes the tokens then
 /// the company), so no two of them wait for each other in a cycle.
 async fn lock_tokens_first(tx: &deadpool_postgres::Transaction<'_>, realm: &str) -> Result<()> {
-    tx.query_opt(
+    tx.query_opt_cached(
         "SELECT 1 FROM tokens WHERE realm = $1 FOR UPDATE",
         &[&realm],
     )
@@ -612,7 +613,7 @@ async fn update_in(
     mut change: impl FnMut(&mut Company),
 ) -> Result<Option<Company>> {
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT realm, record FROM companies WHERE realm = $1 FOR UPDATE",
             &[&realm],
         )
@@ -622,7 +623,7 @@ async fn update_in(
     };
     let mut c = company_of(&row)?;
     change(&mut c);
-    upsert_company(&**tx, &c).await?;
+    upsert_company(tx, &c).await?;
     Ok(Some(c))
 }
 

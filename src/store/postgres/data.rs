@@ -2,11 +2,11 @@
 //! store's operations of the same names, each write committed before it returns.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::GenericClient;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_postgres::types::Json;
-use tokio_postgres::GenericClient;
 
-use super::{Error, PgStore, Result};
+use super::{Cached, Error, PgStore, Result};
 use crate::fixing::{FixingSource, FixingTable, TableKind};
 use crate::store::records::{
     CompanyRate, LogKind, LogRecord, PendingAuth, ScrapeRecord, StoredTable,
@@ -54,7 +54,7 @@ pub(super) async fn upsert_rate(
     realm: &str,
     r: &CompanyRate,
 ) -> Result<()> {
-    c.execute(
+    c.execute_cached(
         "INSERT INTO rates (realm, date, currency, record, synced, fixing_kind, fixing_date)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (realm, date, currency) DO UPDATE SET record = EXCLUDED.record,
@@ -75,7 +75,7 @@ pub(super) async fn upsert_rate(
 }
 
 pub(super) async fn insert_log(c: &impl GenericClient, realm: &str, rec: &LogRecord) -> Result<()> {
-    c.execute(
+    c.execute_cached(
         "INSERT INTO logs (realm, kind, success, record) VALUES ($1, $2, $3, $4)",
         &[&realm, &log_kind_text(rec.kind), &rec.success, &Json(rec)],
     )
@@ -84,7 +84,7 @@ pub(super) async fn insert_log(c: &impl GenericClient, realm: &str, rec: &LogRec
 }
 
 pub(super) async fn upsert_table(c: &impl GenericClient, t: &StoredTable) -> Result<()> {
-    c.execute(
+    c.execute_cached(
         "INSERT INTO fixings (kind, date, record) VALUES ($1, $2, $3)
          ON CONFLICT (kind, date) DO UPDATE SET record = EXCLUDED.record",
         &[&kind_text(t.table.kind), &t.table.date, &Json(t)],
@@ -94,7 +94,7 @@ pub(super) async fn upsert_table(c: &impl GenericClient, t: &StoredTable) -> Res
 }
 
 pub(super) async fn insert_scrape(c: &impl GenericClient, rec: &ScrapeRecord) -> Result<()> {
-    c.execute("INSERT INTO scrapes (record) VALUES ($1)", &[&Json(rec)])
+    c.execute_cached("INSERT INTO scrapes (record) VALUES ($1)", &[&Json(rec)])
         .await?;
     Ok(())
 }
@@ -105,7 +105,7 @@ pub(super) async fn upsert_pending(
     p: &PendingAuth,
 ) -> Result<()> {
     let (expires_at, invite) = pending_facts(p);
-    c.execute(
+    c.execute_cached(
         "INSERT INTO pending (key, invite, expires_at, record) VALUES ($1, $2, $3, $4)
          ON CONFLICT (key) DO UPDATE SET invite = EXCLUDED.invite,
              expires_at = EXCLUDED.expires_at, record = EXCLUDED.record",
@@ -116,7 +116,7 @@ pub(super) async fn upsert_pending(
 }
 
 pub(super) async fn upsert_meta(c: &impl GenericClient, key: &str, value: &[u8]) -> Result<()> {
-    c.execute(
+    c.execute_cached(
         "INSERT INTO meta (key, value) VALUES ($1, $2)
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
         &[&key, &value],
@@ -141,7 +141,7 @@ impl PgStore {
     pub async fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
+            .query_opt_cached("SELECT value FROM meta WHERE key = $1", &[&key])
             .await?;
         match row {
             None => Ok(None),
@@ -158,7 +158,7 @@ impl PgStore {
     pub async fn meta_put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
         let bytes = codec::encode(v).map_err(|e| Error::record("meta", key)(e.to_string()))?;
         let c = self.client().await?;
-        upsert_meta(&**c, key, &bytes).await
+        upsert_meta(&c, key, &bytes).await
     }
 
     /// A secret kept in meta, encrypted with the vault.
@@ -168,7 +168,7 @@ impl PgStore {
     pub async fn meta_secret(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
+            .query_opt_cached("SELECT value FROM meta WHERE key = $1", &[&key])
             .await?;
         match row {
             None => Ok(None),
@@ -183,7 +183,7 @@ impl PgStore {
     pub async fn put_meta_secret(&self, key: &str, plaintext: &[u8]) -> Result<()> {
         let ct = self.vault.encrypt(plaintext)?;
         let c = self.client().await?;
-        upsert_meta(&**c, key, &ct).await
+        upsert_meta(&c, key, &ct).await
     }
 
     // ---------------------------------------------------------------- rates
@@ -197,7 +197,7 @@ impl PgStore {
         let mut c = self.client().await?;
         let tx = PgStore::relaxed_tx(&mut c).await?;
         for r in rates {
-            upsert_rate(&*tx, realm, r).await?;
+            upsert_rate(&tx, realm, r).await?;
         }
         self.commit_relaxed(tx).await
     }
@@ -215,7 +215,7 @@ impl PgStore {
     ) -> Result<usize> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .execute_cached(
                 "UPDATE rates SET synced = false,
                      record = jsonb_set(jsonb_set(record, '{synced}', 'false'), '{synced_at}', 'null')
                  WHERE synced AND fixing_kind = $1
@@ -233,7 +233,7 @@ impl PgStore {
     pub async fn rates_on(&self, realm: &str, date: NaiveDate) -> Result<Vec<CompanyRate>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT record FROM rates WHERE realm = $1 AND date = $2 ORDER BY currency",
                 &[&realm, &date],
             )
@@ -253,7 +253,7 @@ impl PgStore {
     ) -> Result<Vec<CompanyRate>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT record FROM rates WHERE realm = $1 AND date BETWEEN $2 AND $3
                  ORDER BY date, currency",
                 &[&realm, &from, &to],
@@ -269,7 +269,7 @@ impl PgStore {
     pub async fn rate_counts(&self, realm: &str) -> Result<(u64, u64)> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .query_one_cached(
                 "SELECT count(*), count(*) FILTER (WHERE synced) FROM rates WHERE realm = $1",
                 &[&realm],
             )
@@ -285,7 +285,7 @@ impl PgStore {
     pub async fn synced_dates(&self, realm: &str) -> Result<Vec<NaiveDate>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT date FROM rates WHERE realm = $1 GROUP BY date HAVING bool_and(synced)
                  ORDER BY date",
                 &[&realm],
@@ -304,7 +304,7 @@ impl PgStore {
     pub async fn append_log(&self, realm: &str, rec: &LogRecord) -> Result<()> {
         let mut c = self.client().await?;
         let tx = PgStore::relaxed_tx(&mut c).await?;
-        insert_log(&*tx, realm, rec).await?;
+        insert_log(&tx, realm, rec).await?;
         self.commit_relaxed(tx).await
     }
 
@@ -316,7 +316,7 @@ impl PgStore {
         let c = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT record FROM logs WHERE realm = $1 ORDER BY id DESC LIMIT $2",
                 &[&realm, &limit],
             )
@@ -333,7 +333,7 @@ impl PgStore {
     pub async fn log_counts(&self, realm: &str, kind: LogKind) -> Result<(u64, u64)> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .query_one_cached(
                 "SELECT count(*), count(*) FILTER (WHERE success) FROM logs
                  WHERE realm = $1 AND kind = $2",
                 &[&realm, &log_kind_text(kind)],
@@ -363,10 +363,10 @@ impl PgStore {
         let kind = kind_text(table.kind);
         // Serializes writers of this date even when no row exists yet.
         let lock_key = format!("fixing {kind} {}", table.date);
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
+        tx.execute_cached("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
             .await?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT record FROM fixings WHERE kind = $1 AND date = $2",
                 &[&kind, &table.date],
             )
@@ -376,7 +376,7 @@ impl PgStore {
             .transpose()?;
         let (write, outcome) = crate::store::tables::revise(existing, table, source, now);
         if let Some(record) = write {
-            upsert_table(&*tx, &record).await?;
+            upsert_table(&tx, &record).await?;
             tx.commit().await?;
         }
         Ok(outcome)
@@ -389,7 +389,7 @@ impl PgStore {
         date: NaiveDate,
     ) -> Result<Option<StoredTable>> {
         let c = self.client().await?;
-        let row = c.query_opt(sql, &[&kind_text(kind), &date]).await?;
+        let row = c.query_opt_cached(sql, &[&kind_text(kind), &date]).await?;
         row.map(|r| decode(&r, "fixings", || date.to_string()))
             .transpose()
     }
@@ -449,7 +449,7 @@ impl PgStore {
     pub async fn table_dates(&self, kind: TableKind) -> Result<Vec<NaiveDate>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT date FROM fixings WHERE kind = $1 ORDER BY date",
                 &[&kind_text(kind)],
             )
@@ -464,7 +464,7 @@ impl PgStore {
     pub async fn table_count(&self) -> Result<usize> {
         let c = self.client().await?;
         let n: i64 = c
-            .query_one("SELECT count(*) FROM fixings", &[])
+            .query_one_cached("SELECT count(*) FROM fixings", &[])
             .await?
             .try_get(0)?;
         Ok(usize::try_from(n).unwrap_or(0))
@@ -476,7 +476,7 @@ impl PgStore {
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn append_scrape(&self, rec: &ScrapeRecord) -> Result<()> {
         let c = self.client().await?;
-        insert_scrape(&**c, rec).await
+        insert_scrape(&c, rec).await
     }
 
     /// Newest scrape records, newest first.
@@ -487,7 +487,7 @@ impl PgStore {
         let c = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT record FROM scrapes ORDER BY id DESC LIMIT $1",
                 &[&limit],
             )
@@ -505,7 +505,7 @@ impl PgStore {
     /// [`Error::Unavailable`], [`Error::Db`].
     pub async fn put_pending(&self, key: &str, p: &PendingAuth) -> Result<()> {
         let c = self.client().await?;
-        upsert_pending(&**c, key, p).await
+        upsert_pending(&c, key, p).await
     }
 
     /// A pending OAuth state or invite, left in place.
@@ -515,7 +515,7 @@ impl PgStore {
     pub async fn pending(&self, key: &str) -> Result<Option<PendingAuth>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT record FROM pending WHERE key = $1", &[&key])
+            .query_opt_cached("SELECT record FROM pending WHERE key = $1", &[&key])
             .await?;
         row.map(|r| decode(&r, "pending", || "<secret>".into()))
             .transpose()
@@ -529,7 +529,7 @@ impl PgStore {
     pub async fn take_pending(&self, key: &str) -> Result<Option<PendingAuth>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 "DELETE FROM pending WHERE key = $1 RETURNING record",
                 &[&key],
             )
@@ -545,7 +545,7 @@ impl PgStore {
     pub async fn purge_expired_pending(&self, now: DateTime<Utc>) -> Result<usize> {
         let c = self.client().await?;
         let n = c
-            .execute("DELETE FROM pending WHERE expires_at < $1", &[&now])
+            .execute_cached("DELETE FROM pending WHERE expires_at < $1", &[&now])
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }

@@ -39,6 +39,70 @@ use tokio_postgres::NoTls;
 use crate::crypto::{self, Vault};
 
 pub use leader::{Exclusive, Leader, Leadership};
+
+/// Statements through the connection's own statement cache: one round trip each. A query
+/// given as text is prepared first (a round trip of its own, every time), which doubled the
+/// latency of every read, `/health`'s among them, when the server is busy. A statement is
+/// prepared once per pooled connection and kept with it (a connection replaced after a
+/// server restart prepares again).
+pub(crate) trait Cached: deadpool_postgres::GenericClient {
+    /// [`deadpool_postgres::GenericClient::query`] through the cache.
+    fn query_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> impl std::future::Future<
+        Output = std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    > + Send {
+        async move {
+            let st = self.prepare_cached(sql).await?;
+            self.query(&st, params).await
+        }
+    }
+
+    /// [`deadpool_postgres::GenericClient::query_one`] through the cache.
+    fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> impl std::future::Future<
+        Output = std::result::Result<tokio_postgres::Row, tokio_postgres::Error>,
+    > + Send {
+        async move {
+            let st = self.prepare_cached(sql).await?;
+            self.query_one(&st, params).await
+        }
+    }
+
+    /// [`deadpool_postgres::GenericClient::query_opt`] through the cache.
+    fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> impl std::future::Future<
+        Output = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>,
+    > + Send {
+        async move {
+            let st = self.prepare_cached(sql).await?;
+            self.query_opt(&st, params).await
+        }
+    }
+
+    /// [`deadpool_postgres::GenericClient::execute`] through the cache.
+    fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> impl std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send
+    {
+        async move {
+            let st = self.prepare_cached(sql).await?;
+            self.execute(&st, params).await
+        }
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient> Cached for C {}
 pub use schema::PG_SCHEMA_VERSION;
 
 /// PostgreSQL store failures.
@@ -348,6 +412,9 @@ pub struct PgStore {
     /// Bumped after every company write made through this store has committed (see
     /// [`PgStore::companies_generation`]).
     companies_generation: std::sync::atomic::AtomicU64,
+    /// Bumped after every write of a fixing table, a scrape record or a meta value made
+    /// through the [`crate::store::Store`] (see [`crate::store::Store::facts_generation`]).
+    pub(crate) facts_generation: std::sync::atomic::AtomicU64,
     /// Relaxed commits made (see [`PgStore::relaxed`]), and how many of them the last
     /// [`PgStore::flush`] covered: a flush with nothing new to cover sends nothing.
     relaxed_commits: std::sync::atomic::AtomicU64,
@@ -415,6 +482,7 @@ impl PgStore {
             bad: std::sync::Mutex::new(BadMap::new()),
             bad_seen: std::sync::atomic::AtomicU64::new(0),
             companies_generation: std::sync::atomic::AtomicU64::new(0),
+            facts_generation: std::sync::atomic::AtomicU64::new(0),
             relaxed_commits: std::sync::atomic::AtomicU64::new(0),
             flushed_commits: std::sync::atomic::AtomicU64::new(0),
         };
