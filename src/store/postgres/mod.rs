@@ -399,6 +399,8 @@ type BadMap = std::collections::BTreeMap<(&'static str, Vec<u8>), String>;
 /// The daemon's PostgreSQL database.
 pub struct PgStore {
     pool: Pool,
+    /// The company counts' own thread and connection ([`companies::CountsLane`]).
+    lane: companies::CountsLane,
     connector: Connector,
     vault: Vault,
     /// Where it is, without the password (for logs and answers).
@@ -474,8 +476,10 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Unavailable(format!("connection pool: {e}")))?;
+        let lane = companies::CountsLane::start(connector.manager(), POOL_WAIT)?;
         let store = PgStore {
             pool,
+            lane,
             connector,
             vault,
             display: without_password(postgres_url),
