@@ -64,9 +64,22 @@ pub struct FactsHolder {
     current: Mutex<Option<Taken>>,
     /// Held while reading, so concurrent callers wait for one read.
     reading: tokio::sync::Mutex<()>,
+    /// When a read last found the store unavailable, and why: for [`MAX_AGE`] after it,
+    /// callers get that answer at once instead of each waiting in turn for a database that
+    /// does not answer (as the company snapshot does).
+    unavailable: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl FactsHolder {
+    fn recently_unavailable(&self) -> Option<crate::store::Error> {
+        let seen = lock(&self.unavailable);
+        let (at, why) = seen.as_ref()?;
+        let within = at.elapsed() <= MAX_AGE.to_std().unwrap_or_default();
+        within.then(|| {
+            crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(why.clone()))
+        })
+    }
+
     fn fresh(&self, key: &Key, now: DateTime<Utc>) -> Option<Arc<HealthFacts>> {
         lock(&self.current)
             .as_ref()
@@ -97,11 +110,29 @@ impl FactsHolder {
         if let Some(f) = self.fresh(&key, now) {
             return Ok(f);
         }
+        if let Some(e) = self.recently_unavailable() {
+            return Err(e);
+        }
         let _one_at_a_time = self.reading.lock().await;
         if let Some(f) = self.fresh(&key, now) {
             return Ok(f);
         }
-        let facts = Arc::new(read(store, archive, &key).await?);
+        if let Some(e) = self.recently_unavailable() {
+            return Err(e);
+        }
+        let facts = match read(store, archive, &key).await {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                if let crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(
+                    why,
+                )) = &e
+                {
+                    *lock(&self.unavailable) = Some((std::time::Instant::now(), why.clone()));
+                }
+                return Err(e);
+            }
+        };
+        *lock(&self.unavailable) = None;
         *lock(&self.current) = Some(Taken {
             facts: facts.clone(),
             key,

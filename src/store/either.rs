@@ -43,6 +43,15 @@ pub enum Store {
     Postgres(Arc<PgStore>),
 }
 
+/// See [`Store::facts_writing`].
+struct FactsWriting<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for FactsWriting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 macro_rules! both {
     ($self:expr, $s:ident => $sled:expr, $p:ident => $pg:expr) => {
         match $self {
@@ -226,13 +235,14 @@ impl Store {
             p => p.facts_generation.load(std::sync::atomic::Ordering::SeqCst))
     }
 
-    /// After a write [`Store::facts_generation`] covers (committed or failed: a failure may
-    /// still have committed; a needless move only costs a re-read).
-    fn facts_written<T>(&self, r: Result<T>) -> Result<T> {
-        both!(self,
-            s => s.facts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-            p => p.facts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        r
+    /// Held across a write [`Store::facts_generation`] covers: moves it when dropped, after
+    /// the write returned or when its caller went away mid-write (it may have committed);
+    /// a needless move only costs a re-read.
+    fn facts_writing(&self) -> FactsWriting<'_> {
+        FactsWriting(match self {
+            Store::Sled(s) => &s.facts_generation,
+            Store::Postgres(p) => &p.facts_generation,
+        })
     }
 
     /// Stores a company record (durable before it returns).
@@ -473,10 +483,10 @@ impl Store {
         source: &FixingSource,
         now: DateTime<Utc>,
     ) -> Result<TableOutcome> {
-        let r = both!(self,
+        let _moves = self.facts_writing();
+        both!(self,
             s => s.put_table(table, source, now),
-            p => Ok(p.put_table(table, source, now).await?));
-        self.facts_written(r)
+            p => Ok(p.put_table(table, source, now).await?))
     }
 
     /// The table of one date.
@@ -560,8 +570,8 @@ impl Store {
     /// # Errors
     /// Store failure.
     pub async fn append_scrape(&self, rec: &ScrapeRecord) -> Result<()> {
-        let r = both!(self, s => s.append_scrape(rec), p => Ok(p.append_scrape(rec).await?));
-        self.facts_written(r)
+        let _moves = self.facts_writing();
+        both!(self, s => s.append_scrape(rec), p => Ok(p.append_scrape(rec).await?))
     }
 
     /// The newest scrape records, newest first.
@@ -621,8 +631,8 @@ impl Store {
     /// # Errors
     /// Store failure.
     pub async fn meta_put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
-        let r = both!(self, s => s.meta_put(key, v), p => Ok(p.meta_put(key, v).await?));
-        self.facts_written(r)
+        let _moves = self.facts_writing();
+        both!(self, s => s.meta_put(key, v), p => Ok(p.meta_put(key, v).await?))
     }
 
     /// A secret meta value, decrypted.
