@@ -64,22 +64,11 @@ pub struct FactsHolder {
     current: Mutex<Option<Taken>>,
     /// Held while reading, so concurrent callers wait for one read.
     reading: tokio::sync::Mutex<()>,
-    /// When a read last found the store unavailable, and why: for [`MAX_AGE`] after it,
-    /// callers get that answer at once instead of each waiting in turn for a database that
-    /// does not answer (as the company snapshot does).
-    unavailable: Mutex<Option<(std::time::Instant, String)>>,
+    /// When a read last found the store unavailable (as the company snapshot keeps it).
+    unavailable: super::snapshot::UnavailableMemo,
 }
 
 impl FactsHolder {
-    fn recently_unavailable(&self) -> Option<crate::store::Error> {
-        let seen = lock(&self.unavailable);
-        let (at, why) = seen.as_ref()?;
-        let within = at.elapsed() <= MAX_AGE.to_std().unwrap_or_default();
-        within.then(|| {
-            crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(why.clone()))
-        })
-    }
-
     fn fresh(&self, key: &Key, now: DateTime<Utc>) -> Option<Arc<HealthFacts>> {
         lock(&self.current)
             .as_ref()
@@ -110,29 +99,17 @@ impl FactsHolder {
         if let Some(f) = self.fresh(&key, now) {
             return Ok(f);
         }
-        if let Some(e) = self.recently_unavailable() {
+        if let Some(e) = self.unavailable.recent() {
             return Err(e);
         }
         let _one_at_a_time = self.reading.lock().await;
         if let Some(f) = self.fresh(&key, now) {
             return Ok(f);
         }
-        if let Some(e) = self.recently_unavailable() {
+        if let Some(e) = self.unavailable.recent() {
             return Err(e);
         }
-        let facts = match read(store, archive, &key).await {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                if let crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(
-                    why,
-                )) = &e
-                {
-                    *lock(&self.unavailable) = Some((std::time::Instant::now(), why.clone()));
-                }
-                return Err(e);
-            }
-        };
-        *lock(&self.unavailable) = None;
+        let facts = Arc::new(self.unavailable.note(read(store, archive, &key).await)?);
         *lock(&self.current) = Some(Taken {
             facts: facts.clone(),
             key,

@@ -71,10 +71,42 @@ pub struct SnapshotHolder {
     computing: tokio::sync::Mutex<()>,
     /// How many scans were made (tests, and a debugging aid).
     computations: AtomicU64,
-    /// When a recomputation last found the store unavailable, and why: for [`MAX_AGE`]
-    /// after it, callers get that answer at once instead of each waiting in turn for a
-    /// database that does not answer (the health probes of a load balancer would time out).
-    unavailable: Mutex<Option<(std::time::Instant, String)>>,
+    /// When a recomputation last found the store unavailable.
+    unavailable: UnavailableMemo,
+}
+
+/// When a recomputation last found the store unavailable, and why: for [`MAX_AGE`] after
+/// it, callers get that answer at once instead of each waiting in turn for a database that
+/// does not answer (the health probes of a load balancer would time out).
+#[derive(Debug, Default)]
+pub(super) struct UnavailableMemo(Mutex<Option<(std::time::Instant, String)>>);
+
+impl UnavailableMemo {
+    /// The unavailable error met within [`MAX_AGE`], if any.
+    pub(super) fn recent(&self) -> Option<crate::store::Error> {
+        let seen = lock(&self.0);
+        let (at, why) = seen.as_ref()?;
+        let within = at.elapsed() <= MAX_AGE.to_std().unwrap_or_default();
+        within.then(|| {
+            crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(why.clone()))
+        })
+    }
+
+    /// Notes how a recomputation ended: an unavailable store is remembered, a success
+    /// forgets it.
+    pub(super) fn note<T>(
+        &self,
+        r: Result<T, crate::store::Error>,
+    ) -> Result<T, crate::store::Error> {
+        match &r {
+            Ok(_) => *lock(&self.0) = None,
+            Err(crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(why))) => {
+                *lock(&self.0) = Some((std::time::Instant::now(), why.clone()));
+            }
+            Err(_) => {}
+        }
+        r
+    }
 }
 
 impl SnapshotHolder {
@@ -97,7 +129,7 @@ impl SnapshotHolder {
         if let Some(s) = self.fresh(store, now) {
             return Ok(s);
         }
-        if let Some(e) = self.recently_unavailable() {
+        if let Some(e) = self.unavailable.recent() {
             return Err(e);
         }
         let _one_at_a_time = self.computing.lock().await;
@@ -105,34 +137,16 @@ impl SnapshotHolder {
         if let Some(s) = self.fresh(store, now) {
             return Ok(s);
         }
-        if let Some(e) = self.recently_unavailable() {
+        if let Some(e) = self.unavailable.recent() {
             return Err(e);
         }
-        let s = match CompanySnapshot::compute(store, config, now).await {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                if let crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(
-                    why,
-                )) = &e
-                {
-                    *lock(&self.unavailable) = Some((std::time::Instant::now(), why.clone()));
-                }
-                return Err(e);
-            }
-        };
-        *lock(&self.unavailable) = None;
+        let s = Arc::new(
+            self.unavailable
+                .note(CompanySnapshot::compute(store, config, now).await)?,
+        );
         self.computations.fetch_add(1, Ordering::Relaxed);
         *lock(&self.current) = Some(s.clone());
         Ok(s)
-    }
-
-    fn recently_unavailable(&self) -> Option<crate::store::Error> {
-        let seen = lock(&self.unavailable);
-        let (at, why) = seen.as_ref()?;
-        let within = at.elapsed() <= MAX_AGE.to_std().unwrap_or_default();
-        within.then(|| {
-            crate::store::Error::Postgres(crate::store::postgres::Error::Unavailable(why.clone()))
-        })
     }
 
     fn fresh(&self, store: &Store, now: DateTime<Utc>) -> Option<Arc<CompanySnapshot>> {
