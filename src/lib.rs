@@ -10,8 +10,7 @@
 //!   daemon uses them), [`scheduler`] (`Scheduler`), [`alerts`] (`Alerts` and its sinks).
 //! - adapters: [`store`] (sled, encrypted tokens), [`boa`] (fetch, parse, workbook import),
 //!   [`qbo`] (accounting client, Intuit OAuth, token manager), [`crypto`], [`notify`]
-//!   (sd_notify), [`metrics`], [`outbound`] (size-capped reads of BoA and Intuit answers),
-//!   [`heap`] (allocator housekeeping).
+//!   (sd_notify), [`metrics`], [`outbound`] (size-capped reads of BoA and Intuit answers).
 //! - leaves (pure, import only other leaves): [`config`], [`cidr`], [`currency`], [`fixing`]
 //!   (the BoA fixing as data), [`rates`] (which fixing is in force, what a company is sent),
 //!   [`time`] (the injected clock and the Tirana calendar).
@@ -40,7 +39,6 @@ pub mod crypto;
 pub mod currency;
 pub mod demo;
 pub mod fixing;
-pub mod heap;
 pub mod http;
 pub mod locks;
 pub mod logging;

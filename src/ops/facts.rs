@@ -23,8 +23,8 @@ use crate::store::records::ScrapeRecord;
 use crate::store::Store;
 
 /// How old the facts may be before they are read again even when nothing was written
-/// through this store (writes by other nodes).
-pub const MAX_AGE: chrono::Duration = chrono::Duration::seconds(5);
+/// through this store (writes by other nodes): the company snapshot's limit.
+pub const MAX_AGE: chrono::Duration = super::snapshot::MAX_AGE;
 
 /// What the health reasons read besides the company snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

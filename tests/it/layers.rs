@@ -37,7 +37,6 @@ fn layer(top: &str) -> Option<u8> {
         ("notify", 4),
         ("metrics", 4),
         ("outbound", 4),
-        ("heap", 4),
         ("cidr", 5),
         ("config", 5),
         ("currency", 5),

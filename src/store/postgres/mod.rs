@@ -39,6 +39,7 @@ use tokio_postgres::NoTls;
 use crate::crypto::{self, Vault};
 
 pub use leader::{Exclusive, Leader, Leadership};
+pub use schema::PG_SCHEMA_VERSION;
 
 /// Statements through the connection's own statement cache: one round trip each. A query
 /// given as text is prepared first (a round trip of its own, every time), which doubled the
@@ -103,7 +104,6 @@ pub(crate) trait Cached: deadpool_postgres::GenericClient {
 }
 
 impl<C: deadpool_postgres::GenericClient> Cached for C {}
-pub use schema::PG_SCHEMA_VERSION;
 
 /// PostgreSQL store failures.
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +240,7 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 /// sync-all runs 16 companies at a time by default, plus the API.
 const POOL_SIZE: usize = 24;
 /// Connections beyond the companies a sync-all runs at once: the API, the control socket,
-/// the scheduler, `/health`.
+/// the scheduler (the company counts have a connection of their own: `CountsLane`).
 const POOL_SPARE: usize = 8;
 
 /// The pool's size for a daemon that syncs `companies_in_flight` companies at once: one
