@@ -164,11 +164,14 @@ pub async fn run(
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let state = build(config_rx, store, http_addr, clock).await?;
 
-    state.tasks.spawn(http::serve(
+    let http_server = http::serve_on_own_thread(
         listeners.http,
         state.clone(),
         state.shutdown.child_token(),
-    ));
+        tokio::runtime::Handle::current(),
+    )
+    .context("starting the HTTP thread")?;
+    state.tasks.spawn(http_server);
     state.tasks.spawn(control::server::serve(
         listeners.control,
         state.clone(),

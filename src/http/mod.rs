@@ -35,13 +35,56 @@ pub const FD_HEADROOM: u64 = 256;
 /// about 400 KiB, 800 MiB for 2,000 connections).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Serves the API on `listener` until `token` is cancelled, then drains.
+/// Runs [`serve`] on a thread of its own (`boa-http`, with a single-threaded runtime): the
+/// connections are accepted, read and written there, and `GET /health` is answered there
+/// when it needs no pooled store connection ([`routes::answer_on`]); every other request
+/// is handled on `main`, where the services, the schedule and a sync-all run. During a
+/// sync-all `main`'s workers are never idle, and a probe answered among its tasks waited
+/// behind them (and behind the CPU they share with a database server on the same host).
+/// The returned future ends once the server has drained (or the thread is gone).
+///
+/// # Errors
+/// The thread, its runtime or the listener's registration with it cannot be made.
+pub fn serve_on_own_thread(
+    listener: TcpListener,
+    state: Arc<Ctx>,
+    token: CancellationToken,
+    main: tokio::runtime::Handle,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = {
+        // Registered with the HTTP thread's reactor, not the caller's.
+        let _on = rt.enter();
+        TcpListener::from_std(listener.into_std()?)?
+    };
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("boa-http".into())
+        .spawn(move || {
+            rt.block_on(serve(listener, state, token, main));
+            let _ = done.send(());
+        })?;
+    Ok(async move {
+        // An error means the thread ended without sending (it panicked): nothing to wait for.
+        let _ = finished.await;
+    })
+}
+
+/// Serves the API on `listener` until `token` is cancelled, then drains. Requests are
+/// answered as [`routes::answer_on`] says, with `main` the services' runtime.
 ///
 /// At most `server.max_connections` connections are open (as fitted to the open-file limit);
 /// further clients wait in the kernel's accept queue until one closes. A reload (SIGHUP)
 /// that changes the limit applies at once when it grows and as connections close when it
 /// shrinks (open ones are never cut).
-pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<Ctx>,
+    token: CancellationToken,
+    main: tokio::runtime::Handle,
+) {
     let mut cap = SlotLimit::new(state.config.clone());
     let slots = cap.slots.clone();
     let limiter = Arc::new(limit::RateLimiter::default());
@@ -85,10 +128,14 @@ pub async fn serve(listener: TcpListener, state: Arc<Ctx>, token: CancellationTo
                     let timeout = Duration::from_secs(state.config().server.request_timeout_secs);
                     let st = state.clone();
                     let lim = limiter.clone();
+                    let main = main.clone();
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let lim = lim.clone();
-                        async move { Ok::<_, Infallible>(routes::handle(&st, &lim, peer, req).await) }
+                        let main = main.clone();
+                        async move {
+                            Ok::<_, Infallible>(routes::answer_on(&main, st, lim, peer, req).await)
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -271,6 +318,72 @@ mod tests {
         l.resize(7);
         assert_eq!((l.debt, l.slots.available_permits()), (0, 7));
         assert!(!l.owes());
+    }
+
+    /// One raw HTTP/1.1 request on a new connection; the whole answer (the server closes).
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        // A request the server never answers fails the test instead of hanging it.
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn health_is_answered_on_the_http_thread_while_every_worker_of_the_main_runtime_is_busy() {
+        use crate::time::clock::{Clock, ManualClock};
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let env: std::collections::HashMap<String, String> = Default::default();
+        let config = crate::config::Config::load_with_env(None, &env).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config));
+        let store = Arc::new(crate::store::Store::open_temporary().unwrap());
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let token = CancellationToken::new();
+        let (addr, server) = main.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let ctx = crate::app::build(rx, store, addr, clock).await.unwrap();
+            let server =
+                serve_on_own_thread(listener, ctx, token.clone(), main.handle().clone()).unwrap();
+            (addr, server)
+        });
+        // The first answer reads the health facts (on the main runtime); the clock stands
+        // still, so they stay at hand.
+        assert!(get(addr, "/health").starts_with("HTTP/1.1 200"));
+
+        // The main runtime's one worker is held until `release` is dropped.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered, is_held) = std::sync::mpsc::channel::<()>();
+        main.spawn(async move {
+            entered.send(()).unwrap();
+            let _ = held.recv();
+        });
+        is_held.recv().unwrap();
+        let health = get(addr, "/health");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(health.contains("\"total_companies\":0"), "{health}");
+        // Anything else is handled on the main runtime: it waits for the worker.
+        let other = std::thread::spawn(move || get(addr, "/api/v1/rates?date=2026-13-01"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!other.is_finished(), "answered without the main runtime");
+        drop(release);
+        let other = other.join().unwrap();
+        assert!(other.starts_with("HTTP/1.1 400"), "{other}");
+        assert!(other.contains("bad_date"), "{other}");
+
+        token.cancel();
+        main.block_on(server);
     }
 
     #[test]

@@ -50,6 +50,37 @@ impl Req {
     }
 }
 
+/// Answers a request where its connection is served (the HTTP thread,
+/// [`super::serve_on_own_thread`]): `GET /health` without a body right there when it needs
+/// no pooled store connection ([`ops::health_at_hand`]), so a liveness probe never queues
+/// behind a sync-all's tasks; every other request is [`handle`]d on `main`, the runtime the
+/// services run on. A handler that panicked answers 500 (the connection stays usable).
+pub async fn answer_on(
+    main: &tokio::runtime::Handle,
+    state: Arc<Ctx>,
+    limiter: Arc<RateLimiter>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    use hyper::body::Body as _;
+    let health = req.method() == Method::GET && req.uri().path().trim_matches('/') == "health";
+    if health && req.body().is_end_stream() {
+        if let Some((status, body)) = ops::health_at_hand(&state).await {
+            return secured(json(status, &body));
+        }
+    }
+    match main
+        .spawn(async move { handle(&state, &limiter, peer, req).await })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "an HTTP request's handler failed");
+            secured(error(&ApiError::internal(e)))
+        }
+    }
+}
+
 /// Reads the body (bounded in size, and in time by `server.request_timeout_secs`) and routes.
 /// A body that does not arrive in time gets 408 and the connection is closed.
 pub async fn handle(

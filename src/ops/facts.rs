@@ -45,6 +45,17 @@ struct Key {
     schedule: bool,
 }
 
+impl Key {
+    fn now(store: &Store, config: &Config, today: NaiveDate) -> Key {
+        // Read before the facts: a write after it moves the generation past this value.
+        Key {
+            generation: store.facts_generation(),
+            today,
+            schedule: config.schedule.enabled,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Taken {
     facts: Arc<HealthFacts>,
@@ -76,6 +87,17 @@ impl FactsHolder {
             .map(|t| t.facts.clone())
     }
 
+    /// The facts [`FactsHolder::get`] would return without reading the store, if it would.
+    pub fn at_hand(
+        &self,
+        store: &Store,
+        config: &Config,
+        today: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<HealthFacts>> {
+        self.fresh(&Key::now(store, config, today), now)
+    }
+
     /// The facts, read again when a fixing, scrape or meta value was written through
     /// `store` since, `today` or the schedule's switch changed, or they are older than
     /// [`MAX_AGE`] (by the injected clock, `now`).
@@ -90,12 +112,7 @@ impl FactsHolder {
         today: NaiveDate,
         now: DateTime<Utc>,
     ) -> Result<Arc<HealthFacts>, crate::store::Error> {
-        // Read before the facts: a write after it moves the generation past this value.
-        let key = Key {
-            generation: store.facts_generation(),
-            today,
-            schedule: config.schedule.enabled,
-        };
+        let key = Key::now(store, config, today);
         if let Some(f) = self.fresh(&key, now) {
             return Ok(f);
         }

@@ -194,6 +194,12 @@ impl Ctx {
             .await
     }
 
+    /// The health facts when they need no read of the store (see [`health_at_hand`]).
+    pub fn health_facts_at_hand(&self) -> Option<Arc<HealthFacts>> {
+        self.facts
+            .at_hand(&self.store, &self.config(), self.today(), self.now())
+    }
+
     /// The accounting API client for the current config.
     pub fn qbo(&self) -> QboClient {
         QboClient::new(self.http_client.clone(), &self.config().quickbooks)
@@ -344,12 +350,28 @@ fn health_word(reasons: &[String]) -> String {
 /// The snapshot it reads may need the store's first pass over the companies (the first
 /// request after start): the store runs that on the blocking pool, never on an async worker.
 pub async fn health(ctx: &Arc<Ctx>) -> (u16, HealthAnswer) {
-    health_now(ctx).await
+    health_now(ctx, None).await
 }
 
-async fn health_now(ctx: &Ctx) -> (u16, HealthAnswer) {
+/// [`health`], only when the health facts are at hand ([`Ctx::health_facts_at_hand`]): then
+/// the one thing it may wait for is the company counts, which need no pooled store
+/// connection (sled keeps them in memory; PostgreSQL reads them on a lane of their own).
+/// This is what the HTTP thread answers by itself (`http::serve_on_own_thread`); `None`
+/// sends the request on to the main runtime.
+pub async fn health_at_hand(ctx: &Arc<Ctx>) -> Option<(u16, HealthAnswer)> {
+    let facts = ctx.health_facts_at_hand()?;
+    Some(health_now(ctx, Some(facts)).await)
+}
+
+async fn health_now(ctx: &Ctx, facts: Option<Arc<HealthFacts>>) -> (u16, HealthAnswer) {
     let result = async {
-        let (snapshot, facts) = tokio::try_join!(ctx.companies_snapshot(), ctx.health_facts())?;
+        let facts = async {
+            match facts {
+                Some(f) => Ok(f),
+                None => ctx.health_facts().await,
+            }
+        };
+        let (snapshot, facts) = tokio::try_join!(ctx.companies_snapshot(), facts)?;
         let reasons = reasons_from(ctx, &snapshot, &facts);
         Ok::<_, crate::store::Error>((snapshot, reasons))
     }
