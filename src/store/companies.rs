@@ -42,7 +42,7 @@ impl SledStore {
     /// sled failure (a decode failure is not an error here).
     pub fn each_company(&self, mut visit: impl FnMut(Company)) -> Result<Vec<BadRecord>> {
         let mut bad = Vec::new();
-        for r in self.companies.iter() {
+        for r in super::paced(&self.companies, self.companies.iter()) {
             let (k, v) = r?;
             match codec::decode::<Company>(&v) {
                 Ok(c) => visit(c),
@@ -78,10 +78,10 @@ impl SledStore {
             None => Bound::Unbounded,
         };
         let mut page = Vec::new();
-        for r in self
+        let range = self
             .companies
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
-        {
+            .range::<Vec<u8>, _>((start, Bound::Unbounded));
+        for r in super::paced(&self.companies, range) {
             let (_, v) = r?;
             let Ok(c) = codec::decode::<Company>(&v) else {
                 continue;

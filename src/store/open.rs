@@ -201,7 +201,7 @@ where
     Old: DeserializeOwned + Into<New>,
 {
     let mut n = 0;
-    for r in tree.iter() {
+    for r in super::paced(tree, tree.iter()) {
         let (k, v) = r?;
         if codec::decode::<New>(&v).is_ok() {
             continue;

@@ -217,7 +217,7 @@ impl Snapshots {
                 None => trees[c.tree].iter(),
             };
             let mut seen = 0;
-            for r in range.take(max - out.len()) {
+            for r in super::paced(trees[c.tree], range).take(max - out.len()) {
                 let (k, v) = r?;
                 seen += 1;
                 match self.scratch.remove(scratch_key(id, &k))? {
