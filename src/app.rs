@@ -170,8 +170,13 @@ pub async fn run(
         state.shutdown.child_token(),
         tokio::runtime::Handle::current(),
     )
+    .await
     .context("starting the HTTP thread")?;
     state.tasks.spawn(http_server);
+    state.tasks.spawn(crate::ops::keep_health_facts(
+        state.clone(),
+        state.shutdown.child_token(),
+    ));
     state.tasks.spawn(control::server::serve(
         listeners.control,
         state.clone(),

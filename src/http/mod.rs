@@ -41,34 +41,65 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// is handled on `main`, where the services, the schedule and a sync-all run. During a
 /// sync-all `main`'s workers are never idle, and a probe answered among its tasks waited
 /// behind them (and behind the CPU they share with a database server on the same host).
-/// The returned future ends once the server has drained (or the thread is gone).
+///
+/// The returned future ends once the server has drained and the thread's runtime is gone
+/// (so nothing there holds the context any more); dropping it stops the server too.
 ///
 /// # Errors
 /// The thread, its runtime or the listener's registration with it cannot be made.
-pub fn serve_on_own_thread(
+pub async fn serve_on_own_thread(
     listener: TcpListener,
     state: Arc<Ctx>,
     token: CancellationToken,
     main: tokio::runtime::Handle,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let listener = {
-        // Registered with the HTTP thread's reactor, not the caller's.
-        let _on = rt.enter();
-        TcpListener::from_std(listener.into_std()?)?
-    };
+    let listener = listener.into_std()?;
+    let (started, is_started) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let stop = token.clone().drop_guard();
     std::thread::Builder::new()
         .name("boa-http".into())
         .spawn(move || {
+            // Built here, so that no error path drops a runtime on an async thread.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let ready = rt.and_then(|rt| {
+                // Registered with this thread's reactor, not the caller's.
+                let l = {
+                    let _on = rt.enter();
+                    TcpListener::from_std(listener)
+                };
+                l.map(|l| (rt, l))
+            });
+            let (rt, listener) = match ready {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
             rt.block_on(serve(listener, state, token, main));
+            // Connections still open after the drain, and a count on the blocking pool, go
+            // before the caller learns the server is done.
+            rt.shutdown_timeout(HTTP_DRAIN);
             let _ = done.send(());
         })?;
+    match is_started.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(std::io::Error::other(
+                "the HTTP thread ended while starting",
+            ))
+        }
+    }
     Ok(async move {
-        // An error means the thread ended without sending (it panicked): nothing to wait for.
-        let _ = finished.await;
+        let _stop_when_dropped = stop;
+        if finished.await.is_err() {
+            tracing::error!("the HTTP thread ended without draining (it panicked)");
+        }
     })
 }
 
@@ -354,8 +385,9 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let ctx = crate::app::build(rx, store, addr, clock).await.unwrap();
-            let server =
-                serve_on_own_thread(listener, ctx, token.clone(), main.handle().clone()).unwrap();
+            let server = serve_on_own_thread(listener, ctx, token.clone(), main.handle().clone())
+                .await
+                .unwrap();
             (addr, server)
         });
         // The first answer reads the health facts (on the main runtime); the clock stands

@@ -63,22 +63,33 @@ pub async fn answer_on(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     use hyper::body::Body as _;
-    let health = req.method() == Method::GET && req.uri().path().trim_matches('/') == "health";
+    let health = req.method() == Method::GET && segments(req.uri().path()) == ["health"];
     if health && req.body().is_end_stream() {
         if let Some((status, body)) = ops::health_at_hand(&state).await {
             return secured(json(status, &body));
         }
     }
+    // Detached: a handler runs to its end even when its client goes away meanwhile.
     match main
         .spawn(async move { handle(&state, &limiter, peer, req).await })
         .await
     {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "an HTTP request's handler failed");
-            secured(error(&ApiError::internal(e)))
-        }
+        // The main runtime is stopping (past the drain budget).
+        Err(e) if e.is_cancelled() => secured(error(&ApiError::new(
+            503,
+            "shutting_down",
+            "the daemon is stopping",
+        ))),
+        Err(e) => secured(error(&ApiError::internal(format!(
+            "an HTTP request's handler failed: {e}"
+        )))),
     }
+}
+
+/// A path's segments as routing reads them (`/health/` is `["health"]`).
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_matches('/').split('/').collect()
 }
 
 /// Reads the body (bounded in size, and in time by `server.request_timeout_secs`) and routes.
@@ -176,7 +187,7 @@ fn secured(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
 }
 
 async fn dispatch(state: &Arc<Ctx>, limiter: &RateLimiter, req: Req) -> Response<Full<Bytes>> {
-    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let segs = segments(&req.path);
     let limited = !matches!(segs.as_slice(), ["health"] | ["metrics"]);
     if limited {
         if let Err(e) = within_rate_limit(state, limiter, &req) {

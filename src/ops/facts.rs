@@ -77,6 +77,8 @@ pub struct FactsHolder {
     reading: tokio::sync::Mutex<()>,
     /// When a read last found the store unavailable (as the company snapshot keeps it).
     unavailable: super::snapshot::UnavailableMemo,
+    /// How many reads were made (tests, and a debugging aid).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl FactsHolder {
@@ -85,6 +87,11 @@ impl FactsHolder {
             .as_ref()
             .filter(|t| t.fresh(key, now))
             .map(|t| t.facts.clone())
+    }
+
+    /// How many times the facts were read.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The facts [`FactsHolder::get`] would return without reading the store, if it would.
@@ -112,21 +119,41 @@ impl FactsHolder {
         today: NaiveDate,
         now: DateTime<Utc>,
     ) -> Result<Arc<HealthFacts>, crate::store::Error> {
+        self.get_fresh_for(store, archive, config, today, now, chrono::Duration::zero())
+            .await
+    }
+
+    /// [`FactsHolder::get`], read again already when they would no longer be fresh `ahead`
+    /// from `now` (what [`super::keep_health_facts`] calls, so that they stay at hand).
+    ///
+    /// # Errors
+    /// Store failure while reading.
+    pub async fn get_fresh_for(
+        &self,
+        store: &Store,
+        archive: &Archive,
+        config: &Config,
+        today: NaiveDate,
+        now: DateTime<Utc>,
+        ahead: chrono::Duration,
+    ) -> Result<Arc<HealthFacts>, crate::store::Error> {
         let key = Key::now(store, config, today);
-        if let Some(f) = self.fresh(&key, now) {
+        if let Some(f) = self.fresh(&key, now + ahead) {
             return Ok(f);
         }
         if let Some(e) = self.unavailable.recent() {
             return Err(e);
         }
         let _one_at_a_time = self.reading.lock().await;
-        if let Some(f) = self.fresh(&key, now) {
+        if let Some(f) = self.fresh(&key, now + ahead) {
             return Ok(f);
         }
         if let Some(e) = self.unavailable.recent() {
             return Err(e);
         }
         let facts = Arc::new(self.unavailable.note(read(store, archive, &key).await)?);
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *lock(&self.current) = Some(Taken {
             facts: facts.clone(),
             key,

@@ -363,6 +363,37 @@ pub async fn health_at_hand(ctx: &Arc<Ctx>) -> Option<(u16, HealthAnswer)> {
     Some(health_now(ctx, Some(facts)).await)
 }
 
+/// Keeps the health facts at hand until `stop`, so that [`health_at_hand`] answers probes
+/// however seldom they come: every second, reads them again when they would be out of date
+/// within [`KEEP_AHEAD`] (a write through the store makes them out of date at once; the next
+/// pass reads them again). On PostgreSQL three short reads every ~3 s per node.
+pub async fn keep_health_facts(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let read = ctx
+            .facts
+            .get_fresh_for(
+                &ctx.store,
+                &ctx.archive,
+                &ctx.config(),
+                ctx.today(),
+                ctx.now(),
+                KEEP_AHEAD,
+            )
+            .await;
+        if let Err(e) = read {
+            // `/health` reports it; nothing to add here but a trace.
+            tracing::debug!(error = %e, "re-reading the health facts failed");
+        }
+    }
+}
+
+/// How far ahead [`keep_health_facts`] reads the facts again.
+const KEEP_AHEAD: chrono::Duration = chrono::Duration::seconds(2);
+
 async fn health_now(ctx: &Ctx, facts: Option<Arc<HealthFacts>>) -> (u16, HealthAnswer) {
     let result = async {
         let facts = async {
@@ -669,6 +700,44 @@ fn sync_all_progress(ctx: &Ctx) -> SyncAllProgress {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_health_facts_are_kept_at_hand_however_seldom_health_is_asked() {
+        use crate::time::clock::{Clock, ManualClock};
+        let env: std::collections::HashMap<String, String> = Default::default();
+        let config = Config::load_with_env(None, &env).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config));
+        let store = Arc::new(crate::store::Store::open_temporary().unwrap());
+        let manual = ManualClock::new(Utc::now());
+        let clock: Arc<dyn Clock> = Arc::new(manual.clone());
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let ctx = crate::app::build(rx, store, addr, clock).await.unwrap();
+        assert!(ctx.health_facts_at_hand().is_none(), "nothing read yet");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let keeper = tokio::spawn(keep_health_facts(ctx.clone(), stop.clone()));
+        let reads_reach = |n: u64| {
+            let ctx = ctx.clone();
+            async move {
+                for _ in 0..100 {
+                    if ctx.facts.reads() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                panic!("the facts were read {} times, not {n}", ctx.facts.reads());
+            }
+        };
+        reads_reach(1).await;
+        assert!(ctx.health_facts_at_hand().is_some());
+        // 4 s on: still fresh (5 s), but not 2 s further on: read again already.
+        manual.advance(chrono::Duration::seconds(4));
+        reads_reach(2).await;
+        // 8 s after the first read, the facts read at 4 s are at hand.
+        manual.advance(chrono::Duration::seconds(4));
+        assert!(ctx.health_facts_at_hand().is_some());
+        stop.cancel();
+        keeper.await.unwrap();
+    }
 
     #[test]
     fn the_health_answers_are_the_old_json() {
