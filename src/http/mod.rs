@@ -42,8 +42,9 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// sync-all `main`'s workers are never idle, and a probe answered among its tasks waited
 /// behind them (and behind the CPU they share with a database server on the same host).
 ///
-/// The returned future ends once the server has drained and the thread's runtime is gone
-/// (so nothing there holds the context any more); dropping it stops the server too.
+/// The returned future ends once the server has drained (at most `HTTP_DRAIN`, 10 s) and the
+/// thread's runtime is shut down (its tasks dropped; a count still running on its blocking
+/// pool is waited for at most 1 s); dropping it stops the server too.
 ///
 /// # Errors
 /// The thread, its runtime or the listener's registration with it cannot be made.
@@ -81,9 +82,9 @@ pub async fn serve_on_own_thread(
             };
             let _ = started.send(Ok(()));
             rt.block_on(serve(listener, state, token, main));
-            // Connections still open after the drain, and a count on the blocking pool, go
-            // before the caller learns the server is done.
-            rt.shutdown_timeout(HTTP_DRAIN);
+            // Connections still open after the drain go at once; a count still running on
+            // the blocking pool gets a moment before the caller learns the server is done.
+            rt.shutdown_timeout(Duration::from_secs(1));
             let _ = done.send(());
         })?;
     match is_started.await {

@@ -152,13 +152,14 @@ impl FactsHolder {
             return Err(e);
         }
         let facts = Arc::new(self.unavailable.note(read(store, archive, &key).await)?);
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *lock(&self.current) = Some(Taken {
             facts: facts.clone(),
             key,
             at: now,
         });
+        // Counted once kept, so a caller that sees the count sees the facts.
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(facts)
     }
 }

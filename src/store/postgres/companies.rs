@@ -515,7 +515,7 @@ type TallyRequest = (
 /// 1.7 ms). Here the connection's task runs on a thread that is otherwise asleep (7.0 ms;
 /// BENCHMARKS.md, session 10); `/health` itself is answered on the HTTP thread
 /// (`http::serve_on_own_thread`), so a probe no longer crosses the busy runtime at all
-/// (4.0–4.1 ms, session 11).
+/// (3.4–4.1 ms, session 11).
 ///
 /// One connection, opened on first use and again after it broke (the lane's own pool of
 /// one, same timeouts as the main pool); requests are answered in turn (the callers' own
