@@ -525,22 +525,30 @@ pub(crate) struct CountsLane {
 }
 
 impl CountsLane {
-    /// Starts the lane's thread (nothing is connected yet).
+    /// Starts the lane's thread (nothing is connected yet). Its runtime is built there, so
+    /// no error path drops a runtime on the caller's async thread; a runtime that cannot be
+    /// built is logged and every count answers unavailable ("the counts lane stopped").
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when the thread or its runtime cannot be made.
+    /// [`Error::Unavailable`] when the thread cannot be made.
     pub(crate) fn start(
         manager: deadpool_postgres::Manager,
         wait: std::time::Duration,
     ) -> Result<CountsLane> {
         let (requests, mut rx) = tokio::sync::mpsc::channel::<TallyRequest>(16);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Unavailable(format!("the counts lane's runtime: {e}")))?;
         std::thread::Builder::new()
             .name("boa-counts".into())
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the counts lane's runtime cannot be built");
+                        return;
+                    }
+                };
                 rt.block_on(async move {
                     let pool = deadpool_postgres::Pool::builder(manager)
                         .max_size(1)
